@@ -1,0 +1,88 @@
+"""GroupSort sorts within groups only, and bounds pass through it soundly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from groupsort import GroupSort, ReLU, make_activation
+from models import LipschitzMLP, MLPConfig
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@st.composite
+def grouped_batches(draw):
+    group_size = draw(st.integers(1, 6))
+    groups = draw(st.integers(1, 5))
+    batch = draw(st.integers(1, 4))
+    x = draw(arrays(np.float32, (batch, groups * group_size), elements=finite))
+    return group_size, x
+
+
+@given(grouped_batches())
+def test_sorts_each_group_ascending_and_never_mixes_groups(case):
+    group_size, x = case
+    out = GroupSort(group_size)(torch.from_numpy(x)).numpy()
+    by_group = x.reshape(len(x), -1, group_size)
+    np.testing.assert_array_equal(out, np.sort(by_group, axis=-1).reshape(x.shape))
+
+
+def test_group_size_two_is_maxmin():
+    x = torch.tensor([[3.0, -1.0, 0.5, 2.0, 7.0, 7.0]])
+    out = GroupSort(2)(x)
+    assert torch.equal(out[:, 0::2], torch.minimum(x[:, 0::2], x[:, 1::2]))
+    assert torch.equal(out[:, 1::2], torch.maximum(x[:, 0::2], x[:, 1::2]))
+
+
+def test_full_width_group_is_fullsort():
+    x = torch.randn(3, 12)
+    assert torch.equal(GroupSort(12)(x), x.sort(dim=1).values)
+
+
+@given(grouped_batches(), st.integers(0, 2**31 - 1))
+@settings(max_examples=60)
+def test_each_sorted_unit_moves_at_most_its_groups_largest_change(case, seed):
+    """The theorem behind propagate_linf_bound, checked unit by unit."""
+    group_size, x = case
+    a = torch.from_numpy(x).double()
+    b = a + torch.randn(a.shape, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
+    change = (a - b).abs()
+    sort = GroupSort(group_size)
+    moved = (sort(a) - sort(b)).abs()
+    allowed = sort.propagate_linf_bound(change[0]), sort.propagate_linf_bound(change[-1])
+    assert (moved[0] <= allowed[0]).all() and (moved[-1] <= allowed[1]).all()
+
+
+def test_bound_through_groupsort_is_the_group_maximum():
+    bound = torch.tensor([1.0, 4.0, 2.0, 0.5, 0.25, 3.0])
+    expected = torch.tensor([4.0, 4.0, 4.0, 3.0, 3.0, 3.0])
+    assert torch.equal(GroupSort(3).propagate_linf_bound(bound), expected)
+    assert torch.equal(GroupSort(1).propagate_linf_bound(bound), bound)
+
+
+def test_bound_through_relu_is_unchanged():
+    bound = torch.tensor([1.0, 4.0, 2.0])
+    assert torch.equal(ReLU().propagate_linf_bound(bound), bound)
+
+
+def test_group_size_that_does_not_divide_the_width_fails_at_build_time():
+    with pytest.raises(ValueError, match="group size 3 does not divide the layer width 500"):
+        LipschitzMLP(MLPConfig(group_size=3))
+    with pytest.raises(ValueError, match="does not divide the layer width 7"):
+        LipschitzMLP(MLPConfig(hidden=(10, 7), group_size=5))
+
+
+@pytest.mark.parametrize("group_size", [0, -2])
+def test_non_positive_group_size_is_rejected(group_size):
+    with pytest.raises(ValueError, match="group size must be a positive integer"):
+        GroupSort(group_size)
+
+
+def test_unknown_activation_is_rejected():
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        make_activation("tanh", 10)
