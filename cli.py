@@ -12,15 +12,27 @@ from groupsort import ACTIVATIONS
 from mnist_data import DataError
 from models import CheckpointError
 
-EXIT_USAGE = 2  # bad input: arguments, data files, checkpoints
+EXIT_USAGE = 2  # bad input: arguments, data files, checkpoints, output folders
 
 
-class UsageError(Exception):
-    """Bad input found after argument parsing; reported in one line."""
+class Failure(Exception):
+    """An error reported in one line, with its own exit status."""
+
+    status = EXIT_USAGE
+
+
+class UsageError(Failure):
+    """Bad input found after argument parsing."""
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, not usage plus message."""
+    """An ArgumentParser whose errors are one line, not usage plus message.
+
+    Abbreviated flags are refused: `--epoch 3` is a typo, not `--epochs 3`.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -30,7 +42,10 @@ def run(main: Callable[[], None]) -> None:
     """Run a script's main, turning bad input into one line on stderr and exit status 2."""
     try:
         main()
-    except (UsageError, DataError, CheckpointError, ValueError, OSError) as err:
+    except Failure as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.status)
+    except (DataError, CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 

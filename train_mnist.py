@@ -10,22 +10,36 @@ Bounded Depth Neural Networks" (arXiv:1904.04861); the defaults are the demo's.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
 import statistics
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import cli
 import lipschitz
-from certify import certified_linf_global, evaluate
+from certify import Accuracy, certified_linf_global, evaluate
 from mnist_data import Split, load_mnist
-from models import LipschitzMLP, MLPConfig, save_checkpoint
+from models import LipschitzMLP, MLPConfig, atomic_write, save_checkpoint
 
 DRY_RUN_BATCHES = 3
+TRAINING_STATE_FORMAT = "lipschitz-mlp-training/1"
+# What a resumed run must share with the run it continues (the epoch count may grow).
+RECIPE = ("batch_size", "lr", "gamma", "lc_penalty", "cert_magnitude", "seed")
+
+
+class NonFiniteError(cli.Failure):
+    """The loss or a bound became NaN or infinite."""
+
+    status = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,19 +58,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="L-inf radius of the certificate, pixel units (default: %(default)s)")
     cli.add_architecture_flags(parser, defaults=True)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="train one model per seed, one after another, and report mean ± std")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="folder holding MNIST/raw; downloaded there if missing (default: %(default)s)")
     parser.add_argument("--save-dir", type=Path, default=Path("outputs"),
                         help="folder for the checkpoint (default: %(default)s)")
     parser.add_argument("--save-fn", default=None,
                         help="checkpoint file name (default: mnist_<activation>.p)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from the training state saved after its last finished epoch")
     cli.add_device_flags(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help=f"smoke run: {DRY_RUN_BATCHES} batches of one epoch, nothing saved")
     args = parser.parse_args(argv)
     if args.save_fn is None:
         args.save_fn = f"mnist_{args.activation}.p"
+    if args.dry_run and args.resume:
+        parser.error("--dry-run saves nothing, so it cannot be resumed: drop one of the two")
+    if args.seeds and args.resume:
+        parser.error("--resume continues one run: give --seed, not --seeds")
     return args
+
+
+def train_step(
+    model: LipschitzMLP,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lc_penalty: float,
+    eps: float,
+) -> torch.Tensor:
+    """One optimiser step on cross-entropy + penalty; returns [loss, class loss, errors, certified].
+
+    The logit bounds are computed once and serve both the penalty and the
+    certificate count. Nothing leaves the device, so a step never waits on it.
+    """
+    logits = model(x)
+    class_loss = F.cross_entropy(logits, y)
+    bounds = model.linf_logit_bounds()
+    loss = class_loss + lc_penalty * lipschitz.soft_max_penalty(bounds)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        errors = (logits.argmax(dim=1) != y).sum()
+        certified = certified_linf_global(logits, y, bounds, eps).sum()
+        return torch.stack([loss, class_loss, errors, certified])
 
 
 @dataclass(frozen=True)
@@ -67,7 +115,7 @@ class EpochStats:
     class_loss: float
     error: float
     cert_error: float
-    max_bound: float
+    max_bound: float  # max_k L_k after the epoch's last step
 
 
 def train_epoch(
@@ -77,92 +125,201 @@ def train_epoch(
     args: argparse.Namespace,
     generator: torch.Generator,
 ) -> EpochStats:
-    """One shuffled pass over `train`; statistics stay on the device until the end."""
+    """One shuffled pass over `train`; the statistics are read back once, at the end."""
     model.train()
     order = torch.randperm(len(train), generator=generator, device=train.labels.device)
     batches = order.split(args.batch_size)
     if args.dry_run:
         batches = batches[:DRY_RUN_BATCHES]
-    # Running sums of loss, class loss, errors and certified examples.
     totals = torch.zeros(4, device=train.labels.device)
     for index in batches:
-        x, y = train.images[index], train.labels[index]
-        logits = model(x)
-        class_loss = F.cross_entropy(logits, y)
-        bounds = model.linf_logit_bounds()
-        loss = class_loss + args.lc_penalty * lipschitz.soft_max_penalty(bounds)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            errors = (logits.argmax(dim=1) != y).sum()
-            certified = certified_linf_global(logits, y, bounds, args.cert_magnitude).sum()
-            totals += torch.stack([loss, class_loss, errors, certified])
-    loss_sum, class_sum, errors, certified = totals.tolist()
+        totals += train_step(model, optimizer, train.images[index], train.labels[index],
+                             args.lc_penalty, args.cert_magnitude)
+    with torch.no_grad():
+        max_bound = model.linf_logit_bounds().max()
+    loss_sum, class_sum, errors, certified, max_bound = torch.cat([totals, max_bound[None]]).tolist()
     seen = sum(len(index) for index in batches)
-    return EpochStats(
-        loss=loss_sum / len(batches),
-        class_loss=class_sum / len(batches),
-        error=errors / seen,
-        cert_error=1 - certified / seen,
-        max_bound=bounds.max().item(),
-    )
+    return EpochStats(loss_sum / len(batches), class_sum / len(batches), errors / seen,
+                      1 - certified / seen, max_bound)
+
+
+@dataclass
+class Run:
+    """Everything a training run carries from one epoch to the next."""
+
+    model: LipschitzMLP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    epoch: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def model_config(args: argparse.Namespace) -> MLPConfig:
+    return MLPConfig(hidden=args.hidden, activation=args.activation, group_size=args.group_size)
+
+
+def new_run(args: argparse.Namespace, seed: int, device: torch.device) -> Run:
+    torch.manual_seed(seed)
+    model = LipschitzMLP(model_config(args)).to(device)
+    # fused: one kernel for all parameters; the step is a large share of this small model's time
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.gamma)
+    return Run(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(seed))
+
+
+def training_state_path(save_path: Path) -> Path:
+    """The per-epoch training state kept beside a checkpoint, for --resume."""
+    return save_path.with_suffix(".last.p")
+
+
+def recipe(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    return {**{name: getattr(args, name) for name in RECIPE}, "seed": seed}
+
+
+def save_training_state(path: Path, run: Run, args: argparse.Namespace, seed: int) -> None:
+    """Model, optimiser, schedule and shuffling state after `run.epoch`, written atomically."""
+    state = {
+        "format": TRAINING_STATE_FORMAT,
+        "config": run.model.config.to_dict(),
+        "recipe": recipe(args, seed),
+        "epoch": run.epoch,
+        "epoch_seconds": run.epoch_seconds,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "generator": run.generator.get_state(),
+    }
+    atomic_write(path, lambda stream: torch.save(state, stream))
+
+
+def resume(run: Run, path: Path, args: argparse.Namespace, seed: int) -> None:
+    """Restore `run` from the training state at `path`, refusing one from a different run."""
+    try:
+        state = torch.load(path, map_location=run.model.layers[0].weight.device, weights_only=True)
+    except FileNotFoundError:
+        raise cli.UsageError(f"nothing to resume: {path} does not exist") from None
+    except Exception as err:  # any unpickling failure: the file is not a training state
+        raise cli.UsageError(f"cannot resume from {path}: {type(err).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+        raise cli.UsageError(f"cannot resume from {path}: not a training state of this project")
+    differences = [
+        f"{name} {state['recipe'][name]} (now {value})" for name, value in recipe(args, seed).items()
+        if state["recipe"].get(name) != value
+    ]
+    if state["config"] != run.model.config.to_dict():
+        differences.append(f"architecture {state['config']}")
+    if differences:
+        raise cli.UsageError(f"cannot resume {path}: it was trained with " + ", ".join(differences))
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(state["generator"].to(torch.uint8).cpu())
+    run.epoch, run.epoch_seconds = state["epoch"], list(state["epoch_seconds"])
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail before training, not after it, when the checkpoint folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise cli.UsageError(f"cannot write to {folder}: {err.strerror or err}") from None
+
+
+def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[Split, Split],
+              device: torch.device) -> Accuracy:
+    """Train (or resume) one model, print its epochs and results, and save it."""
+    train, test = data
+    run = new_run(args, seed, device)
+    state_path = training_state_path(save_path)
+    if args.resume:
+        resume(run, state_path, args, seed)
+        print(f"resuming {state_path} after epoch {run.epoch}")
+    epochs = 1 if args.dry_run else args.epochs
+    try:
+        while run.epoch < epochs:
+            start = time.perf_counter()
+            stats = train_epoch(run.model, run.optimizer, train, args, run.generator)
+            run.scheduler.step()
+            seconds = time.perf_counter() - start
+            if not (math.isfinite(stats.loss) and math.isfinite(stats.max_bound)):
+                kept = f"; the last good state is in {state_path}" if run.epoch else ""
+                raise NonFiniteError(f"loss or logit bound is not finite in epoch {run.epoch + 1}: "
+                                     f"stopped{kept} (try a smaller --lr)")
+            run.epoch += 1
+            run.epoch_seconds.append(seconds)
+            print(
+                f"epoch: {run.epoch}/{epochs}, train loss: {stats.loss:.3f}, lc: {stats.max_bound:.3f}, "
+                f"class loss: {stats.class_loss:.3f}, error: {stats.error:.3f}, "
+                f"cert error: {stats.cert_error:.3f}, time: {seconds:.2f}s",
+                flush=True,
+            )
+            if not args.dry_run:
+                save_training_state(state_path, run, args, seed)
+    except KeyboardInterrupt:
+        saved = f"epoch {run.epoch} is saved in {state_path}" if run.epoch else "no epoch finished"
+        print(f"\ninterrupted: {saved}; continue with the same command and --resume", file=sys.stderr)
+        sys.exit(130)
+
+    accuracy = evaluate(run.model, test, args.cert_magnitude)
+    print(accuracy.lines())
+    if args.dry_run:
+        print("dry run: nothing saved")
+        return accuracy
+    metrics = {
+        "clean_accuracy": accuracy.clean,
+        "certified_accuracy": accuracy.certified,
+        "cert_magnitude": args.cert_magnitude,
+        "max_logit_bound": run.model.linf_logit_bounds().max().item(),
+        "epochs": run.epoch,
+        "seed": seed,
+        "lc_penalty": args.lc_penalty,
+        "lr": args.lr,
+        "gamma": args.gamma,
+        "batch_size": args.batch_size,
+        "seconds_per_epoch_median": statistics.median(run.epoch_seconds),
+        "train_seconds": sum(run.epoch_seconds),
+        "device": str(device),
+        "torch": str(torch.__version__),
+        "machine": platform.machine(),
+    }
+    save_checkpoint(save_path, run.model, metrics)
+    print(f"saved {save_path}")
+    return accuracy
+
+
+def report_seeds(seeds: list[int], results: list[Accuracy], path: Path) -> None:
+    """Print and save mean ± sample standard deviation over the seeds."""
+    summary: dict[str, Any] = {"seeds": seeds}
+    for name, label in (("clean", "acc"), ("certified", "certified")):
+        values = [getattr(result, name) for result in results]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary[name] = {"per_seed": values, "mean": statistics.mean(values), "std": std}
+        print(f"seeds {' '.join(map(str, seeds))}: test {label} on clean examples (%): "
+              f"{statistics.mean(values):.3f} ± {std:.3f}")
+    atomic_write(path, lambda stream: stream.write((json.dumps(summary, indent=2) + "\n").encode()))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = cli.pick_device(args.device, args.no_cuda)
-    torch.manual_seed(args.seed)
-    config = MLPConfig(hidden=args.hidden, activation=args.activation, group_size=args.group_size)
-    model = LipschitzMLP(config).to(device)
-    save_path = args.save_dir / args.save_fn
+    LipschitzMLP(model_config(args))  # an impossible architecture fails here, before any work
+    data = tuple(split.to(device) for split in load_mnist(args.data_dir))
     if not args.dry_run:
-        args.save_dir.mkdir(parents=True, exist_ok=True)
-
-    train, test = (split.to(device) for split in load_mnist(args.data_dir))
-    # fused: one kernel for all parameters; the step is a large share of this small model's time
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.gamma)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-
-    epoch_seconds = []
-    epochs = 1 if args.dry_run else args.epochs
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        stats = train_epoch(model, optimizer, train, args, generator)
-        scheduler.step()
-        epoch_seconds.append(time.perf_counter() - start)
-        print(
-            f"epoch: {epoch}/{epochs}, train loss: {stats.loss:.3f}, lc: {stats.max_bound:.3f}, "
-            f"class loss: {stats.class_loss:.3f}, error: {stats.error:.3f}, "
-            f"cert error: {stats.cert_error:.3f}, time: {epoch_seconds[-1]:.2f}s",
-            flush=True,
-        )
-
-    accuracy = evaluate(model, test, args.cert_magnitude)
-    print(accuracy.lines())
-    if args.dry_run:
-        print("dry run: nothing saved")
+        ensure_writable(args.save_dir)
+    save_path = args.save_dir / args.save_fn
+    if not args.seeds:
+        train_one(args, args.seed, save_path, data, device)
         return
-    metrics = {
-        "clean_accuracy": accuracy.clean,
-        "certified_accuracy": accuracy.certified,
-        "cert_magnitude": args.cert_magnitude,
-        "max_logit_bound": model.linf_logit_bounds().max().item(),
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "lc_penalty": args.lc_penalty,
-        "lr": args.lr,
-        "gamma": args.gamma,
-        "batch_size": args.batch_size,
-        "seconds_per_epoch_median": statistics.median(epoch_seconds),
-        "train_seconds": sum(epoch_seconds),
-        "device": str(device),
-        "torch": str(torch.__version__),
-        "machine": platform.machine(),
-    }
-    save_checkpoint(save_path, model, metrics)
-    print(f"saved {save_path}")
+    results = []
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        seed_path = save_path.with_name(f"{save_path.stem}_seed{seed}{save_path.suffix}")
+        results.append(train_one(args, seed, seed_path, data, device))
+    if not args.dry_run:
+        report_seeds(args.seeds, results, save_path.with_name(f"{save_path.stem}_seeds.json"))
 
 
 if __name__ == "__main__":
