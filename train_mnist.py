@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -281,6 +282,7 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
         "batch_size": args.batch_size,
         "seconds_per_epoch_median": statistics.median(run.epoch_seconds),
         "train_seconds": sum(run.epoch_seconds),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(device),
         "torch": str(torch.__version__),
         "machine": platform.machine(),
