@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import cli
 import lipschitz
-from certify import certified_linf_global, evaluate
+from certify import METHODS, certified_linf_global, evaluate
 from mnist_data import Split, load_mnist
 from models import LipschitzMLP, MLPConfig, save_checkpoint
 
@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lc_penalty", "--lc-penalty", type=cli.nonnegative_float, default=0.01,
                         help="weight of the soft-max logit-bound penalty (default: %(default)s)")
     parser.add_argument("--cert_magnitude", "--cert-magnitude", type=cli.nonnegative_float, default=0.1,
-                        help="L-inf radius of the certificate, pixel units (default: %(default)s)")
+                        help="radius of the certificate in --norm, pixel units (default: %(default)s)")
+    parser.add_argument("--norm", choices=lipschitz.NORMS, default="linf",
+                        help="input norm of the penalised bound and of the certificate (default: %(default)s)")
+    parser.add_argument("--method", choices=METHODS, default="global",
+                        help="certificate rule of the final report, see certify.py (default: %(default)s)")
     cli.add_architecture_flags(parser, defaults=True)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
@@ -89,7 +93,7 @@ def train_epoch(
         x, y = train.images[index], train.labels[index]
         logits = model(x)
         class_loss = F.cross_entropy(logits, y)
-        bounds = model.linf_logit_bounds()
+        bounds = model.lp_penalty_bounds(args.norm)
         loss = class_loss + args.lc_penalty * lipschitz.soft_max_penalty(bounds)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-    accuracy = evaluate(model, test, args.cert_magnitude)
+    accuracy = evaluate(model, test, args.cert_magnitude, method=args.method, norm=args.norm)
     print(accuracy.lines())
     if args.dry_run:
         print("dry run: nothing saved")
@@ -148,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         "clean_accuracy": accuracy.clean,
         "certified_accuracy": accuracy.certified,
         "cert_magnitude": args.cert_magnitude,
-        "max_logit_bound": model.linf_logit_bounds().max().item(),
+        "norm": args.norm,
+        "method": args.method,
+        "max_logit_bound": model.lp_logit_bounds(args.norm).max().item(),
         "epochs": args.epochs,
         "seed": args.seed,
         "lc_penalty": args.lc_penalty,
