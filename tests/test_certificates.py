@@ -103,10 +103,26 @@ def abs_threshold_net(in_features: int = 5) -> LipschitzMLP:
     return model.eval()
 
 
+def relu_threshold_net(in_features: int = 5) -> LipschitzMLP:
+    """ReLU net with f_0 = relu(w . (x - 1/2) + ||w||_1) - ||w||_1, f_1 = 0: the unit stays on over the cube,
+    so pairwise, margin and ibp are exact through the ReLU."""
+    torch.manual_seed(9)
+    model = LipschitzMLP(MLPConfig(in_features=in_features, hidden=(1,), out_features=2, activation="relu",
+                                   mean=0.5)).double()
+    w = torch.randn(in_features, dtype=torch.float64)
+    with torch.no_grad():
+        model.layers[0].weight.copy_(w[None])
+        model.layers[0].bias.fill_(w.abs().sum().item())
+        model.layers[2].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        model.layers[2].bias.copy_(torch.tensor([-w.abs().sum().item(), 0.0]))
+    return model.eval()
+
+
 TIGHT_CASES = [
     *[(two_class_linear_net, method, norm, None) for method in METHODS for norm in lipschitz.NORMS],
     (two_class_linear_net, "ibp", "linf", PIXEL_RANGE),  # a box cut by a box is a box: still exact
-    *[(abs_threshold_net, method, norm, None) for method in ("pairwise", "margin", "ibp") for norm in lipschitz.NORMS],
+    *[(make, method, norm, None) for make in (abs_threshold_net, relu_threshold_net)
+      for method in ("pairwise", "margin", "ibp") for norm in lipschitz.NORMS],
 ]
 
 
