@@ -101,7 +101,7 @@ def plot(panels: list[tuple[str, Curve]], path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(loc="upper right", fontsize="small")
+    axes[0].legend(loc="lower left", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
 
