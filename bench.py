@@ -109,8 +109,7 @@ def main() -> None:
 
         def original_epoch() -> None:
             for x, y in loader:
-                train_mnist.train_step(model, optimizer, x.to(device), y.to(device),
-                                       args.lc_penalty, args.cert_magnitude)
+                train_mnist.train_step(model, optimizer, x.to(device), y.to(device), args)
 
         for _ in range(options.epochs):
             seconds["original"].append(timed(original_epoch, device))

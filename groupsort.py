@@ -1,7 +1,12 @@
-"""GroupSort and ReLU activations, and how a per-unit L-infinity bound passes through them.
+"""GroupSort and ReLU activations, and how bounds and intervals pass through them.
 
 A per-unit bound b says that unit j of a layer is b_j-Lipschitz in the input's
-L-infinity norm: |h_j(x) - h_j(x')| <= b_j * ||x - x'||_inf.
+L-infinity norm: |h_j(x) - h_j(x')| <= b_j * ||x - x'||_inf. The same rules hold
+word for word in any input p-norm (`propagate_lp_bound`), because they only
+compare the units' changes with each other. A whole-vector bound
+||h(x) - h(x')||_p <= B ||x - x'||_p passes unchanged, both activations being
+1-Lipschitz in every p-norm. An interval lower <= h <= upper passes by applying
+the activation to both ends, both being monotone in each coordinate.
 """
 
 from __future__ import annotations
@@ -46,6 +51,19 @@ class GroupSort(nn.Module):
         groups = bound.unflatten(-1, (-1, self.group_size))
         return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)
 
+    def propagate_lp_bound(self, bound: torch.Tensor) -> torch.Tensor:
+        """Per-unit bounds in any input p-norm: the group maximum, by the same argument as in L-inf."""
+        return self.propagate_linf_bound(bound)
+
+    def propagate_lp_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
+        """||sort(a) - sort(a')||_p <= ||a - a'||_p for every p >= 1 (sorting is a contraction), so B is unchanged."""
+        return bound
+
+    def propagate_interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sort both ends: the k-th smallest of a group is nondecreasing in every coordinate,
+        so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
+        return self(lower), self(upper)
+
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}"
 
@@ -59,6 +77,18 @@ class ReLU(nn.ReLU):
     def propagate_linf_bound(self, bound: torch.Tensor) -> torch.Tensor:
         """Per-unit L-inf bounds after ReLU: unchanged, as |relu(a) - relu(a')| <= |a - a'|."""
         return bound
+
+    def propagate_lp_bound(self, bound: torch.Tensor) -> torch.Tensor:
+        """Per-unit bounds in any input p-norm: unchanged, as in L-inf."""
+        return bound
+
+    def propagate_lp_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
+        """Elementwise 1-Lipschitz, so ||relu(a) - relu(a')||_p <= ||a - a'||_p: B is unchanged."""
+        return bound
+
+    def propagate_interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ReLU is nondecreasing: relu(lower) <= relu(a) <= relu(upper)."""
+        return self(lower), self(upper)
 
 
 def make_activation(name: str, group_size: int) -> GroupSort | ReLU:

@@ -27,6 +27,7 @@ FILES = {
 IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 IMAGE_SIZE = 28
+PIXEL_RANGE = (0.0, 1.0)  # every image of a Split lies in this box: the domain of valid inputs
 
 
 class DataError(Exception):

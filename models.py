@@ -25,6 +25,21 @@ ORIGINAL_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class LogitBounds:
+    """Lipschitz bounds of a model's logits in one input p-norm, in pixel units.
+
+    logits[k]:         |f_k(x) - f_k(x')| <= logits[k] ||x - x'||_p
+    differences[i, j]: |(f_i - f_j)(x) - (f_i - f_j)(x')| <= differences[i, j] ||x - x'||_p
+    output:            ||f(x) - f(x')||_p <= output ||x - x'||_p
+    """
+
+    norm: str
+    logits: torch.Tensor
+    differences: torch.Tensor
+    output: torch.Tensor
+
+
 class CheckpointError(Exception):
     """A checkpoint is missing, unreadable, or disagrees with what was asked for."""
 
@@ -57,7 +72,7 @@ class MLPConfig:
 
 
 class LipschitzMLP(nn.Module):
-    """Linear -> activation -> ... -> Linear, with per-logit L-inf Lipschitz bounds.
+    """Linear -> activation -> ... -> Linear, with Lipschitz bounds in L-inf, L2 and L1, and IBP.
 
     Built with PyTorch's default initialisation, then every row of every weight
     divided by its L1 norm, so each layer starts with L-inf operator norm 1.
@@ -98,6 +113,109 @@ class LipschitzMLP(nn.Module):
             else:
                 bound = layer.propagate_linf_bound(bound)
         return bound
+
+    def lp_hidden_bounds(
+        self, norm: str, operator_norm: Callable = lipschitz.lp_operator_norm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, B) for h, the input of the last Linear layer, in the input p-norm `norm` (pixel units).
+
+        |h_j(x) - h_j(x')| <= b_j ||x - x'||_p and ||h(x) - h(x')||_p <= B ||x - x'||_p,
+        chained layer by layer with `lipschitz.lp_row_bounds` (per unit) and
+        `lipschitz.lp_whole_bound` (operator norms). In linf, b is exactly the
+        chain of `linf_logit_bounds`.
+        """
+        lipschitz.check_norm(norm)
+        first = self.layers[0].weight
+        unit, whole = lipschitz.lp_input_bounds(self.config.in_features, 1 / self.config.std, first)
+        for layer in self.layers[:-1]:
+            if isinstance(layer, nn.Linear):
+                out_unit = lipschitz.lp_row_bounds(layer.weight, unit, whole, norm)
+                whole = lipschitz.lp_whole_bound(layer.weight, out_unit, whole, norm, operator_norm)
+                unit = out_unit
+            else:
+                unit, whole = layer.propagate_lp_bound(unit), layer.propagate_lp_whole_bound(whole)
+        return unit, whole
+
+    def lp_bounds(self, norm: str) -> LogitBounds:
+        """Bounds of every logit, every logit difference, and the whole output, in the p-norm `norm`.
+
+        The last layer is applied to h's bounds row by row: W_k for logit k, and
+        W_i - W_j for the difference f_i - f_j, which is tighter than L_i + L_j
+        because the two rows' weights can cancel.
+        """
+        unit, whole = self.lp_hidden_bounds(norm)
+        last = self.layers[-1].weight
+        logits = lipschitz.lp_row_bounds(last, unit, whole, norm)
+        differences = lipschitz.lp_row_bounds(lipschitz.pair_difference_rows(last), unit, whole, norm)
+        output = lipschitz.lp_whole_bound(last, logits, whole, norm)
+        return LogitBounds(norm, logits, differences, output)
+
+    def lp_logit_bounds(self, norm: str) -> torch.Tensor:
+        """L_k with |f_k(x) - f_k(x')| <= L_k ||x - x'||_p; equal to `linf_logit_bounds` in linf."""
+        unit, whole = self.lp_hidden_bounds(norm)
+        return lipschitz.lp_row_bounds(self.layers[-1].weight, unit, whole, norm)
+
+    def lp_penalty_bounds(self, norm: str) -> torch.Tensor:
+        """Differentiable per-logit bounds for the TRAINING PENALTY in the p-norm `norm`.
+
+        The chain of `lp_logit_bounds`, except that in l2 the spectral norms are
+        power-iteration estimates (an SVD per batch would dominate the step).
+        An estimate can fall below the true norm, so these are not certified
+        bounds: certificates use `lp_bounds`. In linf, `linf_logit_bounds` itself.
+        """
+        if norm == "linf":
+            return self.linf_logit_bounds()
+
+        def operator_norm(weight: torch.Tensor, p: str) -> torch.Tensor:
+            if p == "l2":
+                return lipschitz.l2_spectral_norm_estimate(weight)
+            return lipschitz.lp_operator_norm(weight, p)
+
+        unit, whole = self.lp_hidden_bounds(norm, operator_norm)
+        return lipschitz.lp_row_bounds(self.layers[-1].weight, unit, whole, norm)
+
+    def ibp_pair_lower(
+        self,
+        x: torch.Tensor,
+        eps: float | torch.Tensor,
+        norm: str,
+        domain: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """Lower bounds of f_i(x') - f_j(x') over ||x' - x||_p <= eps (within `domain`): (n, out, out).
+
+        Interval bound propagation. The input box is the L-inf ball of radius
+        eps, which holds the p-ball for every p, cut to the pixel range `domain`
+        when given (then the bounds hold for valid images only). The first
+        layer's interval is also cut to the exact range over the p-ball,
+        w . x +- eps ||w||_q / std. Activations pass intervals end by end; the
+        last layer is folded into the logit differences. `eps` is one radius,
+        or one per example.
+        """
+        lipschitz.check_norm(norm)
+        x = x.flatten(1)
+        eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1).expand(len(x))
+        lower, upper = x - eps[:, None], x + eps[:, None]
+        if domain is not None:
+            lower, upper = lower.clamp(min=domain[0]), upper.clamp(max=domain[1])
+        mean, std = self.config.mean, self.config.std
+        lower, upper = (lower - mean) / std, (upper - mean) / std
+        center, radius = (x - mean) / std, eps / std
+        for index, layer in enumerate(self.layers[:-1]):
+            if isinstance(layer, nn.Linear):
+                lower, upper = lipschitz.interval_linear(layer.weight, layer.bias, lower, upper)
+                if index == 0:
+                    ball = lipschitz.lp_ball_interval(layer.weight, layer.bias, center, radius, norm)
+                    lower, upper = torch.maximum(lower, ball[0]), torch.minimum(upper, ball[1])
+            else:
+                lower, upper = layer.propagate_interval(lower, upper)
+        last = self.layers[-1]
+        pair_lower = lipschitz.interval_pair_lower(last.weight, last.bias, lower, upper)
+        if len(self.layers) == 1:  # no hidden layer: the differences' range over the ball is exact
+            rows = lipschitz.pair_difference_rows(last.weight)
+            offsets = last.bias[:, None] - last.bias[None, :]
+            ball_lower, _ = lipschitz.lp_ball_interval(rows, offsets, center, radius, norm)
+            pair_lower = torch.maximum(pair_lower, ball_lower)
+        return pair_lower
 
 
 @torch.no_grad()

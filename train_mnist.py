@@ -27,14 +27,14 @@ import torch.nn.functional as F
 
 import cli
 import lipschitz
-from certify import Accuracy, certified_linf_global, evaluate
+from certify import METHODS, Accuracy, certified_linf_global, evaluate
 from mnist_data import Split, load_mnist
 from models import LipschitzMLP, MLPConfig, atomic_write, save_checkpoint
 
 DRY_RUN_BATCHES = 3
 TRAINING_STATE_FORMAT = "lipschitz-mlp-training/1"
 # What a resumed run must share with the run it continues (the epoch count may grow).
-RECIPE = ("batch_size", "lr", "gamma", "lc_penalty", "cert_magnitude", "seed")
+RECIPE = ("batch_size", "lr", "gamma", "lc_penalty", "norm", "cert_magnitude", "seed")
 
 
 class NonFiniteError(cli.Failure):
@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lc_penalty", "--lc-penalty", type=cli.nonnegative_float, default=0.01,
                         help="weight of the soft-max logit-bound penalty (default: %(default)s)")
     parser.add_argument("--cert_magnitude", "--cert-magnitude", type=cli.nonnegative_float, default=0.1,
-                        help="L-inf radius of the certificate, pixel units (default: %(default)s)")
+                        help="radius of the certificate in --norm, pixel units (default: %(default)s)")
+    parser.add_argument("--norm", choices=lipschitz.NORMS, default="linf",
+                        help="input norm of the penalised bound and of the certificate (default: %(default)s)")
+    parser.add_argument("--method", choices=METHODS, default="global",
+                        help="certificate rule of the final report, see certify.py (default: %(default)s)")
     cli.add_architecture_flags(parser, defaults=True)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
@@ -87,24 +91,25 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    lc_penalty: float,
-    eps: float,
+    args: argparse.Namespace,
 ) -> torch.Tensor:
     """One optimiser step on cross-entropy + penalty; returns [loss, class loss, errors, certified].
 
-    The logit bounds are computed once and serve both the penalty and the
-    certificate count. Nothing leaves the device, so a step never waits on it.
+    The logit bounds in `args.norm` are computed once and serve both the penalty
+    and the running count of certified examples (the global rule; in L2 the
+    penalty's power-iteration bounds make that count an estimate). Nothing
+    leaves the device, so a step never waits on it.
     """
     logits = model(x)
     class_loss = F.cross_entropy(logits, y)
-    bounds = model.linf_logit_bounds()
-    loss = class_loss + lc_penalty * lipschitz.soft_max_penalty(bounds)
+    bounds = model.lp_penalty_bounds(args.norm)
+    loss = class_loss + args.lc_penalty * lipschitz.soft_max_penalty(bounds)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     with torch.no_grad():
         errors = (logits.argmax(dim=1) != y).sum()
-        certified = certified_linf_global(logits, y, bounds, eps).sum()
+        certified = certified_linf_global(logits, y, bounds, args.cert_magnitude).sum()
         return torch.stack([loss, class_loss, errors, certified])
 
 
@@ -134,10 +139,9 @@ def train_epoch(
         batches = batches[:DRY_RUN_BATCHES]
     totals = torch.zeros(4, device=train.labels.device)
     for index in batches:
-        totals += train_step(model, optimizer, train.images[index], train.labels[index],
-                             args.lc_penalty, args.cert_magnitude)
+        totals += train_step(model, optimizer, train.images[index], train.labels[index], args)
     with torch.no_grad():
-        max_bound = model.linf_logit_bounds().max()
+        max_bound = model.lp_logit_bounds(args.norm).max()
     loss_sum, class_sum, errors, certified, max_bound = torch.cat([totals, max_bound[None]]).tolist()
     seen = sum(len(index) for index in batches)
     return EpochStats(loss_sum / len(batches), class_sum / len(batches), errors / seen,
@@ -264,7 +268,7 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
         print(f"\ninterrupted: {saved}; continue with the same command and --resume", file=sys.stderr)
         sys.exit(130)
 
-    accuracy = evaluate(run.model, test, args.cert_magnitude)
+    accuracy = evaluate(run.model, test, args.cert_magnitude, method=args.method, norm=args.norm)
     print(accuracy.lines())
     if args.dry_run:
         print("dry run: nothing saved")
@@ -273,7 +277,9 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
         "clean_accuracy": accuracy.clean,
         "certified_accuracy": accuracy.certified,
         "cert_magnitude": args.cert_magnitude,
-        "max_logit_bound": run.model.linf_logit_bounds().max().item(),
+        "norm": args.norm,
+        "method": args.method,
+        "max_logit_bound": run.model.lp_logit_bounds(args.norm).max().item(),
         "epochs": run.epoch,
         "seed": seed,
         "lc_penalty": args.lc_penalty,

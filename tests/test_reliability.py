@@ -53,6 +53,8 @@ def broken_data(tmp_path_factory, mnist_root) -> dict[str, Path]:
 
 TRAIN_CASES = {
     "unknown activation": (["--activation", "tanh"], "argument --activation: invalid choice: 'tanh'"),
+    "unknown norm": (["--norm", "l3"], "argument --norm: invalid choice: 'l3'"),
+    "unknown method": (["--method", "best"], "argument --method: invalid choice: 'best'"),
     "group size not dividing": (["--group_size", "3"], "group size 3 does not divide the layer width 500"),
     "zero epochs": (["--epochs", "0"], "argument --epochs: 0 must be > 0"),
     "negative batch size": (["--batch-size", "-5"], "argument --batch-size: -5 must be > 0"),
@@ -137,6 +139,8 @@ CERTIFY_CASES = {
     "wrong activation": (lambda tmp, ckpt: ckpt, ["--activation", "relu"], "trained with activation groupsort"),
     "wrong group size": (lambda tmp, ckpt: ckpt, ["--group_size", "5"], "trained with group_size 10, not 5"),
     "negative radius": (lambda tmp, ckpt: ckpt, ["--cert_magnitude", "-1"], "must be >= 0.0"),
+    "unknown method": (lambda tmp, ckpt: ckpt, ["--method", "best"], "argument --method: invalid choice: 'best'"),
+    "unknown norm": (lambda tmp, ckpt: ckpt, ["--norm", "l7"], "argument --norm: invalid choice: 'l7'"),
 }
 
 

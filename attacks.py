@@ -1,0 +1,158 @@
+"""PGD attacks in L-inf, L2 and L1: search the p-ball around an input for a misclassified point.
+
+An attack gives an UPPER bound on robust accuracy (every point it finds is a
+real counterexample), where a certificate gives a lower bound. So on every
+example certified => robust => correct, and a certified example that an attack
+breaks is a soundness bug. By default points stay in the pixel range [0, 1],
+the valid images: a subset of the ball, which every Lipschitz certificate
+covers whole and IBP covers within the same range. Pass domain=None to search
+the whole ball.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import lipschitz
+from mnist_data import PIXEL_RANGE
+
+EVAL_BATCH = 10_000
+L1_STEP_FRACTION = 0.01  # an L1 step moves this fraction of the coordinates (at least one)
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """max_{j != y} f_j - f_y per row: >= 0 exactly when some other class ties or beats the label."""
+    true = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return others.amax(dim=1) - true
+
+
+def lp_project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Euclidean projection of each row onto the p-ball ||delta||_p <= eps (eps: (n, 1)).
+
+    L-inf: clamp. L2: rescale rows outside. L1: soft-threshold at the level found
+    by sorting (Duchi, Shalev-Shwartz, Singer & Chandra, ICML 2008).
+    """
+    lipschitz.check_norm(norm)
+    if norm == "linf":
+        return torch.maximum(torch.minimum(delta, eps), -eps)
+    if norm == "l2":
+        length = delta.norm(dim=1, keepdim=True)
+        return delta * torch.where(length > eps, eps / length.clamp_min(1e-30), torch.ones_like(length))
+    magnitude = delta.abs()
+    inside = magnitude.sum(dim=1, keepdim=True) <= eps
+    ordered = magnitude.sort(dim=1, descending=True).values
+    excess = ordered.cumsum(dim=1) - eps
+    ranks = torch.arange(1, delta.shape[1] + 1, dtype=delta.dtype, device=delta.device)
+    count = (ordered - excess / ranks > 0).sum(dim=1, keepdim=True).clamp_min(1)
+    threshold = excess.gather(1, count - 1) / count
+    projected = delta.sign() * (magnitude - threshold).clamp_min(0)
+    return torch.where(inside, delta, projected)
+
+
+def lp_ascent_direction(grad: torch.Tensor, norm: str, movable: torch.Tensor) -> torch.Tensor:
+    """A step of unit p-norm that raises a function with gradient `grad` fastest, to first order.
+
+    L-inf: sign(grad). L2: grad / ||grad||_2. L1: the steepest vertex, spread
+    over the top `L1_STEP_FRACTION` of the coordinates that can still move
+    (`movable`), so the search does not stall on one coordinate at the domain's edge.
+    """
+    if norm == "linf":
+        return grad.sign()
+    if norm == "l2":
+        return grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    count = max(1, math.ceil(L1_STEP_FRACTION * grad.shape[1]))
+    score = torch.where(movable, grad.abs(), torch.zeros_like(grad))
+    top = score.topk(count, dim=1).indices
+    direction = torch.zeros_like(grad)
+    return direction.scatter(1, top, grad.gather(1, top).sign() / count)
+
+
+def lp_random_start(
+    shape: torch.Size, eps: torch.Tensor, norm: str, generator: torch.Generator
+) -> torch.Tensor:
+    """A random point of the p-ball of radius eps (n, 1) around 0: uniform in the cube, or a random direction and length."""
+    if norm == "linf":
+        return (2 * torch.rand(shape, generator=generator, dtype=eps.dtype, device=eps.device) - 1) * eps
+    if norm == "l2":
+        direction = torch.randn(shape, generator=generator, dtype=eps.dtype, device=eps.device)
+    else:
+        uniform = torch.rand(shape, generator=generator, dtype=eps.dtype, device=eps.device)
+        direction = -torch.log1p(-uniform) * torch.randn(shape, generator=generator, dtype=eps.dtype,
+                                                          device=eps.device).sign()
+    length = torch.rand((shape[0], 1), generator=generator, dtype=eps.dtype, device=eps.device) * eps
+    return direction * length / lipschitz.lp_vector_norm(direction, norm)[:, None].clamp_min(1e-30)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str,
+    steps: int = 50,
+    restarts: int = 5,
+    domain: tuple[float, float] | None = PIXEL_RANGE,
+    seed: int = 0,
+    relative_step: float | None = None,
+    batch_size: int = EVAL_BATCH,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected gradient ascent on the margin loss inside ||x' - x||_p <= eps (and `domain`).
+
+    Returns (broken, found): found[i] is the x' of highest margin loss seen
+    (x itself included), and broken[i] says that another class ties or beats
+    labels[i] there. The first restart starts at x, the others at random points
+    of the ball; each restart attacks only the examples not broken yet. Each of
+    `steps` steps moves by relative_step * eps (default 2.5 / steps, Madry et
+    al.) along `lp_ascent_direction`, then projects onto the ball and clamps to
+    the domain (which keeps it in the ball). `eps` is one radius or one per
+    example. Model parameters get no gradient.
+    """
+    lipschitz.check_norm(norm)
+    x = x.flatten(1)
+    eps_rows = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1).expand(len(x))
+    step = 2.5 / steps if relative_step is None else relative_step
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def logits_of(z: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, params, (z,))
+
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    best = torch.full((len(x),), float("-inf"), dtype=x.dtype, device=x.device)
+    found = x.clone()
+    for restart in range(restarts):
+        for start in range(0, len(x), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(x)), device=x.device)
+            index = index[best[index] < 0]
+            if not len(index):
+                continue
+            xs, ys, radius = x[index], labels[index], eps_rows[index][:, None]
+            if restart == 0:
+                delta = torch.zeros_like(xs)
+            else:
+                delta = lp_project(lp_random_start(xs.shape, radius, norm, generator), radius, norm)
+                if domain is not None:
+                    delta = (xs + delta).clamp(*domain) - xs
+            for iteration in range(steps + 1):
+                delta.requires_grad_(True)
+                z = xs + delta
+                loss = margin_loss(logits_of(z), ys)
+                better = loss.detach() > best[index]
+                found[index[better]] = z.detach()[better]
+                best[index[better]] = loss.detach()[better]
+                if iteration == steps:
+                    break
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+                with torch.no_grad():
+                    if domain is None:
+                        movable = torch.ones_like(grad, dtype=torch.bool)
+                    else:
+                        movable = ((grad > 0) & (z < domain[1])) | ((grad < 0) & (z > domain[0]))
+                    delta = delta + step * radius * lp_ascent_direction(grad, norm, movable)
+                    delta = lp_project(delta, radius, norm)
+                    if domain is not None:
+                        delta = (xs + delta).clamp(*domain) - xs
+    return best >= 0, found
