@@ -29,7 +29,7 @@ from torchvision import datasets, transforms
 import cli
 import train_mnist
 from mnist_data import FILES, find_file, load_mnist
-from models import LipschitzMLP, MLPConfig
+from models import LipschitzMLP, MLPConfig, atomic_write
 
 
 def epoch_flops(config: MLPConfig, examples: int) -> int:
@@ -145,7 +145,8 @@ def main() -> None:
     print(f"{'matmuls alone':<22} {floor:>8.2f} {result['matmul_gflops']:>8.1f}")
     print(f"speed-up: {result['speedup']:.2f}x; {flops / 1e9:.0f} GFLOP per epoch; {result['machine']}")
     if options.json:
-        options.json.write_text(json.dumps(result, indent=2) + "\n")
+        text = json.dumps(result, indent=2) + "\n"
+        atomic_write(options.json, lambda stream: stream.write(text.encode()))
 
 
 if __name__ == "__main__":
