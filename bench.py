@@ -11,7 +11,6 @@ The achieved GFLOP/s are set against plain matrix multiplies of the same shapes.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import platform

@@ -23,18 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import cli
 import lipschitz
 from certify import METHODS, Accuracy, certified_linf_global, evaluate
 from mnist_data import Split, load_mnist
 from models import LipschitzMLP, MLPConfig, atomic_write, save_checkpoint
+from objectives import LOSSES, Schedule, batch_loss
 
 DRY_RUN_BATCHES = 3
 TRAINING_STATE_FORMAT = "lipschitz-mlp-training/1"
 # What a resumed run must share with the run it continues (the epoch count may grow).
-RECIPE = ("batch_size", "lr", "gamma", "lc_penalty", "norm", "cert_magnitude", "seed")
+RECIPE = ("batch_size", "lr", "gamma", "lc_penalty", "norm", "cert_magnitude", "loss", "train_eps", "ramp_epochs",
+          "hinge_margin", "constraint", "constraint_radius", "seed")
 
 
 class NonFiniteError(cli.Failure):
@@ -61,6 +62,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="input norm of the penalised bound and of the certificate (default: %(default)s)")
     parser.add_argument("--method", choices=METHODS, default="global",
                         help="certificate rule of the final report, see certify.py (default: %(default)s)")
+    parser.add_argument("--loss", choices=LOSSES, default="ce",
+                        help="training objective, see objectives.py (default: %(default)s, the demo's)")
+    parser.add_argument("--train-eps", type=cli.nonnegative_float, default=None,
+                        help="radius the lmt, hinge and ibp losses train at (default: --cert_magnitude)")
+    parser.add_argument("--ramp-epochs", type=cli.nonnegative_float, default=0.0,
+                        help="ramp the training radius up from 0 over this many epochs (default: %(default)s)")
+    parser.add_argument("--hinge-margin", type=cli.positive_float, default=1.0,
+                        help="target certified margin of the hinge loss (default: %(default)s)")
+    parser.add_argument("--constraint", choices=("none", "linf-proj"), default="none",
+                        help="linf-proj: after every step, project each weight row onto the L1 ball, so "
+                             "every layer's L-inf operator norm stays <= --constraint-radius (default: none)")
+    parser.add_argument("--constraint-radius", type=cli.positive_float, default=1.0,
+                        help="L1 radius of the rows under --constraint linf-proj (default: %(default)s)")
     cli.add_architecture_flags(parser, defaults=True)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
@@ -79,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.save_fn is None:
         args.save_fn = f"mnist_{args.activation}.p"
+    if args.train_eps is None:
+        args.train_eps = args.cert_magnitude
     if args.dry_run and args.resume:
         parser.error("--dry-run saves nothing, so it cannot be resumed: drop one of the two")
     if args.seeds and args.resume:
@@ -92,21 +108,25 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     args: argparse.Namespace,
+    schedule: Schedule | None = None,
 ) -> torch.Tensor:
-    """One optimiser step on cross-entropy + penalty; returns [loss, class loss, errors, certified].
+    """One optimiser step on the objective `args.loss`; returns [loss, class loss, errors, certified].
 
     The logit bounds in `args.norm` are computed once and serve both the penalty
     and the running count of certified examples (the global rule; in L2 the
     penalty's power-iteration bounds make that count an estimate). Nothing
-    leaves the device, so a step never waits on it.
+    leaves the device, so a step never waits on it. Without a schedule the
+    loss trains at the full --train-eps.
     """
-    logits = model(x)
-    class_loss = F.cross_entropy(logits, y)
-    bounds = model.lp_penalty_bounds(args.norm)
-    loss = class_loss + args.lc_penalty * lipschitz.soft_max_penalty(bounds)
+    schedule = schedule or Schedule.at(1.0, args.train_eps, 0.0)
+    loss, class_loss, logits, bounds = batch_loss(model, x, y, args.loss, args.norm, args.lc_penalty,
+                                                  schedule, args.hinge_margin)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if args.constraint == "linf-proj":
+        for layer in model.linear_layers():
+            lipschitz.project_rows_l1_ball_(layer.weight, args.constraint_radius)
     with torch.no_grad():
         errors = (logits.argmax(dim=1) != y).sum()
         certified = certified_linf_global(logits, y, bounds, args.cert_magnitude).sum()
@@ -130,16 +150,18 @@ def train_epoch(
     train: Split,
     args: argparse.Namespace,
     generator: torch.Generator,
+    epoch: int = 0,
 ) -> EpochStats:
-    """One shuffled pass over `train`; the statistics are read back once, at the end."""
+    """One shuffled pass over `train` after `epoch` finished epochs; statistics are read back once, at the end."""
     model.train()
     order = torch.randperm(len(train), generator=generator, device=train.labels.device)
     batches = order.split(args.batch_size)
     if args.dry_run:
         batches = batches[:DRY_RUN_BATCHES]
     totals = torch.zeros(4, device=train.labels.device)
-    for index in batches:
-        totals += train_step(model, optimizer, train.images[index], train.labels[index], args)
+    for number, index in enumerate(batches):
+        schedule = Schedule.at(epoch + number / len(batches), args.train_eps, args.ramp_epochs)
+        totals += train_step(model, optimizer, train.images[index], train.labels[index], args, schedule)
     with torch.no_grad():
         max_bound = model.lp_logit_bounds(args.norm).max()
     loss_sum, class_sum, errors, certified, max_bound = torch.cat([totals, max_bound[None]]).tolist()
@@ -246,7 +268,7 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
     try:
         while run.epoch < epochs:
             start = time.perf_counter()
-            stats = train_epoch(run.model, run.optimizer, train, args, run.generator)
+            stats = train_epoch(run.model, run.optimizer, train, args, run.generator, run.epoch)
             run.scheduler.step()
             seconds = time.perf_counter() - start
             if not (math.isfinite(stats.loss) and math.isfinite(stats.max_bound)):
@@ -276,16 +298,10 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
     metrics = {
         "clean_accuracy": accuracy.clean,
         "certified_accuracy": accuracy.certified,
-        "cert_magnitude": args.cert_magnitude,
-        "norm": args.norm,
         "method": args.method,
         "max_logit_bound": run.model.lp_logit_bounds(args.norm).max().item(),
         "epochs": run.epoch,
-        "seed": seed,
-        "lc_penalty": args.lc_penalty,
-        "lr": args.lr,
-        "gamma": args.gamma,
-        "batch_size": args.batch_size,
+        **recipe(args, seed),
         "seconds_per_epoch_median": statistics.median(run.epoch_seconds),
         "train_seconds": sum(run.epoch_seconds),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
