@@ -399,6 +399,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="folder holding MNIST/raw (default: %(default)s)")
     cli.add_architecture_flags(parser, defaults=False)
+    parser.add_argument("--mean", type=float, default=None,
+                        help="input normalisation mean; must match a checkpoint's (original demo: 0.1307)")
+    parser.add_argument("--std", type=cli.positive_float, default=None,
+                        help="input normalisation std; must match a checkpoint's (original demo: 1)")
     cli.add_device_flags(parser)
     args = parser.parse_args(argv)
     if args.eps is not None and args.cert_magnitude is not None:
@@ -411,7 +415,9 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = cli.pick_device(args.device, args.no_cuda)
-    checkpoint = load_checkpoint(args.checkpoint, args.activation, args.group_size, args.hidden)
+    normalisation = None if args.mean is None and args.std is None else (
+        0.1307 if args.mean is None else args.mean, 1.0 if args.std is None else args.std)
+    checkpoint = load_checkpoint(args.checkpoint, args.activation, args.group_size, args.hidden, normalisation)
     (test,) = load_mnist(args.data_dir, splits=("test",))
     if args.limit is not None:
         test = Split(test.images[: args.limit], test.labels[: args.limit])

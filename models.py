@@ -271,13 +271,15 @@ def load_checkpoint(
     activation: str | None = None,
     group_size: int | None = None,
     hidden: tuple[int, ...] | None = None,
+    normalisation: tuple[float, float] | None = None,
 ) -> Checkpoint:
     """Rebuild a saved model on the CPU.
 
     Accepts this project's checkpoints and the original demo's bare state_dict
-    (`inlayer.*`, `outlayer.*`), whose activation and group size come from the
-    arguments (default: the demo's groupsort, 10). Arguments that are given must
-    agree with what the checkpoint records, so a wrong model is never certified.
+    (`inlayer.*`, `outlayer.*`), whose activation, group size and normalisation
+    (mean, std) come from the arguments (default: the demo's groupsort, 10,
+    (0.1307, 1)). Arguments that are given must agree with what the checkpoint
+    records, so a wrong model is never certified.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -294,6 +296,7 @@ def load_checkpoint(
             ("activation", activation, config.activation),
             ("group_size", group_size, config.group_size),
             ("hidden", hidden, config.hidden),
+            ("normalisation", normalisation, (config.mean, config.std)),
         ):
             if asked is not None and asked != recorded:
                 raise CheckpointError(
@@ -312,6 +315,7 @@ def load_checkpoint(
             out_features=shape_out[0],
             activation=activation or "groupsort",
             group_size=group_size or 10,
+            **({} if normalisation is None else {"mean": normalisation[0], "std": normalisation[1]}),
         )
         metrics, original = {}, True
     else:

@@ -139,6 +139,8 @@ CERTIFY_CASES = {
     "wrong activation": (lambda tmp, ckpt: ckpt, ["--activation", "relu"], "trained with activation groupsort"),
     "wrong group size": (lambda tmp, ckpt: ckpt, ["--group_size", "5"], "trained with group_size 10, not 5"),
     "negative radius": (lambda tmp, ckpt: ckpt, ["--cert_magnitude", "-1"], "must be >= 0.0"),
+    "wrong normalisation": (lambda tmp, ckpt: ckpt, ["--std", "0.3081"],
+                            "trained with normalisation (0.1307, 1.0), not (0.1307, 0.3081)"),
     "unknown method": (lambda tmp, ckpt: ckpt, ["--method", "best"], "argument --method: invalid choice: 'best'"),
     "unknown norm": (lambda tmp, ckpt: ckpt, ["--norm", "l7"], "argument --norm: invalid choice: 'l7'"),
 }
