@@ -33,8 +33,8 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def lp_project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
     """Euclidean projection of each row onto the p-ball ||delta||_p <= eps (eps: (n, 1)).
 
-    L-inf: clamp. L2: rescale rows outside. L1: soft-threshold at the level found
-    by sorting (Duchi, Shalev-Shwartz, Singer & Chandra, ICML 2008).
+    L-inf: clamp. L2: rescale rows outside. L1: soft-threshold
+    (`lipschitz.project_rows_l1_ball`).
     """
     lipschitz.check_norm(norm)
     if norm == "linf":
@@ -42,15 +42,7 @@ def lp_project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tenso
     if norm == "l2":
         length = delta.norm(dim=1, keepdim=True)
         return delta * torch.where(length > eps, eps / length.clamp_min(1e-30), torch.ones_like(length))
-    magnitude = delta.abs()
-    inside = magnitude.sum(dim=1, keepdim=True) <= eps
-    ordered = magnitude.sort(dim=1, descending=True).values
-    excess = ordered.cumsum(dim=1) - eps
-    ranks = torch.arange(1, delta.shape[1] + 1, dtype=delta.dtype, device=delta.device)
-    count = (ordered - excess / ranks > 0).sum(dim=1, keepdim=True).clamp_min(1)
-    threshold = excess.gather(1, count - 1) / count
-    projected = delta.sign() * (magnitude - threshold).clamp_min(0)
-    return torch.where(inside, delta, projected)
+    return lipschitz.project_rows_l1_ball(delta, eps)
 
 
 def lp_ascent_direction(grad: torch.Tensor, norm: str, movable: torch.Tensor) -> torch.Tensor:

@@ -215,21 +215,20 @@ def lp_ball_interval(
     return (middle - spread).unflatten(1, shape), (middle + spread).unflatten(1, shape)
 
 
-@torch.no_grad()
-def project_rows_l1_ball_(weight: torch.Tensor, radius: float, max_iterations: int = 100) -> None:
-    """Project every row of `weight` onto {w : ||w||_1 <= radius}, in place (Euclidean projection).
+def project_rows_l1_ball(rows: torch.Tensor, radius: float | torch.Tensor, max_iterations: int = 100) -> torch.Tensor:
+    """Every row projected onto {w : ||w||_1 <= radius} (Euclidean projection); `radius` is one value or one per row.
 
-    Afterwards each row's L1 norm is at most `radius`, so the layer's L-inf
-    operator norm is too. Rows already inside are left alone. The projection
-    soft-thresholds a row, w_i -> sign(w_i) max(|w_i| - theta, 0); theta is
-    found by Michelot's iteration, theta <- (sum of |w_i| > theta, minus radius)
-    / their count, which rises to the exact value in finitely many rounds
-    without sorting. A small upward nudge absorbs rounding, so the bound holds
-    in floating point too.
+    Rows already inside are returned unchanged. The projection soft-thresholds a
+    row, w_i -> sign(w_i) max(|w_i| - theta, 0); theta is found by Michelot's
+    iteration, theta <- (sum of |w_i| > theta, minus radius) / their count,
+    which rises to the exact value in finitely many rounds without sorting. A
+    small upward nudge absorbs rounding, and any row still outside (iteration
+    cut short) is rescaled onto the ball, so the result is always inside.
     """
-    magnitude = weight.abs()
+    radius = torch.as_tensor(radius, dtype=rows.dtype, device=rows.device).reshape(-1)
+    magnitude = rows.abs()
     excess = magnitude.sum(dim=1) - radius
-    theta = (excess / weight.shape[1]).clamp(min=0)
+    theta = (excess / rows.shape[1]).clamp(min=0)
     for _ in range(max_iterations):
         active = magnitude > theta[:, None]
         updated = ((magnitude * active).sum(dim=1) - radius) / active.sum(dim=1).clamp(min=1)
@@ -237,5 +236,16 @@ def project_rows_l1_ball_(weight: torch.Tensor, radius: float, max_iterations: i
         if torch.equal(updated, theta):
             break
         theta = updated
-    theta = theta * (1 + 4 * torch.finfo(weight.dtype).eps)
-    weight.copy_(weight.sign() * (magnitude - theta[:, None]).clamp(min=0))
+    theta = theta * (1 + 4 * torch.finfo(rows.dtype).eps)
+    projected = rows.sign() * (magnitude - theta[:, None]).clamp(min=0)
+    length = projected.abs().sum(dim=1)
+    shrink = torch.where(length > radius, radius / length.clamp_min(torch.finfo(rows.dtype).tiny),
+                         torch.ones_like(length))
+    return torch.where((excess > 0)[:, None], projected * shrink[:, None], rows)
+
+
+@torch.no_grad()
+def project_rows_l1_ball_(weight: torch.Tensor, radius: float) -> None:
+    """`project_rows_l1_ball` in place: afterwards every row's L1 norm, and so the layer's
+    L-inf operator norm, is at most `radius`."""
+    weight.copy_(project_rows_l1_ball(weight, radius))
