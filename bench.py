@@ -1,16 +1,25 @@
 """Time an epoch of the default GroupSort training through the original demo's data path and ours.
 
     python bench.py --data-dir ../shared/mnist --epochs 3 --json bench.json
+    python bench.py --data-dir ../shared/mnist --epochs 5 --compile --seeds 5
 
-Both paths drive the same model, loss and optimiser step (`train_mnist.train_step`):
+Every path drives the same model, loss and optimiser step (`train_mnist.train_step`):
 (a) the original: torchvision `datasets.MNIST` with `ToTensor` + `Normalize`, a
     DataLoader of batch 128 with shuffling, as in the demo;
-(b) ours: the whole split as one tensor, batches drawn by a shuffled permutation.
+(b) ours: the whole split as one tensor, batches drawn by a shuffled permutation;
+(c) with --compile, ours with the batch loss under torch.compile.
 The achieved GFLOP/s are set against plain matrix multiplies of the same shapes.
+
+--seeds N bounds what training N seeds at once, stacked into one model, could
+cost per epoch at best: stacking shares the per-batch overhead, but every
+seed's arithmetic is still done. The overhead is measured as the epoch time of
+a model only 10 units wide; the N seeds' matrix multiplies alone are timed
+with torch.bmm.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import platform
@@ -27,8 +36,15 @@ from torchvision import datasets, transforms
 
 import cli
 import train_mnist
-from mnist_data import FILES, find_file, load_mnist
+from mnist_data import FILES, Split, find_file, load_mnist
 from models import LipschitzMLP, MLPConfig, atomic_write
+
+LABELS = {
+    "original": "original DataLoader",
+    "ours": "this project",
+    "compiled": "this project, --compile",
+    "overhead": "width-10 model",
+}
 
 
 def epoch_flops(config: MLPConfig, examples: int) -> int:
@@ -39,8 +55,13 @@ def epoch_flops(config: MLPConfig, examples: int) -> int:
     return 2 * examples * (2 * sum(products) + sum(products[1:]))
 
 
-def matmul_seconds_per_epoch(config: MLPConfig, batch: int, examples: int, device: torch.device) -> float:
-    """The same multiplies as an epoch's training steps, alone: a floor for the epoch's time."""
+def matmul_seconds_per_epoch(
+    config: MLPConfig, batch: int, examples: int, device: torch.device, stack: int = 1
+) -> float:
+    """The same multiplies as an epoch's training steps, alone: a floor for the epoch's time.
+
+    With `stack` > 1, those of `stack` models at once, as batched multiplies.
+    """
     widths = (config.in_features, *config.hidden, config.out_features)
     shapes = []
     for depth, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -48,7 +69,8 @@ def matmul_seconds_per_epoch(config: MLPConfig, batch: int, examples: int, devic
         shapes.append(((fan_out, batch), (batch, fan_in)))    # weight gradient
         if depth:
             shapes.append(((batch, fan_out), (fan_out, fan_in)))  # input gradient
-    operands = [(torch.randn(a, device=device), torch.randn(b, device=device)) for a, b in shapes]
+    lead = () if stack == 1 else (stack,)
+    operands = [(torch.randn(*lead, *a, device=device), torch.randn(*lead, *b, device=device)) for a, b in shapes]
 
     def step() -> None:
         for a, b in operands:
@@ -59,6 +81,18 @@ def matmul_seconds_per_epoch(config: MLPConfig, batch: int, examples: int, devic
     return seconds * -(-examples // batch)
 
 
+def seeds_bound(count: int, one_seed: float, overhead: float, matmuls: float) -> dict[str, float]:
+    """The best epoch time of `count` stacked seeds: the overhead paid once, the rest once per seed."""
+    bound = overhead + count * (one_seed - overhead)
+    print(f"{count} seeds at once, at best: {overhead:.2f} s shared + {count} x {one_seed - overhead:.2f} s "
+          f"= {bound:.2f} s/epoch, {bound / one_seed:.2f}x one seed")
+    print(f"{count} seeds' matrix multiplies alone (torch.bmm): {matmuls:.2f} s/epoch, "
+          f"{matmuls / one_seed:.2f}x one seed's whole epoch")
+    return {"count": count, "overhead_seconds_per_epoch": overhead, "lower_bound_seconds_per_epoch": bound,
+            "lower_bound_ratio": bound / one_seed, "matmul_only_seconds_per_epoch": matmuls,
+            "matmul_only_ratio": matmuls / one_seed}
+
+
 def timed(work: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -67,6 +101,28 @@ def timed(work: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def original_epoch(data_dir: Path, args: argparse.Namespace, workdir: Path, device: torch.device) -> Callable[[], None]:
+    """One epoch of the default training fed by the original demo's DataLoader."""
+    loader = original_loader(data_dir, args.batch_size, workdir)
+    # The loader normalises, so this model does not (mean 0): the same function.
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(mean=0.0)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+
+    def epoch() -> None:
+        for x, y in loader:
+            train_mnist.train_step(model, optimizer, x.to(device), y.to(device), args)
+
+    return epoch
+
+
+def project_epoch(train: Split, recipe: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """One epoch of `recipe` through this project's path: the split in memory, a shuffled permutation."""
+    run = train_mnist.new_run(recipe, 0, device)
+    return lambda: train_mnist.train_epoch(run.model, run.optimizer, train, recipe, run.generator,
+                                           loss_fn=run.loss_fn)
 
 
 def original_loader(data_dir: Path, batch_size: int, workdir: Path) -> DataLoader:
@@ -89,6 +145,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="folder holding MNIST/raw")
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per path")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--compile", action="store_true", help="also time our path with --compile")
+    parser.add_argument("--seeds", type=cli.positive_int, default=1,
+                        help="also bound the epoch time of this many seeds trained at once (default: 1, no bound)")
     cli.add_device_flags(parser)
     options = parser.parse_args()
     device = cli.pick_device(options.device, options.no_cuda)
@@ -97,28 +156,22 @@ def main() -> None:
 
     (train,) = load_mnist(options.data_dir, splits=("train",))
     train = train.to(device)
-    seconds: dict[str, list[float]] = {"original": [], "ours": []}
+    recipes = {"ours": args}
+    if options.compile:
+        recipes["compiled"] = train_mnist.parse_args(["--compile"])
+    if options.seeds > 1:
+        recipes["overhead"] = train_mnist.parse_args(["--hidden", "10"])
 
     with tempfile.TemporaryDirectory() as workdir:
-        loader = original_loader(options.data_dir, args.batch_size, Path(workdir))
-        # The loader normalises, so this model does not (mean 0): the same function.
-        torch.manual_seed(0)
-        model = LipschitzMLP(MLPConfig(mean=0.0)).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
-
-        def original_epoch() -> None:
-            for x, y in loader:
-                train_mnist.train_step(model, optimizer, x.to(device), y.to(device), args)
-
-        for _ in range(options.epochs):
-            seconds["original"].append(timed(original_epoch, device))
-            print(f"original data path: {seconds['original'][-1]:.2f} s/epoch", flush=True)
-
-    run = train_mnist.new_run(args, 0, device)
-    for _ in range(options.epochs):
-        seconds["ours"].append(timed(lambda: train_mnist.train_epoch(
-            run.model, run.optimizer, train, args, run.generator), device))
-        print(f"this project's path: {seconds['ours'][-1]:.2f} s/epoch", flush=True)
+        epochs = {"original": original_epoch(options.data_dir, args, Path(workdir), device)}
+        epochs.update({path: project_epoch(train, recipe, device) for path, recipe in recipes.items()})
+        seconds: dict[str, list[float]] = {path: [] for path in epochs}
+        # One path after another: alternating them epoch by epoch slowed this project's
+        # epochs by about 10 % on the 2-core CPU.
+        for path, epoch in epochs.items():
+            for _ in range(options.epochs):
+                seconds[path].append(timed(epoch, device))
+                print(f"{LABELS[path]}: {seconds[path][-1]:.2f} s/epoch", flush=True)
 
     flops = epoch_flops(config, len(train))
     floor = matmul_seconds_per_epoch(config, args.batch_size, len(train), device)
@@ -133,16 +186,20 @@ def main() -> None:
         "median_seconds_per_epoch": median,
         "speedup": median["original"] / median["ours"],
         "gflop_per_epoch": flops / 1e9,
-        "gflops_achieved": {path: flops / 1e9 / value for path, value in median.items()},
+        "gflops_achieved": {path: flops / 1e9 / value for path, value in median.items() if path != "overhead"},
         "matmul_only_seconds_per_epoch": floor,
         "matmul_gflops": flops / 1e9 / floor,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    print(f"\n{'path':<22} {'s/epoch':>8} {'GFLOP/s':>8}")
-    for path, label in (("original", "original DataLoader"), ("ours", "this project")):
-        print(f"{label:<22} {median[path]:>8.2f} {result['gflops_achieved'][path]:>8.1f}")
-    print(f"{'matmuls alone':<22} {floor:>8.2f} {result['matmul_gflops']:>8.1f}")
+    print(f"\n{'path':<24} {'s/epoch':>8} {'GFLOP/s':>8}")
+    for path, value in result["gflops_achieved"].items():
+        print(f"{LABELS[path]:<24} {median[path]:>8.2f} {value:>8.1f}")
+    print(f"{'matmuls alone':<24} {floor:>8.2f} {result['matmul_gflops']:>8.1f}")
     print(f"speed-up: {result['speedup']:.2f}x; {flops / 1e9:.0f} GFLOP per epoch; {result['machine']}")
+    if options.seeds > 1:
+        result["seeds"] = seeds_bound(options.seeds, median["ours"], median["overhead"],
+                                      matmul_seconds_per_epoch(config, args.batch_size, len(train), device,
+                                                               stack=options.seeds))
     if options.json:
         text = json.dumps(result, indent=2) + "\n"
         atomic_write(options.json, lambda stream: stream.write(text.encode()))

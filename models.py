@@ -193,7 +193,9 @@ class LipschitzMLP(nn.Module):
         """
         lipschitz.check_norm(norm)
         x = x.flatten(1)
-        eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1).expand(len(x))
+        if isinstance(eps, torch.Tensor):
+            eps = eps.to(dtype=x.dtype, device=x.device)
+        eps = x.new_ones(len(x)) * eps  # not torch.as_tensor, which torch.compile would specialise on
         lower, upper = x - eps[:, None], x + eps[:, None]
         if domain is not None:
             lower, upper = lower.clamp(min=domain[0]), upper.clamp(max=domain[1])

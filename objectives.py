@@ -14,6 +14,7 @@ Every objective adds the demo's penalty, so `--lc_penalty 0` removes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,8 @@ from mnist_data import PIXEL_RANGE
 from models import LipschitzMLP
 
 LOSSES = ("ce", "lmt", "hinge", "ibp")
+# batch_loss, or batch_loss under torch.compile
+LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)

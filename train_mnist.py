@@ -29,7 +29,7 @@ import lipschitz
 from certify import METHODS, Accuracy, certified_linf_global, evaluate
 from mnist_data import Split, load_mnist
 from models import LipschitzMLP, MLPConfig, atomic_write, save_checkpoint
-from objectives import LOSSES, Schedule, batch_loss
+from objectives import LOSSES, LossFn, Schedule, batch_loss
 
 DRY_RUN_BATCHES = 3
 TRAINING_STATE_FORMAT = "lipschitz-mlp-training/1"
@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run from the training state saved after its last finished epoch")
     cli.add_device_flags(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the batch loss with torch.compile (see README, Performance)")
     parser.add_argument("--dry-run", action="store_true",
                         help=f"smoke run: {DRY_RUN_BATCHES} batches of one epoch, nothing saved")
     args = parser.parse_args(argv)
@@ -109,6 +111,7 @@ def train_step(
     y: torch.Tensor,
     args: argparse.Namespace,
     schedule: Schedule | None = None,
+    loss_fn: LossFn = batch_loss,
 ) -> torch.Tensor:
     """One optimiser step on the objective `args.loss`; returns [loss, class loss, errors, certified].
 
@@ -116,11 +119,12 @@ def train_step(
     and the running count of certified examples (the global rule; in L2 the
     penalty's power-iteration bounds make that count an estimate). Nothing
     leaves the device, so a step never waits on it. Without a schedule the
-    loss trains at the full --train-eps.
+    loss trains at the full --train-eps. `loss_fn` is `batch_loss` or its
+    torch.compile'd form.
     """
     schedule = schedule or Schedule.at(1.0, args.train_eps, 0.0)
-    loss, class_loss, logits, bounds = batch_loss(model, x, y, args.loss, args.norm, args.lc_penalty,
-                                                  schedule, args.hinge_margin)
+    loss, class_loss, logits, bounds = loss_fn(model, x, y, args.loss, args.norm, args.lc_penalty,
+                                               schedule, args.hinge_margin)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -151,6 +155,7 @@ def train_epoch(
     args: argparse.Namespace,
     generator: torch.Generator,
     epoch: int = 0,
+    loss_fn: LossFn = batch_loss,
 ) -> EpochStats:
     """One shuffled pass over `train` after `epoch` finished epochs; statistics are read back once, at the end."""
     model.train()
@@ -161,7 +166,7 @@ def train_epoch(
     totals = torch.zeros(4, device=train.labels.device)
     for number, index in enumerate(batches):
         schedule = Schedule.at(epoch + number / len(batches), args.train_eps, args.ramp_epochs)
-        totals += train_step(model, optimizer, train.images[index], train.labels[index], args, schedule)
+        totals += train_step(model, optimizer, train.images[index], train.labels[index], args, schedule, loss_fn)
     with torch.no_grad():
         max_bound = model.lp_logit_bounds(args.norm).max()
     loss_sum, class_sum, errors, certified, max_bound = torch.cat([totals, max_bound[None]]).tolist()
@@ -178,6 +183,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
+    loss_fn: LossFn = batch_loss
     epoch: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
 
@@ -192,7 +198,22 @@ def new_run(args: argparse.Namespace, seed: int, device: torch.device) -> Run:
     # fused: one kernel for all parameters; the step is a large share of this small model's time
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.gamma)
-    return Run(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(seed))
+    loss_fn = compiled(batch_loss) if args.compile else batch_loss
+    return Run(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(seed), loss_fn)
+
+
+def compiled(loss_fn: LossFn) -> LossFn:
+    """`loss_fn` under torch.compile; a failure to compile stops the run with one line."""
+    fast = torch.compile(loss_fn)
+
+    def call(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        try:
+            return fast(*args)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise cli.Failure(f"torch.compile failed ({reason}): run without --compile") from None
+
+    return call
 
 
 def training_state_path(save_path: Path) -> Path:
@@ -268,7 +289,7 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
     try:
         while run.epoch < epochs:
             start = time.perf_counter()
-            stats = train_epoch(run.model, run.optimizer, train, args, run.generator, run.epoch)
+            stats = train_epoch(run.model, run.optimizer, train, args, run.generator, run.epoch, run.loss_fn)
             run.scheduler.step()
             seconds = time.perf_counter() - start
             if not (math.isfinite(stats.loss) and math.isfinite(stats.max_bound)):
@@ -306,6 +327,7 @@ def train_one(args: argparse.Namespace, seed: int, save_path: Path, data: tuple[
         "train_seconds": sum(run.epoch_seconds),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(device),
+        "compiled": args.compile,
         "torch": str(torch.__version__),
         "machine": platform.machine(),
     }
