@@ -46,32 +46,24 @@ def test_reads_files_placed_directly_in_the_root(tmp_path):
     assert len(load_split(tmp_path, "train")) == 3
 
 
-def test_wrong_magic_number_is_a_clear_error(tmp_path):
-    path = tmp_path / "labels"
-    path.write_bytes(idx_bytes(IMAGE_MAGIC, np.zeros((2, 28, 28))))
-    with pytest.raises(DataError, match="wrong magic number"):
-        read_idx(path, LABEL_MAGIC)
+BAD_FILES = {  # file name, its bytes, the magic number the reader expects, the error it must give
+    "wrong magic number": ("labels", idx_bytes(IMAGE_MAGIC, np.zeros((2, 28, 28))), LABEL_MAGIC, "wrong magic number"),
+    "truncated": ("images.gz", gzip.compress(idx_bytes(IMAGE_MAGIC, np.zeros((4, 28, 28)))[:-100]), IMAGE_MAGIC,
+                  "truncated"),
+    "corrupt gzip": ("images.gz", gzip.compress(idx_bytes(IMAGE_MAGIC, np.zeros((4, 28, 28))))[:40], IMAGE_MAGIC,
+                     "cannot read"),
+    "wrong image size": ("images", idx_bytes(IMAGE_MAGIC, np.zeros((2, 32, 32))), IMAGE_MAGIC,
+                         "32x32 images, expected 28x28"),
+}
 
 
-def test_truncated_file_is_a_clear_error(tmp_path):
-    path = tmp_path / "images.gz"
-    path.write_bytes(gzip.compress(idx_bytes(IMAGE_MAGIC, np.zeros((4, 28, 28)))[:-100]))
-    with pytest.raises(DataError, match="truncated"):
-        read_idx(path, IMAGE_MAGIC)
-
-
-def test_corrupt_gzip_is_a_clear_error(tmp_path):
-    path = tmp_path / "images.gz"
-    path.write_bytes(gzip.compress(idx_bytes(IMAGE_MAGIC, np.zeros((4, 28, 28))))[:40])
-    with pytest.raises(DataError, match="cannot read"):
-        read_idx(path, IMAGE_MAGIC)
-
-
-def test_wrong_image_size_is_a_clear_error(tmp_path):
-    path = tmp_path / "images"
-    path.write_bytes(idx_bytes(IMAGE_MAGIC, np.zeros((2, 32, 32))))
-    with pytest.raises(DataError, match="32x32 images, expected 28x28"):
-        read_idx(path, IMAGE_MAGIC)
+@pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
+def test_a_bad_file_is_a_clear_error(case, tmp_path):
+    name, content, magic, message = BAD_FILES[case]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_idx(path, magic)
 
 
 def test_image_and_label_counts_must_agree(tmp_path):
