@@ -3,10 +3,10 @@
 An attack gives an UPPER bound on robust accuracy (every point it finds is a
 real counterexample), where a certificate gives a lower bound. So on every
 example certified => robust => correct, and a certified example that an attack
-breaks is a soundness bug. By default points stay in the pixel range [0, 1],
-the valid images: a subset of the ball, which every Lipschitz certificate
-covers whole and IBP covers within the same range. Pass domain=None to search
-the whole ball.
+breaks is a soundness bug. Points stay in the ball's domain: the pixel range
+[0, 1] (the valid images, a subset of the ball, which every Lipschitz
+certificate covers whole and IBP covers within the same range), or the whole
+ball when the domain is None.
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ import math
 import torch
 from torch import nn
 
+import certificates
 import lipschitz
-from mnist_data import PIXEL_RANGE
-
-EVAL_BATCH = 10_000
+from lipschitz import Ball
+from mnist_data import EVAL_BATCH
 L1_STEP_FRACTION = 0.01  # an L1 step moves this fraction of the coordinates (at least one)
 
 
-def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """max_{j != y} f_j - f_y per row: >= 0 exactly when some other class ties or beats the label."""
-    true = logits.gather(1, labels[:, None])[:, 0]
-    others = logits.scatter(1, labels[:, None], float("-inf"))
-    return others.amax(dim=1) - true
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Minus the smallest gap, max_{j != y} f_j - f_y, per row: >= 0 exactly when some class ties or beats y."""
+    label_gaps, others = certificates.gaps(logits, labels)
+    return -label_gaps.masked_fill(~others, float("inf")).amin(dim=1)
 
 
 def lp_project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
@@ -83,29 +82,25 @@ def pgd(
     model: nn.Module,
     x: torch.Tensor,
     labels: torch.Tensor,
-    eps: float | torch.Tensor,
-    norm: str,
+    ball: Ball,
     steps: int = 50,
     restarts: int = 5,
-    domain: tuple[float, float] | None = PIXEL_RANGE,
     seed: int = 0,
     relative_step: float | None = None,
     batch_size: int = EVAL_BATCH,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected gradient ascent on the margin loss inside ||x' - x||_p <= eps (and `domain`).
+    """Projected gradient ascent on `attack_loss` inside the ball (cut to its domain) around each row of x.
 
-    Returns (broken, found): found[i] is the x' of highest margin loss seen
+    Returns (broken, found): found[i] is the x' of highest loss seen
     (x itself included), and broken[i] says that another class ties or beats
     labels[i] there. The first restart starts at x, the others at random points
     of the ball; each restart attacks only the examples not broken yet. Each of
     `steps` steps moves by relative_step * eps (default 2.5 / steps, Madry et
     al.) along `lp_ascent_direction`, then projects onto the ball and clamps to
-    the domain (which keeps it in the ball). `eps` is one radius or one per
-    example. Model parameters get no gradient.
+    the domain (which keeps it in the ball). Model parameters get no gradient.
     """
-    lipschitz.check_norm(norm)
     x = x.flatten(1)
-    eps_rows = torch.as_tensor(eps, dtype=x.dtype, device=x.device).reshape(-1).expand(len(x))
+    norm, domain, eps_rows = ball.norm, ball.domain, ball.radii(x)
     step = 2.5 / steps if relative_step is None else relative_step
     params = {name: p.detach() for name, p in model.named_parameters()}
 
@@ -131,7 +126,7 @@ def pgd(
             for iteration in range(steps + 1):
                 delta.requires_grad_(True)
                 z = xs + delta
-                loss = margin_loss(logits_of(z), ys)
+                loss = attack_loss(logits_of(z), ys)
                 better = loss.detach() > best[index]
                 found[index[better]] = z.detach()[better]
                 best[index[better]] = loss.detach()[better]

@@ -3,7 +3,7 @@
     python bench.py --data-dir ../shared/mnist --epochs 3 --json bench.json
     python bench.py --data-dir ../shared/mnist --epochs 5 --compile --seeds 5
 
-Every path drives the same model, loss and optimiser step (`train_mnist.train_step`):
+Every path drives the same model, loss and optimiser step (`training.train_step`):
 (a) the original: torchvision `datasets.MNIST` with `ToTensor` + `Normalize`, a
     DataLoader of batch 128 with shuffling, as in the demo;
 (b) ours: the whole split as one tensor, batches drawn by a shuffled permutation;
@@ -19,14 +19,13 @@ with torch.bmm.
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import json
 import platform
 import resource
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,9 +34,10 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import cli
-import train_mnist
+from checkpoints import write_json
 from mnist_data import FILES, Split, find_file, load_mnist
-from models import LipschitzMLP, MLPConfig, atomic_write
+from models import MLPConfig
+from training import Recipe, Run, train_epoch, train_step
 
 LABELS = {
     "original": "original DataLoader",
@@ -103,26 +103,23 @@ def timed(work: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def original_epoch(data_dir: Path, args: argparse.Namespace, workdir: Path, device: torch.device) -> Callable[[], None]:
+def original_epoch(data_dir: Path, recipe: Recipe, workdir: Path, device: torch.device) -> Callable[[], None]:
     """One epoch of the default training fed by the original demo's DataLoader."""
-    loader = original_loader(data_dir, args.batch_size, workdir)
+    loader = original_loader(data_dir, recipe.batch_size, workdir)
     # The loader normalises, so this model does not (mean 0): the same function.
-    torch.manual_seed(0)
-    model = LipschitzMLP(MLPConfig(mean=0.0)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    run = Run.start(recipe, device, config=MLPConfig(mean=0.0))
 
     def epoch() -> None:
         for x, y in loader:
-            train_mnist.train_step(model, optimizer, x.to(device), y.to(device), args)
+            train_step(run, x.to(device), y.to(device))
 
     return epoch
 
 
-def project_epoch(train: Split, recipe: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+def project_epoch(train: Split, recipe: Recipe, device: torch.device, compile: bool = False) -> Callable[[], None]:
     """One epoch of `recipe` through this project's path: the split in memory, a shuffled permutation."""
-    run = train_mnist.new_run(recipe, 0, device)
-    return lambda: train_mnist.train_epoch(run.model, run.optimizer, train, recipe, run.generator,
-                                           loss_fn=run.loss_fn)
+    run = Run.start(recipe, device, compile)
+    return lambda: train_epoch(run, train)
 
 
 def original_loader(data_dir: Path, batch_size: int, workdir: Path) -> DataLoader:
@@ -142,7 +139,7 @@ def original_loader(data_dir: Path, batch_size: int, workdir: Path) -> DataLoade
 
 def main() -> None:
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="folder holding MNIST/raw")
+    cli.add_data_flag(parser)
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per path")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--compile", action="store_true", help="also time our path with --compile")
@@ -151,20 +148,18 @@ def main() -> None:
     cli.add_device_flags(parser)
     options = parser.parse_args()
     device = cli.pick_device(options.device, options.no_cuda)
-    args = train_mnist.parse_args([])  # the default recipe
-    config = MLPConfig()
+    recipe = Recipe()  # the demo's
+    config = recipe.model_config()
 
     (train,) = load_mnist(options.data_dir, splits=("train",))
     train = train.to(device)
-    recipes = {"ours": args}
-    if options.compile:
-        recipes["compiled"] = train_mnist.parse_args(["--compile"])
-    if options.seeds > 1:
-        recipes["overhead"] = train_mnist.parse_args(["--hidden", "10"])
-
     with tempfile.TemporaryDirectory() as workdir:
-        epochs = {"original": original_epoch(options.data_dir, args, Path(workdir), device)}
-        epochs.update({path: project_epoch(train, recipe, device) for path, recipe in recipes.items()})
+        epochs = {"original": original_epoch(options.data_dir, recipe, Path(workdir), device),
+                  "ours": project_epoch(train, recipe, device)}
+        if options.compile:
+            epochs["compiled"] = project_epoch(train, recipe, device, compile=True)
+        if options.seeds > 1:
+            epochs["overhead"] = project_epoch(train, replace(recipe, hidden=(10,)), device)
         seconds: dict[str, list[float]] = {path: [] for path in epochs}
         # One path after another: alternating them epoch by epoch slowed this project's
         # epochs by about 10 % on the 2-core CPU.
@@ -174,7 +169,7 @@ def main() -> None:
                 print(f"{LABELS[path]}: {seconds[path][-1]:.2f} s/epoch", flush=True)
 
     flops = epoch_flops(config, len(train))
-    floor = matmul_seconds_per_epoch(config, args.batch_size, len(train), device)
+    floor = matmul_seconds_per_epoch(config, recipe.batch_size, len(train), device)
     median = {path: statistics.median(values) for path, values in seconds.items()}
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
@@ -198,11 +193,10 @@ def main() -> None:
     print(f"speed-up: {result['speedup']:.2f}x; {flops / 1e9:.0f} GFLOP per epoch; {result['machine']}")
     if options.seeds > 1:
         result["seeds"] = seeds_bound(options.seeds, median["ours"], median["overhead"],
-                                      matmul_seconds_per_epoch(config, args.batch_size, len(train), device,
+                                      matmul_seconds_per_epoch(config, recipe.batch_size, len(train), device,
                                                                stack=options.seeds))
     if options.json:
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(options.json, lambda stream: stream.write(text.encode()))
+        write_json(options.json, result)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,20 @@
-"""What the two command-line scripts share: one-line errors, argument types, device choice."""
+"""What the command-line scripts share: one-line errors, argument types, recipe flags, data and device."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
-from typing import Callable, NoReturn
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 import torch
 
+from errors import Failure
 from groupsort import ACTIVATIONS
-from mnist_data import DataError
-from models import CheckpointError
 
 EXIT_USAGE = 2  # bad input: arguments, data files, checkpoints, output folders
-
-
-class Failure(Exception):
-    """An error reported in one line, with its own exit status."""
-
-    status = EXIT_USAGE
 
 
 class UsageError(Failure):
@@ -31,7 +27,7 @@ class Parser(argparse.ArgumentParser):
     Abbreviated flags are refused: `--epoch 3` is a typo, not `--epochs 3`.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -39,23 +35,25 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a script's main, turning bad input into one line on stderr and exit status 2."""
+    """Run a script's main, turning the project's own failures into one line on stderr and their exit status.
+
+    Any other exception is a programming error: it keeps its traceback.
+    """
     try:
         main()
     except Failure as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.status)
-    except (DataError, CheckpointError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
 
 
-def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
+def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} {kind.__name__}") from None
+        if value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text} is not finite")
         if value != value or value < minimum or (strict and value == minimum):
             relation = ">" if strict else ">="
             raise argparse.ArgumentTypeError(f"{text} must be {relation} {minimum}")
@@ -80,14 +78,40 @@ def widths(text: str) -> tuple[int, ...]:
     return values
 
 
-def add_architecture_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    """--activation, --group_size, --hidden; without defaults they default to None."""
-    parser.add_argument("--activation", choices=ACTIVATIONS, default="groupsort" if defaults else None,
-                        help="activation: groupsort or relu (default: %(default)s)")
-    parser.add_argument("--group_size", "--group-size", type=positive_int, default=10 if defaults else None,
-                        help="GroupSort group size (default: %(default)s)")
-    parser.add_argument("--hidden", type=widths, default=(500,) if defaults else None,
-                        help="hidden widths, e.g. 500 or 1024,1024 (default: 500)")
+def recipe_flag(group: argparse._ArgumentGroup) -> Callable[[str, Any, Any, str], None]:
+    """A function that adds one recipe flag to `group`: absent from the namespace unless given.
+
+    Its `kind` is a parser (type) or a tuple of choices; `default` is only shown
+    in the help, since the recipe's own default applies when the flag is not
+    given. An underscored flag also takes dashes (--lc_penalty, --lc-penalty).
+    """
+
+    def flag(name: str, kind: Any, default: Any, help: str) -> None:
+        names = [name, name.replace("_", "-")] if "_" in name else [name]
+        typing = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        group.add_argument(*names, default=argparse.SUPPRESS, help=f"{help} (default: {default})", **typing)
+
+    return flag
+
+
+def recipe_overrides(args: argparse.Namespace, recipe: type) -> dict[str, Any]:
+    """The recipe fields given on the command line (recipe flags are absent unless given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe) if hasattr(args, f.name)}
+
+
+def add_architecture_flags(parser: argparse.ArgumentParser) -> None:
+    """--activation, --group_size, --hidden of a checkpoint, None when not given."""
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="activation: groupsort or relu")
+    parser.add_argument("--group_size", "--group-size", type=positive_int, default=None,
+                        help="GroupSort group size")
+    parser.add_argument("--hidden", type=widths, default=None, help="hidden widths, e.g. 500 or 1024,1024")
+
+
+def add_data_flag(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, by default $MNIST_ROOT when set, else ./data."""
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MNIST_ROOT", "data")),
+                        help="folder holding MNIST/raw; downloaded there if missing "
+                             "(default: $MNIST_ROOT if set, else data; now %(default)s)")
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:

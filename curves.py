@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cli
-
-NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
+import checkpoints
+from errors import Failure
+from lipschitz import NORM_NAMES
 STYLES = {  # colour and marker per method; the attack is the dashed black upper curve
     "global": ("tab:blue", "o"),
     "pairwise": ("tab:orange", "s"),
@@ -28,7 +29,7 @@ STYLES = {  # colour and marker per method; the attack is the dashed black upper
 }
 
 
-class CurveError(ValueError):
+class CurveError(Failure):
     """A curve file is missing or malformed."""
 
 
@@ -53,16 +54,14 @@ class Curve:
 
 def write_csv(path: Path, curve: Curve) -> None:
     """Columns: norm, eps, clean, one per method, and pgd when attacked."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = ["norm", "eps", "clean", *curve.certified] + (["pgd"] if curve.robust is not None else [])
-    with path.open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(header)
-        for i, eps in enumerate(curve.eps):
-            values = [curve.clean[i], *(v[i] for v in curve.certified.values())]
-            if curve.robust is not None:
-                values.append(curve.robust[i])
-            writer.writerow([curve.norm, f"{eps:g}", *(f"{v:.3f}" for v in values)])
+    rows = [header]
+    for i, eps in enumerate(curve.eps):
+        values = [curve.clean[i], *(v[i] for v in curve.certified.values())]
+        if curve.robust is not None:
+            values.append(curve.robust[i])
+        rows.append([curve.norm, f"{eps:g}", *(f"{v:.3f}" for v in values)])
+    checkpoints.write_csv(path, rows)
 
 
 def read_csv(path: Path) -> Curve:
@@ -102,8 +101,7 @@ def plot(panels: list[tuple[str, Curve]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(loc="lower left", fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    checkpoints.atomic_write(path, lambda stream: figure.savefig(stream, format=path.suffix[1:] or "png", dpi=120))
 
 
 def parse_args(argv: list[str] | None = None):

@@ -1,18 +1,20 @@
-"""GroupSort and ReLU activations, and how bounds and intervals pass through them.
+"""GroupSort and ReLU activations, each with its rules for bounds and intervals (one rule per operator).
 
 A per-unit bound b says that unit j of a layer is b_j-Lipschitz in the input's
-L-infinity norm: |h_j(x) - h_j(x')| <= b_j * ||x - x'||_inf. The same rules hold
-word for word in any input p-norm (`propagate_lp_bound`), because they only
-compare the units' changes with each other. A whole-vector bound
-||h(x) - h(x')||_p <= B ||x - x'||_p passes unchanged, both activations being
-1-Lipschitz in every p-norm. An interval lower <= h <= upper passes by applying
-the activation to both ends, both being monotone in each coordinate.
+p-norm: |h_j(x) - h_j(x')| <= b_j * ||x - x'||_p. The rules hold word for word
+in every p-norm, because they only compare the units' changes with each other.
+A whole-vector bound ||h(x) - h(x')||_p <= B ||x - x'||_p passes unchanged, both
+activations being 1-Lipschitz in every p-norm. An interval lower <= h <= upper
+passes by applying the activation to both ends, both being monotone in each
+coordinate.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from errors import ConfigError
 
 ACTIVATIONS = ("groupsort", "relu")
 
@@ -28,34 +30,28 @@ class GroupSort(nn.Module):
     def __init__(self, group_size: int) -> None:
         super().__init__()
         if group_size < 1:
-            raise ValueError(f"group size must be a positive integer, got {group_size}")
+            raise ConfigError(f"group size must be a positive integer, got {group_size}")
         self.group_size = group_size
 
     def check_width(self, width: int) -> None:
         """Raise a clear error when `width` units do not split into whole groups."""
         if width % self.group_size:
-            raise ValueError(
-                f"group size {self.group_size} does not divide the layer width {width}"
-            )
+            raise ConfigError(f"group size {self.group_size} does not divide the layer width {width}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         groups = x.unflatten(-1, (-1, self.group_size))
         return groups.sort(dim=-1).values.flatten(-2)
 
-    def propagate_linf_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """Per-unit L-inf bounds after sorting: each unit gets its group's maximum.
+    def propagate_bound(self, bound: torch.Tensor) -> torch.Tensor:
+        """Per-unit bounds after sorting: each unit gets its group's maximum.
 
         Sound because the k-th smallest of a group is 1-Lipschitz in the group's
-        max norm: |sort(a)_k - sort(a')_k| <= max_i |a_i - a'_i| <= max_i b_i ||dx||.
+        max norm: |sort(a)_k - sort(a')_k| <= max_i |a_i - a'_i| <= max_i b_i ||dx||_p.
         """
         groups = bound.unflatten(-1, (-1, self.group_size))
         return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)
 
-    def propagate_lp_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """Per-unit bounds in any input p-norm: the group maximum, by the same argument as in L-inf."""
-        return self.propagate_linf_bound(bound)
-
-    def propagate_lp_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
+    def propagate_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
         """||sort(a) - sort(a')||_p <= ||a - a'||_p for every p >= 1 (sorting is a contraction), so B is unchanged."""
         return bound
 
@@ -74,15 +70,11 @@ class ReLU(nn.ReLU):
     def check_width(self, width: int) -> None:
         """Any width works for an elementwise activation."""
 
-    def propagate_linf_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """Per-unit L-inf bounds after ReLU: unchanged, as |relu(a) - relu(a')| <= |a - a'|."""
+    def propagate_bound(self, bound: torch.Tensor) -> torch.Tensor:
+        """Per-unit bounds after ReLU: unchanged, as |relu(a) - relu(a')| <= |a - a'|."""
         return bound
 
-    def propagate_lp_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """Per-unit bounds in any input p-norm: unchanged, as in L-inf."""
-        return bound
-
-    def propagate_lp_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
+    def propagate_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
         """Elementwise 1-Lipschitz, so ||relu(a) - relu(a')||_p <= ||a - a'||_p: B is unchanged."""
         return bound
 
@@ -97,4 +89,4 @@ def make_activation(name: str, group_size: int) -> GroupSort | ReLU:
         return GroupSort(group_size)
     if name == "relu":
         return ReLU()
-    raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    raise ConfigError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")

@@ -1,14 +1,9 @@
-"""Norm-bound math for layer-wise Lipschitz certificates: pure functions on tensors.
+"""Norm-bound math for layer-wise Lipschitz certificates: pure functions on tensors, the norm as data.
 
-Bounds are per unit, in the input's L-infinity norm: a bound vector b for a layer
-means |h_j(x) - h_j(x')| <= b_j * ||x - x'||_inf for every unit j. Chaining the
-per-layer rules below through a network gives each logit's bound L_k; for a
-network of Linear layers and 1-Lipschitz activations this is the product of
-the layers' L-infinity operator norms, refined unit by unit.
-
-The `lp_` functions take the input norm p as an argument ("linf", "l2" or "l1")
-and carry two sound bounds side by side, taking their minimum (the smaller of
-two upper bounds is an upper bound):
+Every function takes the input norm p ("linf", "l2" or "l1") and works in that
+norm; the demo's L-infinity rule is the "linf" case, not a second chain. Two
+sound bounds are carried side by side through a network, and each layer takes
+their minimum (the smaller of two upper bounds is an upper bound):
 
 - per-unit bounds b: |h_j(x) - h_j(x')| <= b_j ||x - x'||_p;
 - a whole-vector bound B: ||h(x) - h(x')||_p <= B ||x - x'||_p, the product of
@@ -18,56 +13,92 @@ two upper bounds is an upper bound):
 A row w applied to h then moves by at most min(|w| @ b, ||w||_q B) ||x - x'||_p,
 q the dual of p, by Hoelder's inequality. In L-inf the per-unit chain is never
 looser than the operator-norm product (by induction, b_j <= B = max_j b_j), so
-the product is left out there, which also keeps the demo's numbers bit for bit.
+only the chain is taken there, which keeps the demo's numbers bit for bit.
 
-The `interval_` functions are interval bound propagation (IBP): they enclose a
-layer's outputs over a box of inputs, given in lower and upper bounds.
+Words used across the project: a *bound* L_k bounds how fast logit k moves; a
+*threshold* T_yj bounds how fast the *gap* f_y - f_j moves (see `certificates`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
+from errors import ConfigError
+
 NORMS = ("linf", "l2", "l1")
+NORM_NAMES = {"linf": "L-inf", "l2": "L2", "l1": "L1"}
 # torch.linalg orders of the vector norm, its dual, and the matching operator norm.
 _VECTOR_ORD = {"linf": math.inf, "l2": 2.0, "l1": 1.0}
 _DUAL_ORD = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
+_OPERATOR_ORD = {"linf": math.inf, "l2": 2, "l1": 1}
+
+OperatorNorm = Callable[[torch.Tensor, str], torch.Tensor]
 
 
 def check_norm(norm: str) -> None:
     """Raise a clear error for a norm other than linf, l2, l1."""
     if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
+        raise ConfigError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
 
 
-def linf_input_bound(in_features: int, scale: float, like: torch.Tensor) -> torch.Tensor:
-    """Per-coordinate L-inf bounds of x -> (x - mean) / std: every coordinate gets 1/std."""
-    return torch.full((in_features,), scale, dtype=like.dtype, device=like.device)
+@dataclass(frozen=True)
+class Ball:
+    """The perturbation: every x' with ||x' - x||_p <= eps, cut to the box `domain` when given.
 
-
-def linf_linear_bound(weight: torch.Tensor, in_bound: torch.Tensor) -> torch.Tensor:
-    """Per-unit L-inf bounds after x -> W x + b, given the inputs' bounds.
-
-    |sum_j W_kj (h_j(x) - h_j(x'))| <= sum_j |W_kj| b_j ||x - x'||_inf, so the
-    bound is |W| @ b. With b all ones this is each row's L1 norm, the L-inf
-    operator norm of that row. Differentiable, so it can be penalised.
+    `eps` is one radius, or a tensor of one radius per example. The domain
+    (e.g. the pixel range) restricts the ball to valid inputs; None keeps the
+    whole ball. A Lipschitz certificate covers the whole ball, so its domain is
+    irrelevant there; IBP and attacks work inside the cut ball.
     """
-    return weight.abs() @ in_bound
+
+    norm: str
+    eps: float | torch.Tensor
+    domain: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+
+    def radii(self, like: torch.Tensor) -> torch.Tensor:
+        """One radius per row of `like`, as a tensor of its dtype and device.
+
+        Built by multiplication, not torch.as_tensor, so that torch.compile
+        does not specialise on every new radius.
+        """
+        eps = self.eps.to(dtype=like.dtype, device=like.device) if isinstance(self.eps, torch.Tensor) else self.eps
+        return like.new_ones(len(like)) * eps
+
+    def box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper): the L-inf box of radius eps around each row of x, cut to the domain.
+
+        It holds the p-ball for every p, since |dx_i| <= ||dx||_p.
+        """
+        radius = self.radii(x)[:, None]
+        lower, upper = x - radius, x + radius
+        if self.domain is not None:
+            lower, upper = lower.clamp(min=self.domain[0]), upper.clamp(max=self.domain[1])
+        return lower, upper
+
+    def with_eps(self, eps: float | torch.Tensor) -> Ball:
+        return replace(self, eps=eps)
 
 
-def linf_margin_bound(logit_bounds: torch.Tensor) -> torch.Tensor:
-    """An L-inf bound shared by every logit difference f_i - f_j: 2 * max_k L_k.
+@dataclass(frozen=True)
+class LogitBounds:
+    """Lipschitz bounds of a model's logits in one input p-norm, in pixel units.
 
-    |(f_i - f_j)(x) - (f_i - f_j)(x')| <= (L_i + L_j) ||x - x'||_inf <= 2 max_k L_k ||x - x'||_inf.
+    logits[k]:         |f_k(x) - f_k(x')| <= logits[k] ||x - x'||_p         (the bound L_k)
+    differences[i, j]: |(f_i - f_j)(x) - (f_i - f_j)(x')| <= differences[i, j] ||x - x'||_p
+    output:            ||f(x) - f(x')||_p <= output ||x - x'||_p
     """
-    return 2 * logit_bounds.max()
 
-
-def soft_max_penalty(logit_bounds: torch.Tensor) -> torch.Tensor:
-    """sum_k softmax(L)_k * L_k: a smooth stand-in for max_k L_k, the demo's penalty."""
-    return (torch.softmax(logit_bounds, dim=0) * logit_bounds).sum()
+    norm: str
+    logits: torch.Tensor
+    differences: torch.Tensor
+    output: torch.Tensor
 
 
 def lp_vector_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
@@ -93,7 +124,7 @@ def lp_operator_norm(weight: torch.Tensor, norm: str) -> torch.Tensor:
     for certificates. Differentiable.
     """
     check_norm(norm)
-    return torch.linalg.matrix_norm(weight, ord={"linf": math.inf, "l2": 2, "l1": 1}[norm])
+    return torch.linalg.matrix_norm(weight, ord=_OPERATOR_ORD[norm])
 
 
 def l2_spectral_norm_estimate(weight: torch.Tensor, iterations: int = 20) -> torch.Tensor:
@@ -112,22 +143,30 @@ def l2_spectral_norm_estimate(weight: torch.Tensor, iterations: int = 20) -> tor
     return (weight @ v).norm()
 
 
+def operator_norm_estimate(weight: torch.Tensor, norm: str) -> torch.Tensor:
+    """`lp_operator_norm`, with the l2 spectral norm replaced by its power-iteration estimate (training only)."""
+    if norm == "l2":
+        return l2_spectral_norm_estimate(weight)
+    return lp_operator_norm(weight, norm)
+
+
 def lp_input_bounds(in_features: int, scale: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(b, B) of x -> (x - mean) / std in any p-norm: b_i = 1/std and B = 1/std.
 
     |dx_i| <= ||dx||_p for every p, and ||dx / std||_p = ||dx||_p / std.
     """
-    unit = linf_input_bound(in_features, scale, like)
+    unit = torch.full((in_features,), scale, dtype=like.dtype, device=like.device)
     return unit, torch.tensor(scale, dtype=like.dtype, device=like.device)
 
 
 def lp_row_bounds(rows: torch.Tensor, unit: torch.Tensor, whole: torch.Tensor, norm: str) -> torch.Tensor:
     """Bound of |w . (h(x) - h(x'))| / ||x - x'||_p for each row w (last dimension) of `rows`.
 
-    min(|w| @ b, ||w||_q B): the first by the triangle inequality unit by unit,
-    the second by Hoelder with the whole-vector bound. Rows may be a weight
-    matrix (a layer's units), or differences of rows (logit differences). In
-    linf only the first is taken: it is never larger (see the module note).
+    min(|w| @ b, ||w||_q B): the first by the triangle inequality unit by unit
+    (|sum_j w_j dh_j| <= sum_j |w_j| b_j ||dx||), the second by Hoelder with the
+    whole-vector bound. Rows may be a weight matrix (a layer's units), or
+    differences of rows (logit differences). In linf only the first is taken:
+    it is never larger (see the module note). Differentiable.
     """
     chained = rows.abs() @ unit
     if norm == "linf":
@@ -136,7 +175,11 @@ def lp_row_bounds(rows: torch.Tensor, unit: torch.Tensor, whole: torch.Tensor, n
 
 
 def lp_whole_bound(
-    weight: torch.Tensor, out_unit: torch.Tensor, whole: torch.Tensor, norm: str, operator_norm=lp_operator_norm
+    weight: torch.Tensor,
+    out_unit: torch.Tensor,
+    whole: torch.Tensor,
+    norm: str,
+    operator_norm: OperatorNorm = lp_operator_norm,
 ) -> torch.Tensor:
     """Bound B' of ||W dh||_p / ||dx||_p, given the input's B and the outputs' per-unit bounds.
 
@@ -152,19 +195,9 @@ def lp_whole_bound(
 
 
 def lp_difference_coefficient(norm: str) -> float:
-    """||e_i - e_j||_q: how much ||df||_p can move one logit difference (2, sqrt 2, 1 for linf, l2, l1)."""
+    """||e_i - e_j||_q: how much ||df||_p can move one gap f_i - f_j (2, sqrt 2, 1 for linf, l2, l1)."""
     check_norm(norm)
     return {"linf": 2.0, "l2": math.sqrt(2.0), "l1": 1.0}[norm]
-
-
-def lp_margin_bound(logit_bounds: torch.Tensor, output_bound: torch.Tensor, norm: str) -> torch.Tensor:
-    """One p-norm bound shared by every logit difference f_i - f_j.
-
-    min(2 max_k L_k, ||e_i - e_j||_q * B_out), with B_out a bound on ||df||_p:
-    the first as in `linf_margin_bound`, the second by Hoelder. In linf,
-    B_out = max_k L_k and both terms equal the demo's 2 max_k L_k exactly.
-    """
-    return torch.minimum(linf_margin_bound(logit_bounds), lp_difference_coefficient(norm) * output_bound)
 
 
 def pair_difference_rows(weight: torch.Tensor) -> torch.Tensor:
@@ -172,47 +205,9 @@ def pair_difference_rows(weight: torch.Tensor) -> torch.Tensor:
     return weight[:, None, :] - weight[None, :, :]
 
 
-def interval_linear(
-    weight: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds of W h + b over the box lower <= h <= upper (rows are examples).
-
-    Centre-radius form: W h + b lies within W c + b +- |W| r, c = (u + l)/2,
-    r = (u - l)/2, since |W (h - c)| <= |W| |h - c| <= |W| r coordinatewise.
-    """
-    center, radius = (upper + lower) / 2, (upper - lower) / 2
-    middle = center @ weight.T + bias
-    spread = radius @ weight.abs().T
-    return middle - spread, middle + spread
-
-
-def interval_pair_lower(
-    weight: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
-) -> torch.Tensor:
-    """Lower bounds of (W_i - W_j) h + (b_i - b_j) over the box, for every pair i, j: (n, out, out).
-
-    The last layer folded into the logit differences: tighter than subtracting
-    the two logits' intervals, whose errors would add up.
-    """
-    rows = pair_difference_rows(weight).flatten(0, 1)
-    offsets = (bias[:, None] - bias[None, :]).flatten()
-    center, radius = (upper + lower) / 2, (upper - lower) / 2
-    out = weight.shape[0]
-    return (center @ rows.T + offsets - radius @ rows.abs().T).unflatten(1, (out, out))
-
-
-def lp_ball_interval(
-    rows: torch.Tensor, bias: torch.Tensor, center: torch.Tensor, radius: torch.Tensor, norm: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact range of w . z + b over the p-ball ||z - center||_p <= radius, for each row w.
-
-    w . center + b +- radius ||w||_q, by Hoelder (attained). `radius` holds one
-    value per example (n,); rows (units, in) or (out, out, in) for differences.
-    """
-    middle = center @ rows.flatten(0, -2).T + bias.flatten()
-    spread = radius[:, None] * lp_dual_norm(rows, norm).flatten()
-    shape = rows.shape[:-1]
-    return (middle - spread).unflatten(1, shape), (middle + spread).unflatten(1, shape)
+def soft_max_penalty(logit_bounds: torch.Tensor) -> torch.Tensor:
+    """sum_k softmax(L)_k * L_k: a smooth stand-in for max_k L_k, the demo's penalty."""
+    return (torch.softmax(logit_bounds, dim=0) * logit_bounds).sum()
 
 
 def project_rows_l1_ball(rows: torch.Tensor, radius: float | torch.Tensor, max_iterations: int = 100) -> torch.Tensor:

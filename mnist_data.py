@@ -16,9 +16,12 @@ import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
+
+from errors import Failure
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -28,9 +31,10 @@ IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 IMAGE_SIZE = 28
 PIXEL_RANGE = (0.0, 1.0)  # every image of a Split lies in this box: the domain of valid inputs
+EVAL_BATCH = 10_000  # examples per evaluation batch: the whole test split at once
 
 
-class DataError(Exception):
+class DataError(Failure):
     """The MNIST files are missing, unreadable or malformed (a one-line message)."""
 
 
@@ -46,6 +50,15 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
+
+    def head(self, count: int) -> Split:
+        """The first `count` examples."""
+        return Split(self.images[:count], self.labels[:count])
+
+    def batches(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) in order, `size` examples at a time (views, no copies)."""
+        for start in range(0, len(self), size):
+            yield self.images[start : start + size], self.labels[start : start + size]
 
 
 def raw_folder(root: Path | str) -> Path:

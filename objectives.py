@@ -2,31 +2,47 @@
 
     ce      cross-entropy + lc_penalty * soft max of the logit bounds (the demo);
     lmt     Lipschitz-margin training: each wrong logit j is raised by eps * T[y, j]
-            before the cross-entropy, T the `margin` certificate's thresholds, so
-            the net is trained on what `certify.py --method margin` checks;
-    hinge   a multi-class hinge on the certified margins f_y - f_j - eps * T[y, j];
+            before the cross-entropy, T the `margin` method's thresholds, so the
+            net is trained on what `certify.py --method margin` checks;
+    hinge   a multi-class hinge on the certified gaps f_y - f_j - eps * T[y, j],
+            with target `hinge_target`;
     ibp     cross-entropy of IBP's worst-case logits over the eps-ball, mixed with
             the clean cross-entropy (Gowal et al. 2018), certified by `--method ibp`.
 
-Every objective adds the demo's penalty, so `--lc_penalty 0` removes it.
+Every objective adds the demo's penalty, so `lc_penalty` 0 removes it. The
+bounds are built once per batch, with power-iteration spectral norms in l2:
+they train, they never certify.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+import certificates
+import ibp
 import lipschitz
-from certify import lp_pair_thresholds
+from errors import ConfigError
+from lipschitz import Ball
 from mnist_data import PIXEL_RANGE
 from models import LipschitzMLP
 
 LOSSES = ("ce", "lmt", "hinge", "ibp")
-# batch_loss, or batch_loss under torch.compile
-LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class BatchLoss(NamedTuple):
+    """What one batch's objective gives the training step."""
+
+    loss: torch.Tensor        # the objective, to minimise
+    class_loss: torch.Tensor  # the clean cross-entropy
+    logits: torch.Tensor
+    threshold: torch.Tensor   # the global rule's threshold T from the penalty's bounds
+
+
+LossFn = Callable[..., BatchLoss]  # batch_loss, or batch_loss under torch.compile
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,35 @@ class Schedule:
         return cls(eps * share, 1.0 - 0.5 * share)
 
 
-def worst_case_logits(pair_lower: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def worst_case_logits(gap_lower: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Logits z with z_y = 0 and z_j = -(lower bound of f_y - f_j): the worst case IBP allows."""
-    rows = pair_lower[torch.arange(len(labels), device=labels.device), labels]
+    rows = gap_lower[torch.arange(len(labels), device=labels.device), labels]
     return -rows  # rows[y] = f_y - f_y = 0 exactly, so z_y = 0
+
+
+def robust_loss(
+    model: LipschitzMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    logits: torch.Tensor,
+    bounds: lipschitz.LogitBounds,
+    loss: str,
+    eps: float,
+    hinge_target: float,
+) -> torch.Tensor:
+    """The certificate-aware part of the objectives lmt, hinge and ibp, at radius eps."""
+    if loss == "ibp":
+        gap_lower = ibp.gap_lower_bounds(model, x, Ball(bounds.norm, eps, PIXEL_RANGE))
+        return F.cross_entropy(worst_case_logits(gap_lower, y), y)
+    threshold = certificates.thresholds(bounds, "margin")[y]
+    threshold = threshold.scatter(1, y[:, None], 0.0)  # the true class is not raised
+    if loss == "lmt":
+        return F.cross_entropy(logits + eps * threshold, y)
+    if loss == "hinge":
+        label_gaps, others = certificates.gaps(logits, y)
+        shortfall = F.relu(hinge_target - (label_gaps - eps * threshold))
+        return shortfall[others].view(len(y), -1).sum(dim=1).mean()
+    raise ConfigError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
 
 
 def batch_loss(
@@ -61,28 +102,17 @@ def batch_loss(
     norm: str,
     lc_penalty: float,
     schedule: Schedule,
-    hinge_margin: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, class loss, logits, penalty bounds) of one batch under the objective `loss`."""
+    hinge_target: float = 1.0,
+) -> BatchLoss:
+    """One batch's objective `loss`, its clean cross-entropy, logits, and the global threshold."""
     logits = model(x)
-    bounds = model.lp_penalty_bounds(norm)
-    penalty = lc_penalty * lipschitz.soft_max_penalty(bounds)
+    bounds = model.logit_bounds(norm, estimate=True)
+    penalty = lc_penalty * lipschitz.soft_max_penalty(bounds.logits)
     clean = F.cross_entropy(logits, y)
+    threshold = certificates.thresholds(bounds, "global")[0, 0].detach()
     if loss == "ce":
-        return clean + penalty, clean, logits, bounds
-    if loss in ("lmt", "hinge"):
-        thresholds = lp_pair_thresholds(model.lp_bounds(norm), "margin")[y]
-        thresholds = thresholds.scatter(1, y[:, None], 0.0)  # the true class is not raised
-        if loss == "lmt":
-            robust = F.cross_entropy(logits + schedule.eps * thresholds, y)
-        else:
-            gaps = logits.gather(1, y[:, None]) - logits - schedule.eps * thresholds
-            others = torch.ones_like(gaps, dtype=torch.bool).scatter(1, y[:, None], False)
-            robust = F.relu(hinge_margin - gaps)[others].view(len(y), -1).sum(dim=1).mean()
-        return robust + penalty, clean, logits, bounds
+        return BatchLoss(clean + penalty, clean, logits, threshold)
+    robust = robust_loss(model, x, y, logits, bounds, loss, schedule.eps, hinge_target)
     if loss == "ibp":
-        pair_lower = model.ibp_pair_lower(x, schedule.eps, norm, PIXEL_RANGE)
-        robust = F.cross_entropy(worst_case_logits(pair_lower, y), y)
-        mixed = schedule.clean_weight * clean + (1 - schedule.clean_weight) * robust
-        return mixed + penalty, clean, logits, bounds
-    raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+        robust = schedule.clean_weight * clean + (1 - schedule.clean_weight) * robust
+    return BatchLoss(robust + penalty, clean, logits, threshold)

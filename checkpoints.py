@@ -1,0 +1,207 @@
+"""Every file format: atomic writes, checkpoints, the original demo's state_dict, training states for --resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
+
+import torch
+
+from errors import ConfigError, Failure, OutputError
+from models import LipschitzMLP, MLPConfig
+
+CHECKPOINT_FORMAT = "lipschitz-mlp/1"
+TRAINING_STATE_FORMAT = "lipschitz-mlp-training/2"
+# The bare state_dict saved by the original demo's ShallowNet.
+ORIGINAL_KEYS = {
+    "inlayer.weight": "layers.0.weight",
+    "inlayer.bias": "layers.0.bias",
+    "outlayer.weight": "layers.2.weight",
+    "outlayer.bias": "layers.2.bias",
+}
+# Recipe entries a resumed run may change: more epochs, another rule for the final report.
+RESUMABLE_CHANGES = ("epochs", "method")
+
+
+class CheckpointError(Failure):
+    """A checkpoint or training state is missing, unreadable, or disagrees with what was asked for."""
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file whole or not at all: into a temporary file beside it, then rename."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "xb") as stream:  # "x": never clobber; the umask sets the mode
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, content: Any) -> None:
+    """`content` as indented JSON, written atomically."""
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
+    """Rows (the header first) as CSV, written atomically."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    atomic_write(path, lambda stream: stream.write(text.getvalue().encode()))
+
+
+def metrics_path(checkpoint: Path) -> Path:
+    """The JSON file of metrics written next to a checkpoint."""
+    return checkpoint.with_suffix(".json")
+
+
+def training_state_path(checkpoint: Path) -> Path:
+    """The per-epoch training state kept beside a checkpoint, for --resume."""
+    return checkpoint.with_suffix(".last.p")
+
+
+def save_checkpoint(path: Path, model: LipschitzMLP, metrics: dict[str, Any]) -> None:
+    """Save weights, config and metrics atomically, and the metrics as JSON beside them."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": metrics,
+    }
+    atomic_write(path, lambda stream: torch.save(payload, stream))
+    write_json(metrics_path(path), metrics)
+
+
+@dataclass
+class Checkpoint:
+    model: LipschitzMLP
+    metrics: dict[str, Any] = field(default_factory=dict)
+    original: bool = False  # a bare state_dict from the original demo
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the user says a checkpoint holds (None: not said). Must agree with what it records."""
+
+    activation: str | None = None
+    group_size: int | None = None
+    hidden: tuple[int, ...] | None = None
+    normalisation: tuple[float, float] | None = None  # (mean, std)
+
+
+def read_payload(path: Path, device: torch.device | str = "cpu") -> Any:
+    """Unpickle a file written by torch.save, with weights only; any failure becomes one line."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a file") from None
+    except Exception as err:  # unpickling arbitrary bytes can raise almost anything
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
+
+
+def project_config(path: Path, payload: dict[str, Any], expected: Expected) -> MLPConfig:
+    """The configuration a project checkpoint records, refused where `expected` contradicts it."""
+    config = MLPConfig(**payload["config"])
+    for name, asked, recorded in (
+        ("activation", expected.activation, config.activation),
+        ("group_size", expected.group_size, config.group_size),
+        ("hidden", expected.hidden, config.hidden),
+        ("normalisation", expected.normalisation, (config.mean, config.std)),
+    ):
+        if asked is not None and asked != recorded:
+            raise CheckpointError(
+                f"{path} was trained with {name} {recorded}, not {asked}: drop --{name} or give the checkpoint's value"
+            )
+    return config
+
+
+def original_config(path: Path, state: dict[str, torch.Tensor], expected: Expected) -> MLPConfig:
+    """The configuration of the original demo's state_dict: widths from its shapes, the rest from `expected`.
+
+    Unset entries take the demo's values: groupsort, groups of 10, (x - 0.1307) / 1.
+    """
+    shape_in, shape_out = state["layers.0.weight"].shape, state["layers.2.weight"].shape
+    if expected.hidden is not None and tuple(expected.hidden) != (shape_in[0],):
+        raise CheckpointError(f"{path} has hidden width {shape_in[0]}, not {expected.hidden}")
+    mean, std = expected.normalisation or (0.1307, 1.0)
+    return MLPConfig(in_features=shape_in[1], hidden=(shape_in[0],), out_features=shape_out[0],
+                     activation=expected.activation or "groupsort", group_size=expected.group_size or 10,
+                     mean=mean, std=std)
+
+
+def load_checkpoint(path: Path, expected: Expected = Expected()) -> Checkpoint:
+    """Rebuild a saved model on the CPU: this project's checkpoints, or the original demo's bare state_dict.
+
+    Entries of `expected` that are given must agree with what the checkpoint
+    records, so a wrong model is never certified.
+    """
+    payload = read_payload(path)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        config = project_config(path, payload, expected)
+        state, metrics, original = payload["state_dict"], payload.get("metrics", {}), False
+    elif isinstance(payload, dict) and set(payload) == set(ORIGINAL_KEYS):
+        state = {ORIGINAL_KEYS[key]: value for key, value in payload.items()}
+        config, metrics, original = original_config(path, state, expected), {}, True
+    else:
+        raise CheckpointError(f"{path} is not a checkpoint of this project or of the original demo")
+    try:
+        model = LipschitzMLP(config)
+        model.load_state_dict(state)
+    except (ConfigError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the architecture: {first_line}") from None
+    return Checkpoint(model.eval(), metrics, original)
+
+
+@dataclass
+class TrainingState:
+    """A run after `epoch` finished epochs: what --resume needs to continue it bit for bit."""
+
+    recipe: dict[str, Any]
+    epoch: int
+    epoch_seconds: list[float]
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    generator: torch.Tensor
+
+
+def save_training_state(path: Path, state: TrainingState) -> None:
+    """Write the training state atomically, tagged with its format."""
+    payload = {"format": TRAINING_STATE_FORMAT, **state.__dict__}
+    atomic_write(path, lambda stream: torch.save(payload, stream))
+
+
+def load_training_state(path: Path, recipe: dict[str, Any], device: torch.device | str) -> TrainingState:
+    """The training state at `path`, refused unless it was saved by a run of the same recipe.
+
+    The recipes must agree on every entry except those in `RESUMABLE_CHANGES`.
+    """
+    if not path.exists():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    payload = read_payload(path, device)
+    if not isinstance(payload, dict) or payload.get("format") != TRAINING_STATE_FORMAT:
+        raise CheckpointError(f"cannot resume from {path}: not a training state of this version of the project")
+    payload.pop("format")
+    state = TrainingState(**payload)
+    differences = [f"{name} {state.recipe.get(name)} (now {value})" for name, value in recipe.items()
+                   if name not in RESUMABLE_CHANGES and state.recipe.get(name) != value]
+    if differences:
+        raise CheckpointError(f"cannot resume {path}: it was trained with " + ", ".join(differences))
+    return state

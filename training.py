@@ -1,0 +1,229 @@
+"""Training: the recipe (what a run is), one optimiser step, one epoch, and the state a run carries.
+
+A `Recipe` is built once, from its defaults (the demo's), a recipe file in
+`recipes/` and the command line's flags, and then passed down unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import certificates
+import lipschitz
+from checkpoints import TrainingState
+from errors import ConfigError, Failure
+from groupsort import ACTIVATIONS
+from mnist_data import Split
+from models import LipschitzMLP, MLPConfig
+from objectives import LOSSES, LossFn, Schedule, batch_loss
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+CONSTRAINTS = ("none", "linf-proj")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides what a training run computes; the defaults are the original demo's."""
+
+    # the network
+    hidden: tuple[int, ...] = (500,)
+    activation: str = "groupsort"
+    group_size: int = 10
+    # the optimisation: Adam, the learning rate times gamma after every epoch
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    gamma: float = 0.985
+    seed: int = 0
+    # the objective (see objectives.py)
+    loss: str = "ce"
+    lc_penalty: float = 0.01
+    norm: str = "linf"
+    train_eps: float | None = None  # None: the certificate's radius, cert_magnitude
+    ramp_epochs: float = 0.0
+    hinge_target: float = 1.0
+    constraint: str = "none"
+    constraint_radius: float = 1.0
+    # the certificate of the final report
+    cert_magnitude: float = 0.1
+    method: str = "global"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(width) for width in self.hidden))
+        for name, value, choices in (("activation", self.activation, ACTIVATIONS), ("loss", self.loss, LOSSES),
+                                     ("norm", self.norm, lipschitz.NORMS), ("method", self.method, certificates.METHODS),
+                                     ("constraint", self.constraint, CONSTRAINTS)):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+        numbers = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "gamma": self.gamma,
+                   "group_size": self.group_size, "hinge_target": self.hinge_target,
+                   "constraint_radius": self.constraint_radius}
+        for name, value in numbers.items():
+            if not value > 0 or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("lc_penalty", "cert_magnitude", "ramp_epochs", "train_eps"):
+            value = getattr(self, name)
+            if value is not None and (not value >= 0 or not math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+
+    @property
+    def eps(self) -> float:
+        """The radius the certificate-aware losses train at."""
+        return self.cert_magnitude if self.train_eps is None else self.train_eps
+
+    def model_config(self) -> MLPConfig:
+        return MLPConfig(hidden=self.hidden, activation=self.activation, group_size=self.group_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def build(cls, file: Path | None = None, **overrides: Any) -> Recipe:
+        """The defaults, then the recipe file's entries, then `overrides` (the flags given)."""
+        entries = {} if file is None else read_recipe(file)
+        return cls(**{**entries, **overrides})
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe's file: `name` itself if it is a file, else recipes/<name>.json."""
+    path = Path(name)
+    return path if path.suffix == ".json" or path.is_file() else RECIPES / f"{name}.json"
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """The entries of a JSON recipe file, each a field of `Recipe`."""
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
+        raise ConfigError(f"no recipe {path}: the named recipes are {known}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read recipe {path}: {err}") from None
+    names = {f.name for f in fields(Recipe)}
+    if not isinstance(entries, dict) or not set(entries) <= names:
+        unknown = sorted(set(entries) - names) if isinstance(entries, dict) else entries
+        raise ConfigError(f"recipe {path} holds unknown entries {unknown}")
+    return entries
+
+
+class NonFiniteError(Failure):
+    """The loss or a bound became NaN or infinite."""
+
+    status = 3
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Means over one epoch: loss and class loss per batch, error rates per example."""
+
+    loss: float
+    class_loss: float
+    error: float
+    cert_error: float
+    max_logit_bound: float  # max_k L_k after the epoch's last step
+
+
+@dataclass
+class Run:
+    """Everything a training run carries from one epoch to the next."""
+
+    recipe: Recipe
+    model: LipschitzMLP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    loss_fn: LossFn = batch_loss
+    epoch: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, recipe: Recipe, device: torch.device, compile: bool = False, config: MLPConfig | None = None) -> Run:
+        """A fresh run: the model initialised from the recipe's seed, fused Adam, the decay schedule.
+
+        `config` replaces the recipe's model configuration (bench.py's original
+        data path normalises in its loader, so its model must not).
+        """
+        torch.manual_seed(recipe.seed)
+        model = LipschitzMLP(config or recipe.model_config()).to(device)
+        # fused: one kernel for all parameters; the step is a large share of this small model's time
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=recipe.gamma)
+        generator = torch.Generator(device=device).manual_seed(recipe.seed)
+        return cls(recipe, model, optimizer, scheduler, generator, compiled(batch_loss) if compile else batch_loss)
+
+    def state(self) -> TrainingState:
+        return TrainingState(self.recipe.to_dict(), self.epoch, list(self.epoch_seconds), self.model.state_dict(),
+                             self.optimizer.state_dict(), self.scheduler.state_dict(), self.generator.get_state())
+
+    def restore(self, state: TrainingState) -> None:
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.generator.set_state(state.generator.to(torch.uint8).cpu())
+        self.epoch, self.epoch_seconds = state.epoch, list(state.epoch_seconds)
+
+
+def compiled(loss_fn: LossFn) -> LossFn:
+    """`loss_fn` under torch.compile; a failure to compile stops the run with one line."""
+    fast = torch.compile(loss_fn)
+
+    def call(*args: Any) -> Any:
+        try:
+            return fast(*args)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise Failure(f"torch.compile failed ({reason}): run without --compile") from None
+
+    return call
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | None = None) -> torch.Tensor:
+    """One optimiser step on the recipe's objective; returns [loss, class loss, errors, certified].
+
+    Without a schedule the losses train at the recipe's full radius.
+    The certified count uses the global rule with the penalty's bounds (in l2
+    their power-iteration norms make it an estimate). Nothing leaves the
+    device, so a step never waits on it.
+    """
+    recipe = run.recipe
+    schedule = schedule or Schedule.at(1.0, recipe.eps, 0.0)
+    loss, class_loss, logits, threshold = run.loss_fn(run.model, x, y, recipe.loss, recipe.norm, recipe.lc_penalty,
+                                                      schedule, recipe.hinge_target)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if recipe.constraint == "linf-proj":
+        for layer in run.model.linear_layers():
+            lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
+    with torch.no_grad():
+        errors = (logits.argmax(dim=1) != y).sum()
+        certified = certificates.certified(logits, y, threshold.expand(logits.shape[1], logits.shape[1]),
+                                           recipe.cert_magnitude).sum()
+        return torch.stack([loss, class_loss, errors, certified])
+
+
+def train_epoch(run: Run, train: Split, max_batches: int | None = None) -> EpochStats:
+    """One shuffled pass over `train` (its first `max_batches` batches, if given), after `run.epoch` epochs.
+
+    Statistics stay on the device and are read back once, at the end.
+    """
+    recipe = run.recipe
+    run.model.train()
+    order = torch.randperm(len(train), generator=run.generator, device=train.labels.device)
+    batches = order.split(recipe.batch_size)[:max_batches]
+    totals = torch.zeros(4, device=train.labels.device)
+    for number, index in enumerate(batches):
+        schedule = Schedule.at(run.epoch + number / len(batches), recipe.eps, recipe.ramp_epochs)
+        totals += train_step(run, train.images[index], train.labels[index], schedule)
+    with torch.no_grad():
+        max_bound = run.model.logit_bounds(recipe.norm).logits.max()
+    loss_sum, class_sum, errors, certified, max_bound = torch.cat([totals, max_bound[None]]).tolist()
+    seen = sum(len(index) for index in batches)
+    return EpochStats(loss_sum / len(batches), class_sum / len(batches), errors / seen,
+                      1 - certified / seen, max_bound)
