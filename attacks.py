@@ -12,6 +12,7 @@ ball when the domain is None.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -78,6 +79,47 @@ def lp_random_start(
     return direction * length / lipschitz.lp_vector_norm(direction, norm)[:, None].clamp_min(1e-30)
 
 
+def into_ball(delta: torch.Tensor, xs: torch.Tensor, radius: torch.Tensor, ball: Ball) -> torch.Tensor:
+    """delta projected onto the p-ball of `radius` (n, 1), then x + delta clamped to the domain (staying in the ball)."""
+    delta = lp_project(delta, radius, ball.norm)
+    return delta if ball.domain is None else (xs + delta).clamp(*ball.domain) - xs
+
+
+def movable_coordinates(grad: torch.Tensor, z: torch.Tensor, domain: tuple[float, float] | None) -> torch.Tensor:
+    """The coordinates that the gradient's sign would move without leaving the domain."""
+    if domain is None:
+        return torch.ones_like(grad, dtype=torch.bool)
+    return ((grad > 0) & (z < domain[1])) | ((grad < 0) & (z > domain[0]))
+
+
+def ascend(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    delta: torch.Tensor,
+    radius: torch.Tensor,
+    ball: Ball,
+    steps: int,
+    step: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` projected ascent steps on `attack_loss` from xs + delta: per row, the highest loss seen and its x'."""
+    best = torch.full((len(xs),), float("-inf"), dtype=xs.dtype, device=xs.device)
+    found = xs.clone()
+    for iteration in range(steps + 1):
+        delta.requires_grad_(True)
+        z = xs + delta
+        loss = attack_loss(logits_of(z), ys)
+        better = loss.detach() > best
+        found[better], best[better] = z.detach()[better], loss.detach()[better]
+        if iteration == steps:
+            break
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        with torch.no_grad():
+            direction = lp_ascent_direction(grad, ball.norm, movable_coordinates(grad, z, ball.domain))
+            delta = into_ball(delta + step * radius * direction, xs, radius, ball)
+    return best, found
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -100,13 +142,9 @@ def pgd(
     the domain (which keeps it in the ball). Model parameters get no gradient.
     """
     x = x.flatten(1)
-    norm, domain, eps_rows = ball.norm, ball.domain, ball.radii(x)
+    eps_rows = ball.radii(x)
     step = 2.5 / steps if relative_step is None else relative_step
     params = {name: p.detach() for name, p in model.named_parameters()}
-
-    def logits_of(z: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, params, (z,))
-
     generator = torch.Generator(device=x.device).manual_seed(seed)
     best = torch.full((len(x),), float("-inf"), dtype=x.dtype, device=x.device)
     found = x.clone()
@@ -116,30 +154,13 @@ def pgd(
             index = index[best[index] < 0]
             if not len(index):
                 continue
-            xs, ys, radius = x[index], labels[index], eps_rows[index][:, None]
+            xs, radius = x[index], eps_rows[index][:, None]
             if restart == 0:
                 delta = torch.zeros_like(xs)
             else:
-                delta = lp_project(lp_random_start(xs.shape, radius, norm, generator), radius, norm)
-                if domain is not None:
-                    delta = (xs + delta).clamp(*domain) - xs
-            for iteration in range(steps + 1):
-                delta.requires_grad_(True)
-                z = xs + delta
-                loss = attack_loss(logits_of(z), ys)
-                better = loss.detach() > best[index]
-                found[index[better]] = z.detach()[better]
-                best[index[better]] = loss.detach()[better]
-                if iteration == steps:
-                    break
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                with torch.no_grad():
-                    if domain is None:
-                        movable = torch.ones_like(grad, dtype=torch.bool)
-                    else:
-                        movable = ((grad > 0) & (z < domain[1])) | ((grad < 0) & (z > domain[0]))
-                    delta = delta + step * radius * lp_ascent_direction(grad, norm, movable)
-                    delta = lp_project(delta, radius, norm)
-                    if domain is not None:
-                        delta = (xs + delta).clamp(*domain) - xs
+                delta = into_ball(lp_random_start(xs.shape, radius, ball.norm, generator), xs, radius, ball)
+            loss, z = ascend(lambda v: torch.func.functional_call(model, params, (v,)), xs, labels[index], delta,
+                             radius, ball, steps, step)
+            better = loss > best[index]
+            found[index[better]], best[index[better]] = z[better], loss[better]
     return best >= 0, found

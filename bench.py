@@ -19,6 +19,7 @@ with torch.bmm.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import platform
 import resource
@@ -137,22 +138,8 @@ def original_loader(data_dir: Path, batch_size: int, workdir: Path) -> DataLoade
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0)
 
 
-def main() -> None:
-    parser = cli.Parser(description=__doc__.split("\n\n")[0])
-    cli.add_data_flag(parser)
-    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per path")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--compile", action="store_true", help="also time our path with --compile")
-    parser.add_argument("--seeds", type=cli.positive_int, default=1,
-                        help="also bound the epoch time of this many seeds trained at once (default: 1, no bound)")
-    cli.add_device_flags(parser)
-    options = parser.parse_args()
-    device = cli.pick_device(options.device, options.no_cuda)
-    recipe = Recipe()  # the demo's
-    config = recipe.model_config()
-
-    (train,) = load_mnist(options.data_dir, splits=("train",))
-    train = train.to(device)
+def time_paths(options: argparse.Namespace, recipe: Recipe, train: Split, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each timed epoch, per path: original, ours, and with the options compiled and overhead."""
     with tempfile.TemporaryDirectory() as workdir:
         epochs = {"original": original_epoch(options.data_dir, recipe, Path(workdir), device),
                   "ours": project_epoch(train, recipe, device)}
@@ -167,16 +154,21 @@ def main() -> None:
             for _ in range(options.epochs):
                 seconds[path].append(timed(epoch, device))
                 print(f"{LABELS[path]}: {seconds[path][-1]:.2f} s/epoch", flush=True)
+    return seconds
 
-    flops = epoch_flops(config, len(train))
-    floor = matmul_seconds_per_epoch(config, recipe.batch_size, len(train), device)
+
+def summary(seconds: dict[str, list[float]], config: MLPConfig, batch: int, examples: int,
+            device: torch.device) -> dict[str, object]:
+    """Medians, speed-up and GFLOP/s of the timed paths, set against the matrix multiplies alone; printed too."""
+    flops = epoch_flops(config, examples)
+    floor = matmul_seconds_per_epoch(config, batch, examples, device)
     median = {path: statistics.median(values) for path, values in seconds.items()}
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
         else torch.cuda.get_device_name(device),
         "device": str(device),
         "torch": str(torch.__version__),
-        "epochs_timed": options.epochs,
+        "epochs_timed": len(seconds["ours"]),
         "seconds_per_epoch": seconds,
         "median_seconds_per_epoch": median,
         "speedup": median["original"] / median["ours"],
@@ -191,10 +183,29 @@ def main() -> None:
         print(f"{LABELS[path]:<24} {median[path]:>8.2f} {value:>8.1f}")
     print(f"{'matmuls alone':<24} {floor:>8.2f} {result['matmul_gflops']:>8.1f}")
     print(f"speed-up: {result['speedup']:.2f}x; {flops / 1e9:.0f} GFLOP per epoch; {result['machine']}")
+    return result
+
+
+def main() -> None:
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
+    cli.add_data_flag(parser)
+    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per path")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--compile", action="store_true", help="also time our path with --compile")
+    parser.add_argument("--seeds", type=cli.positive_int, default=1,
+                        help="also bound the epoch time of this many seeds trained at once (default: 1, no bound)")
+    cli.add_device_flags(parser)
+    options = parser.parse_args()
+    device = cli.pick_device(options.device, options.no_cuda)
+    recipe = Recipe()  # the demo's
+    config = recipe.model_config()
+    (train,) = load_mnist(options.data_dir, splits=("train",))
+    train = train.to(device)
+    result = summary(time_paths(options, recipe, train, device), config, recipe.batch_size, len(train), device)
     if options.seeds > 1:
-        result["seeds"] = seeds_bound(options.seeds, median["ours"], median["overhead"],
-                                      matmul_seconds_per_epoch(config, recipe.batch_size, len(train), device,
-                                                               stack=options.seeds))
+        median = result["median_seconds_per_epoch"]
+        stacked = matmul_seconds_per_epoch(config, recipe.batch_size, len(train), device, stack=options.seeds)
+        result["seeds"] = seeds_bound(options.seeds, median["ours"], median["overhead"], stacked)
     if options.json:
         write_json(options.json, result)
 

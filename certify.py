@@ -117,6 +117,7 @@ def write_per_example(path: Path, split: Split, radii: dict[str, torch.Tensor], 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; long because it is the one flat list of them, read top to bottom."""
     parser = cli.Parser(description="Certify a saved Lipschitz MLP on the MNIST test set.")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint from train_mnist.py or the original demo")
     parser.add_argument("--cert_magnitude", "--cert-magnitude", type=cli.nonnegative_float, default=None,

@@ -42,7 +42,10 @@ D = Recipe()  # the defaults shown by --help
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespace]:
-    """The recipe (defaults, then --recipe's file, then the recipe flags given) and the run's options."""
+    """The recipe (defaults, then --recipe's file, then the recipe flags given) and the run's options.
+
+    Long because it is the one flat list of the script's flags, read top to bottom.
+    """
     parser = cli.Parser(description="Lipschitz-certified MNIST MLP (GroupSort or ReLU).")
     recipe = parser.add_argument_group("recipe (defaults: the original demo's)")
     recipe.add_argument("--recipe", default=None, metavar="NAME",
