@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     (test,) = load_mnist(args.data_dir, splits=("test",))
     if args.limit is not None:
         test = test.head(args.limit)
+    if checkpoint.model.config.in_features != test.images.shape[1]:
+        raise cli.UsageError(f"{args.checkpoint} takes {checkpoint.model.config.in_features} inputs, "
+                             f"but MNIST images have {test.images.shape[1]} pixels")
     model, test = checkpoint.model.to(device), test.to(device)
     methods = METHODS if args.method == "all" else (args.method,)
     ball = Ball(args.norm, args.cert_magnitude, DOMAINS[args.domain])

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
@@ -116,8 +116,17 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> Any:
 
 
 def project_config(path: Path, payload: dict[str, Any], expected: Expected) -> MLPConfig:
-    """The configuration a project checkpoint records, refused where `expected` contradicts it."""
-    config = MLPConfig(**payload["config"])
+    """The configuration a project checkpoint records, complete, refused where `expected` contradicts it."""
+    recorded = payload.get("config")
+    names = {f.name for f in fields(MLPConfig)}
+    if not isinstance(recorded, dict) or set(recorded) != names or not isinstance(payload.get("state_dict"), dict):
+        missing = sorted(names - set(recorded)) if isinstance(recorded, dict) else ["config"]
+        raise CheckpointError(f"{path} is an incomplete checkpoint: it lacks "
+                              f"{', '.join(missing) if missing else 'a valid config or state_dict'}")
+    try:
+        config = MLPConfig(**recorded)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} records an impossible configuration: {err}") from None
     for name, asked, recorded in (
         ("activation", expected.activation, config.activation),
         ("group_size", expected.group_size, config.group_size),
@@ -136,7 +145,13 @@ def original_config(path: Path, state: dict[str, torch.Tensor], expected: Expect
 
     Unset entries take the demo's values: groupsort, groups of 10, (x - 0.1307) / 1.
     """
-    shape_in, shape_out = state["layers.0.weight"].shape, state["layers.2.weight"].shape
+    if any(not isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{path} holds an entry that is not a tensor")
+    shapes = {name: tuple(value.shape) for name, value in state.items()}
+    if len(shapes["layers.0.weight"]) != 2 or len(shapes["layers.2.weight"]) != 2:
+        raise CheckpointError(f"{path} holds weights of shapes {shapes['layers.0.weight']} and "
+                              f"{shapes['layers.2.weight']}: the original demo's are matrices")
+    shape_in, shape_out = shapes["layers.0.weight"], shapes["layers.2.weight"]
     if expected.hidden is not None and tuple(expected.hidden) != (shape_in[0],):
         raise CheckpointError(f"{path} has hidden width {shape_in[0]}, not {expected.hidden}")
     mean, std = expected.normalisation or (0.1307, 1.0)
@@ -166,6 +181,9 @@ def load_checkpoint(path: Path, expected: Expected = Expected()) -> Checkpoint:
     except (ConfigError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not fit the architecture: {first_line}") from None
+    for name, value in model.state_dict().items():
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{path} holds non-finite values (NaN or inf) in {name}")
     return Checkpoint(model.eval(), metrics, original)
 
 

@@ -222,8 +222,8 @@ def train_epoch(run: Run, train: Split, max_batches: int | None = None) -> Epoch
         schedule = Schedule.at(run.epoch + number / len(batches), recipe.eps, recipe.ramp_epochs)
         totals += train_step(run, train.images[index], train.labels[index], schedule)
     with torch.no_grad():
-        max_bound = run.model.logit_bounds(recipe.norm).logits.max()
-    loss_sum, class_sum, errors, certified, max_bound = torch.cat([totals, max_bound[None]]).tolist()
+        max_logit_bound = run.model.logit_bounds(recipe.norm).logits.max()
+    loss_sum, class_sum, errors, certified, max_logit_bound = torch.cat([totals, max_logit_bound[None]]).tolist()
     seen = sum(len(index) for index in batches)
     return EpochStats(loss_sum / len(batches), class_sum / len(batches), errors / seen,
-                      1 - certified / seen, max_bound)
+                      1 - certified / seen, max_logit_bound)

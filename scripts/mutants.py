@@ -1,0 +1,121 @@
+"""Mutation check of the bound rules: every unsound change to a rule must fail the test suite.
+
+    python scripts/mutants.py            # every mutant; exit 1 if any survives
+    python scripts/mutants.py --list     # the mutants, without running them
+
+Each mutant makes one rule unsound: a bound, threshold, spread or radius 2 %
+too small (or too large, for a radius), a tie certified, a group maximum
+dropped. It is applied to a copy of the tracked files, and the unit tests of the
+certificate modules run on it (stopping at the first failure); a mutant that
+survives them gets the whole suite. Nothing in the working tree is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_TESTS = ["tests/test_lipschitz.py", "tests/test_groupsort.py", "tests/test_models.py", "tests/test_ibp.py",
+              "tests/test_certificates.py"]
+
+# (file, exact original text, unsound replacement, what the mutant breaks)
+MUTANTS = [
+    ("lipschitz.py", "chained = rows.abs() @ unit", "chained = 0.98 * (rows.abs() @ unit)",
+     "per-unit bound of a row (the L-inf linear rule |W| b)"),
+    ("lipschitz.py", "torch.minimum(chained, lp_dual_norm(rows, norm) * whole)",
+     "torch.minimum(chained, 0.98 * lp_dual_norm(rows, norm) * whole)", "Hoelder bound of a row"),
+    ("lipschitz.py", "torch.minimum(operator_norm(weight, norm) * whole, by_units)",
+     "torch.minimum(0.98 * operator_norm(weight, norm) * whole, by_units)", "whole-vector bound, operator norm"),
+    ("lipschitz.py", "by_units = lp_vector_norm(out_unit, norm)", "by_units = 0.98 * lp_vector_norm(out_unit, norm)",
+     "whole-vector bound, from the units"),
+    ("lipschitz.py", "return torch.linalg.matrix_norm(weight, ord=_OPERATOR_ORD[norm])",
+     "return 0.98 * torch.linalg.matrix_norm(weight, ord=_OPERATOR_ORD[norm])", "operator norm"),
+    ("lipschitz.py", "return torch.linalg.vector_norm(rows, ord=_DUAL_ORD[norm], dim=-1)",
+     "return 0.98 * torch.linalg.vector_norm(rows, ord=_DUAL_ORD[norm], dim=-1)", "dual norm"),
+    ("lipschitz.py", '"l2": math.sqrt(2.0)', '"l2": 0.98 * math.sqrt(2.0)', "the sqrt 2 of a gap in l2"),
+    ("lipschitz.py", "unit = torch.full((in_features,), scale,", "unit = torch.full((in_features,), 0.98 * scale,",
+     "input bound 1/std"),
+    ("groupsort.py", "return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)", "return bound",
+     "GroupSort without its group maximum"),
+    ("groupsort.py", '''so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
+        return self(lower), self(upper)''', '''so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
+        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "GroupSort interval's lower end"),
+    ("groupsort.py", '''relu(lower) <= relu(a) <= relu(upper)."""
+        return self(lower), self(upper)''', '''relu(lower) <= relu(a) <= relu(upper)."""
+        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "ReLU interval's lower end"),
+    ("ibp.py", "spread = radius @ weight.abs().T", "spread = 0.98 * radius @ weight.abs().T",
+     "interval spread of a Linear layer"),
+    ("ibp.py", "- radius @ rows.abs().T)", "- 0.98 * radius @ rows.abs().T)", "interval spread of the gaps"),
+    ("ibp.py", "spread = radius[:, None] * lipschitz.lp_dual_norm", "spread = 0.98 * radius[:, None] * lipschitz.lp_dual_norm",
+     "exact range over the p-ball"),
+    ("lipschitz.py", "radius = self.radii(x)[:, None]", "radius = 0.98 * self.radii(x)[:, None]", "IBP's input box"),
+    ("certificates.py", "torch.minimum(2 * bounds.logits.max(),", "torch.minimum(1.96 * bounds.logits.max(),",
+     "global threshold 2 max L"),
+    ("certificates.py", "torch.minimum(bounds.logits[:, None] + bounds.logits[None, :], shared)",
+     "torch.minimum(0.98 * (bounds.logits[:, None] + bounds.logits[None, :]), shared)", "pairwise threshold"),
+    ("certificates.py", "torch.minimum(bounds.differences, pairwise)", "torch.minimum(0.98 * bounds.differences, pairwise)",
+     "margin threshold"),
+    ("certificates.py", "(label_gaps > eps * threshold[labels])", "(label_gaps >= eps * threshold[labels])",
+     "a tie certified (>= for >)"),
+    ("certificates.py", "label_gaps / limits,", "1.02 * label_gaps / limits,", "Lipschitz radius 2 % too large"),
+    ("certificates.py", "proved = ((rows > 0) | ~others)", "proved = ((rows >= 0) | ~others)",
+     "IBP certifies a zero lower bound"),
+    ("certificates.py", "low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)\n    return low",
+     "low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)\n    return high",
+     "IBP radius: the bisection's upper end"),
+]
+
+
+def copy_tree(target: Path) -> None:
+    """The tracked and untracked-but-not-ignored files of the repository, copied under `target`."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def killed(tree: Path, tests: list[str]) -> bool:
+    """True when pytest fails on the mutated tree."""
+    env = {**os.environ, "MNIST_ROOT": os.environ.get("MNIST_ROOT", str(REPO.parent / "shared" / "mnist"))}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                         cwd=tree, capture_output=True, text=True, env=env)
+    return run.returncode != 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    survivors = 0
+    for number, (file, original, mutant, what) in enumerate(MUTANTS, 1):
+        if args.list:
+            print(f"{number:2d} {file}: {what}")
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            tree = Path(folder) / "repo"
+            copy_tree(tree)
+            text = (tree / file).read_text()
+            if text.count(original) != 1:
+                sys.exit(f"mutant {number} ({what}): its original text is not found exactly once in {file}")
+            (tree / file).write_text(text.replace(original, mutant))
+            fast = [t for t in FAST_TESTS if (tree / t).exists()]
+            verdict = "killed by the unit tests" if killed(tree, fast) else (
+                "killed by the whole suite" if killed(tree, ["tests"]) else "SURVIVED")
+        survivors += verdict == "SURVIVED"
+        print(f"{number:2d} {file}: {what}: {verdict}", flush=True)
+    if not args.list:
+        print(f"{len(MUTANTS) - survivors} of {len(MUTANTS)} mutants killed")
+        sys.exit(1 if survivors else 0)
+
+
+if __name__ == "__main__":
+    main()
