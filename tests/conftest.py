@@ -1,8 +1,9 @@
-"""Shared fixtures. The real MNIST is required: its absence fails the suite, never skips it."""
+"""Shared constants, fixtures and helpers. The real MNIST is required: its absence fails the suite, never skips it."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_ROOT = Path(os.environ.get("MNIST_ROOT", REPO.parent / "shared" / "mnist"))
 # Any download attempt made by a test process fails at once, online or not.
 OFFLINE_ENV = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+
+REL = 1e-9  # float64 slack for rounding only, in every bound and soundness check
+FAST = ("--hidden", "100")  # a small net for script runs: epochs of a fraction of a second
+L2_RADIUS = 1.58  # the L2 radius of the L2-trained net (as in recipes/l2.json)
+RESULT = re.compile(r"test (acc|certified) on clean examples \(%\): (\d+\.\d{3})$", re.M)
+
+
+def results(stdout: str) -> dict[str, float]:
+    """The two result lines that train_mnist.py and certify.py print: {"acc": ..., "certified": ...}."""
+    return {kind: float(value) for kind, value in RESULT.findall(stdout)}
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def assert_one_line_failure(run: subprocess.CompletedProcess[str], fragment: str, status: int = 2) -> None:
+    """The script failed with `status`, one line on stderr holding `fragment`, and no traceback."""
+    assert run.returncode == status, (run.returncode, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert fragment in lines[0] and "Traceback" not in run.stderr
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +51,43 @@ def mnist_root() -> Path:
 def run_script():
     """Run one of the repo's scripts as a user would, offline, capturing its output."""
 
-    def run(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(script: str, *args: str | Path, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, str(REPO / script), *map(str, args)],
-            capture_output=True, text=True, env=OFFLINE_ENV, timeout=600, cwd=cwd,
+            capture_output=True, text=True, env=env or OFFLINE_ENV, timeout=600, cwd=cwd,
         )
 
     return run
+
+
+# Trained checkpoints shared by the script tests (test_train_mnist.py, test_certify.py) and test_models.py:
+# each is trained once per session.
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mnist_root, run_script) -> tuple[Path, str]:
+    """One epoch of the default GroupSort net (seed 0): its checkpoint and train_mnist.py's stdout."""
+    out = tmp_path_factory.mktemp("outputs")
+    run = run_script("train_mnist.py", "--epochs", "1", "--data-dir", mnist_root, "--save-dir", out)
+    assert run.returncode == 0, run.stderr
+    return out / "mnist_groupsort.p", run.stdout
+
+
+@pytest.fixture(scope="session")
+def l2_trained(tmp_path_factory, mnist_root, run_script) -> tuple[Path, str]:
+    """One epoch of GroupSort with the L2 penalty (seed 0), reported with the margin rule at L2_RADIUS."""
+    out = tmp_path_factory.mktemp("l2")
+    run = run_script("train_mnist.py", "--epochs", "1", "--norm", "l2", "--lc_penalty", "0.5",
+                     "--cert_magnitude", str(L2_RADIUS), "--method", "margin", "--data-dir", mnist_root,
+                     "--save-dir", out)
+    assert run.returncode == 0, run.stderr
+    return out / "mnist_groupsort.p", run.stdout
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, mnist_root, run_script) -> Path:
+    """One epoch of a FAST net (seed 0), with its training state beside it."""
+    out = tmp_path_factory.mktemp("small")
+    run = run_script("train_mnist.py", *FAST, "--epochs", "1", "--data-dir", mnist_root, "--save-dir", out)
+    assert run.returncode == 0, run.stderr
+    return out / "mnist_groupsort.p"

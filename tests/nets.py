@@ -1,6 +1,9 @@
-"""Hypothesis strategies and helpers shared by the certification tests: small random nets, norms, points."""
+"""Hypothesis strategies and helpers shared by the certification tests: small random nets, nets with given
+weights, norms, points."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from hypothesis import strategies as st
@@ -33,6 +36,37 @@ def random_nets(draw, max_hidden_layers: int = 2) -> LipschitzMLP:
         for layer in model.linear_layers():
             layer.weight.mul_(torch.empty_like(layer.weight).uniform_(0.1, 3.0))
             layer.bias.normal_()
+    return model.eval()
+
+
+def net_from_weights(
+    weights: Sequence[torch.Tensor | list],
+    biases: Sequence[torch.Tensor | list | float | None] | None = None,
+    activation: str = "groupsort",
+    group_size: int = 1,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> LipschitzMLP:
+    """A float64 net in eval mode whose Linear layers hold exactly `weights` (each (out, in)) and `biases`.
+
+    The widths follow from the weights' shapes; a bias left out (None, or no `biases`) is zero, and a
+    number fills the whole bias. Reading the weights back: `model.linear_layers()[k].weight`.
+    """
+    weights = [torch.as_tensor(w, dtype=torch.float64) for w in weights]
+    biases = list(biases) if biases is not None else [None] * len(weights)
+    if len(biases) != len(weights):
+        raise ValueError(f"{len(weights)} weights but {len(biases)} biases")
+    for before, after in zip(weights[:-1], weights[1:]):
+        if after.shape[1] != before.shape[0]:
+            raise ValueError(f"a layer of {before.shape[0]} units cannot feed a weight of shape {tuple(after.shape)}")
+    config = MLPConfig(in_features=weights[0].shape[1], hidden=tuple(w.shape[0] for w in weights[:-1]),
+                       out_features=weights[-1].shape[0], activation=activation, group_size=group_size,
+                       mean=mean, std=std)
+    model = LipschitzMLP(config).double()
+    with torch.no_grad():
+        for layer, weight, bias in zip(model.linear_layers(), weights, biases):
+            layer.weight.copy_(weight)
+            layer.bias.copy_(torch.zeros(len(weight)) if bias is None else torch.as_tensor(bias, dtype=torch.float64))
     return model.eval()
 
 

@@ -1,4 +1,5 @@
-"""GroupSort sorts within groups only, and bounds pass through it soundly."""
+"""GroupSort sorts within groups only; per-unit bounds, whole-vector bounds and intervals pass through GroupSort
+and ReLU soundly; bad group sizes and activations are refused."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import lipschitz
+from conftest import REL
+from errors import ConfigError
 from groupsort import GroupSort, ReLU, make_activation
 from models import LipschitzMLP, MLPConfig
+from nets import norms, seeds
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
@@ -47,42 +52,71 @@ def test_full_width_group_is_fullsort():
 @given(grouped_batches(), st.integers(0, 2**31 - 1))
 @settings(max_examples=60)
 def test_each_sorted_unit_moves_at_most_its_groups_largest_change(case, seed):
-    """The theorem behind propagate_linf_bound, checked unit by unit."""
+    """The theorem behind propagate_bound, checked unit by unit (in any p-norm: it compares units only)."""
     group_size, x = case
     a = torch.from_numpy(x).double()
     b = a + torch.randn(a.shape, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
     change = (a - b).abs()
     sort = GroupSort(group_size)
     moved = (sort(a) - sort(b)).abs()
-    allowed = sort.propagate_linf_bound(change[0]), sort.propagate_linf_bound(change[-1])
+    allowed = sort.propagate_bound(change[0]), sort.propagate_bound(change[-1])
     assert (moved[0] <= allowed[0]).all() and (moved[-1] <= allowed[1]).all()
 
 
 def test_bound_through_groupsort_is_the_group_maximum():
     bound = torch.tensor([1.0, 4.0, 2.0, 0.5, 0.25, 3.0])
     expected = torch.tensor([4.0, 4.0, 4.0, 3.0, 3.0, 3.0])
-    assert torch.equal(GroupSort(3).propagate_linf_bound(bound), expected)
-    assert torch.equal(GroupSort(1).propagate_linf_bound(bound), bound)
+    assert torch.equal(GroupSort(3).propagate_bound(bound), expected)
+    assert torch.equal(GroupSort(1).propagate_bound(bound), bound)
 
 
 def test_bound_through_relu_is_unchanged():
     bound = torch.tensor([1.0, 4.0, 2.0])
-    assert torch.equal(ReLU().propagate_linf_bound(bound), bound)
+    assert torch.equal(ReLU().propagate_bound(bound), bound)
 
 
 def test_group_size_that_does_not_divide_the_width_fails_at_build_time():
-    with pytest.raises(ValueError, match="group size 3 does not divide the layer width 500"):
+    with pytest.raises(ConfigError, match="group size 3 does not divide the layer width 500"):
         LipschitzMLP(MLPConfig(group_size=3))
-    with pytest.raises(ValueError, match="does not divide the layer width 7"):
+    with pytest.raises(ConfigError, match="does not divide the layer width 7"):
         LipschitzMLP(MLPConfig(hidden=(10, 7), group_size=5))
 
 
 @pytest.mark.parametrize("group_size", [0, -2])
 def test_non_positive_group_size_is_rejected(group_size):
-    with pytest.raises(ValueError, match="group size must be a positive integer"):
+    with pytest.raises(ConfigError, match="group size must be a positive integer"):
         GroupSort(group_size)
 
 
 def test_unknown_activation_is_rejected():
-    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+    with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
         make_activation("tanh", 10)
+    with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
+        MLPConfig(activation="tanh")
+
+
+@given(st.integers(1, 6), arrays(np.float64, (2, 12), elements=st.floats(-100, 100)), norms)
+@settings(max_examples=80)
+def test_sorting_is_a_contraction_in_every_p_norm(group_size, pair, norm):
+    """||sort(a) - sort(a')||_p <= ||a - a'||_p: why a whole-vector bound passes GroupSort unchanged."""
+    width = 12 - 12 % group_size
+    a, b = torch.from_numpy(pair[:, :width])
+    sort = GroupSort(group_size)
+    moved = lipschitz.lp_vector_norm(sort(a) - sort(b), norm)
+    assert moved <= lipschitz.lp_vector_norm(a - b, norm) * (1 + REL) + REL
+    assert sort.propagate_whole_bound(torch.tensor(2.5)) == 2.5
+    assert ReLU().propagate_whole_bound(torch.tensor(2.5)) == 2.5
+
+
+@given(st.integers(1, 5), st.integers(1, 4), seeds)
+@settings(max_examples=60)
+def test_intervals_pass_through_activations_soundly(group_size, groups, seed):
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.randn(1, group_size * groups, generator=g, dtype=torch.float64)
+    radius = torch.rand(1, group_size * groups, generator=g, dtype=torch.float64)
+    lower, upper = centre - radius, centre + radius
+    inside = lower + (upper - lower) * torch.rand(200, group_size * groups, generator=g, dtype=torch.float64)
+    for activation in (GroupSort(group_size), ReLU()):
+        low, high = activation.propagate_interval(lower, upper)
+        out = activation(inside)
+        assert (low <= out).all() and (out <= high).all()

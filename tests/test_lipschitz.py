@@ -1,112 +1,60 @@
-"""The logit bounds are theorems: |f_k(x) - f_k(x')| <= L_k ||x - x'||_inf, on any net."""
+"""The norm-bound math of lipschitz.py on plain tensors: norms, row and input bounds, the penalty, the L1-ball
+projection, and the Ball. The bounds of whole nets are in test_models.py."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import lipschitz
-from models import LipschitzMLP, MLPConfig
-from nets import random_nets
+from conftest import REL
+from errors import ConfigError
+from lipschitz import Ball
+from models import LipschitzMLP
+from nets import norms, random_directions, seeds
 
-REL = 1e-9  # float64 slack for rounding only
+
+def test_norm_helpers_match_their_definitions():
+    w = torch.tensor([[3.0, -4.0], [1.0, 2.0]])
+    assert torch.equal(lipschitz.lp_dual_norm(w, "linf"), torch.tensor([7.0, 3.0]))
+    assert torch.allclose(lipschitz.lp_dual_norm(w, "l2"), torch.tensor([5.0, math.sqrt(5)]))
+    assert torch.equal(lipschitz.lp_dual_norm(w, "l1"), torch.tensor([4.0, 2.0]))
+    assert lipschitz.lp_operator_norm(w, "linf") == 7.0 and lipschitz.lp_operator_norm(w, "l1") == 6.0
+    assert [lipschitz.lp_difference_coefficient(n) for n in lipschitz.NORMS] == [2.0, math.sqrt(2), 1.0]
+    assert set(lipschitz.NORM_NAMES) == set(lipschitz.NORMS)
+    with pytest.raises(ConfigError, match="unknown norm 'l3'"):
+        lipschitz.lp_dual_norm(w, "l3")
 
 
-def random_pairs(model: LipschitzMLP, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+@given(st.integers(1, 6), st.integers(1, 6), norms, seeds)
+@settings(max_examples=60)
+def test_row_bounds_are_the_demos_chain_in_linf_and_the_smaller_of_two_bounds_otherwise(fan_in, fan_out, norm,
+                                                                                       seed):
+    """linf: |W| @ b, bit for bit (the demo's rule). l2, l1: min(|W| @ b, ||w||_q B), each sound alone."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, model.config.in_features, generator=g, dtype=torch.float64)
-    radius = torch.rand(n, 1, generator=g, dtype=torch.float64)
-    x_other = x + radius * (2 * torch.rand(x.shape, generator=g, dtype=torch.float64) - 1)
-    return x, x_other
+    weight = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
+    unit = torch.rand(fan_in, generator=g, dtype=torch.float64)
+    whole = torch.rand((), generator=g, dtype=torch.float64) * unit.max() * 2
+    bounds = lipschitz.lp_row_bounds(weight, unit, whole, norm)
+    chained = weight.abs() @ unit
+    if norm == "linf":
+        assert torch.equal(bounds, chained)
+    else:
+        assert torch.equal(bounds, torch.minimum(chained, lipschitz.lp_dual_norm(weight, norm) * whole))
+        assert (bounds <= chained).all()
 
 
-def input_jacobian(model: LipschitzMLP, x: torch.Tensor) -> torch.Tensor:
-    """d f_k / d x for every example: shape (n, out, in)."""
-    return torch.func.vmap(torch.func.jacrev(lambda v: model(v[None])[0]))(x)
-
-
-@given(random_nets(max_hidden_layers=3), st.integers(0, 2**31 - 1))
-@settings(max_examples=150, deadline=None)
-def test_logit_changes_never_exceed_bound_times_linf_distance(model, seed):
-    bounds = model.linf_logit_bounds()
-    x, x_other = random_pairs(model, 64, seed)
-    with torch.no_grad():
-        change = (model(x) - model(x_other)).abs()
-    distance = (x - x_other).abs().amax(dim=1, keepdim=True)
-    assert (change <= bounds * distance * (1 + REL) + REL).all()
-
-
-@given(random_nets(max_hidden_layers=3), st.integers(0, 2**31 - 1))
-@settings(max_examples=150, deadline=None)
-def test_gradient_sign_steps_cannot_beat_the_bound(model, seed):
-    """The steepest L-inf step, eps * sign(grad f_k), moves f_k by at most L_k * eps."""
-    bounds = model.linf_logit_bounds()
-    x, _ = random_pairs(model, 16, seed)
-    eps = 0.05
-    jacobian = input_jacobian(model, x)
-    with torch.no_grad():
-        for k in range(model.config.out_features):
-            step = eps * jacobian[:, k].sign()
-            change = (model(x + step)[:, k] - model(x)[:, k]).abs()
-            assert (change <= bounds[k] * eps * (1 + REL) + REL).all()
-
-
-@given(random_nets(max_hidden_layers=3), st.integers(0, 2**31 - 1))
-@settings(max_examples=150, deadline=None)
-def test_gradient_l1_norm_never_exceeds_bound(model, seed):
-    """||grad f_k(x)||_1 is the local L-inf Lipschitz constant of f_k, so L_k must cover it."""
-    bounds = model.linf_logit_bounds()
-    x, _ = random_pairs(model, 32, seed)
-    local = input_jacobian(model, x).abs().sum(dim=2)
-    assert (local <= bounds * (1 + REL)).all()
-
-
-def test_bound_is_exact_for_one_linear_layer():
-    """No hidden layer: L_k is row k's L1 norm, attained by the gradient, so nothing is lost."""
-    torch.manual_seed(0)
-    model = LipschitzMLP(MLPConfig(in_features=7, hidden=(), out_features=3)).double()
-    local = input_jacobian(model, torch.rand(1, 7, dtype=torch.float64)).abs().sum(dim=2)[0]
-    assert torch.allclose(model.linf_logit_bounds(), local)
-    assert torch.allclose(local, model.layers[0].weight.abs().sum(dim=1))
-
-
-def test_bound_is_the_product_of_norms_for_a_positive_relu_net():
-    """Positive weights and inputs keep every ReLU active: the bound equals the gradient's L1 norm."""
-    torch.manual_seed(1)
-    model = LipschitzMLP(MLPConfig(in_features=5, hidden=(6, 4), out_features=3, activation="relu", mean=0.0))
-    model.double()
-    with torch.no_grad():
-        for layer in model.linear_layers():
-            layer.weight.abs_()
-            layer.bias.abs_()
-    local = input_jacobian(model, torch.rand(1, 5, dtype=torch.float64)).abs().sum(dim=2)[0]
-    assert torch.allclose(model.linf_logit_bounds(), local)
-
-
-def test_bound_scales_with_one_over_std():
-    """Bounds are in pixel units: normalising by std multiplies every bound by 1 / std."""
-    torch.manual_seed(2)
-    model = LipschitzMLP(MLPConfig(in_features=9, hidden=(6,), out_features=4, group_size=3))
-    halved = LipschitzMLP(MLPConfig(in_features=9, hidden=(6,), out_features=4, group_size=3, std=0.5))
-    halved.load_state_dict(model.state_dict())
-    assert torch.allclose(halved.linf_logit_bounds(), 2 * model.linf_logit_bounds())
-
-
-def test_initialisation_gives_every_row_unit_l1_norm():
-    model = LipschitzMLP(MLPConfig(hidden=(500, 100)))
-    for layer in model.linear_layers():
-        assert torch.allclose(layer.weight.abs().sum(dim=1), torch.ones(layer.out_features))
-    # With unit rows and 1-Lipschitz activations every logit starts 1-Lipschitz.
-    assert torch.allclose(model.linf_logit_bounds(), torch.ones(10))
-
-
-def test_bounds_are_differentiable_for_the_penalty():
-    model = LipschitzMLP()
-    lipschitz.soft_max_penalty(model.linf_logit_bounds()).backward()
-    assert all(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
-               for layer in model.linear_layers())
+def test_input_bounds_are_one_over_std_per_coordinate_and_as_a_whole():
+    like = torch.zeros(1, dtype=torch.float64)
+    unit, whole = lipschitz.lp_input_bounds(5, 1 / 0.25, like)
+    assert torch.equal(unit, torch.full((5,), 4.0, dtype=torch.float64)) and whole.item() == 4.0
+    assert unit.dtype == whole.dtype == torch.float64
 
 
 @given(st.lists(st.floats(0, 50), min_size=1, max_size=10))
@@ -116,5 +64,85 @@ def test_soft_max_penalty_lies_between_mean_and_max(values):
     assert bounds.mean() - 1e-9 <= penalty <= bounds.max() + 1e-9
 
 
-def test_margin_bound_is_twice_the_largest_logit_bound():
-    assert lipschitz.linf_margin_bound(torch.tensor([1.0, 3.5, 2.0])) == pytest.approx(7.0)
+@given(st.integers(2, 40), st.integers(2, 40), seeds)
+@settings(max_examples=40)
+def test_power_iteration_estimate_stays_below_the_spectral_norm(rows, cols, seed):
+    weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    exact = lipschitz.lp_operator_norm(weight, "l2")
+    estimate = lipschitz.l2_spectral_norm_estimate(weight)
+    assert estimate <= exact * (1 + REL)
+    # the training penalty's operator norms: the estimate in l2, the exact norm otherwise
+    assert torch.equal(lipschitz.operator_norm_estimate(weight, "l2"), estimate)
+    for norm in ("linf", "l1"):
+        assert torch.equal(lipschitz.operator_norm_estimate(weight, norm), lipschitz.lp_operator_norm(weight, norm))
+
+
+def test_power_iteration_estimate_is_close_on_a_trained_size_layer():
+    torch.manual_seed(3)
+    weight = LipschitzMLP().linear_layers()[0].weight.detach()
+    exact = lipschitz.lp_operator_norm(weight, "l2")
+    assert lipschitz.l2_spectral_norm_estimate(weight) == pytest.approx(exact.item(), rel=0.01)
+
+
+def sorted_projection(row: torch.Tensor, radius: float) -> torch.Tensor:
+    """The textbook projection onto the L1 ball (Duchi et al. 2008), by sorting: the reference."""
+    if row.abs().sum() <= radius:
+        return row
+    u = row.abs().sort(descending=True).values
+    excess = u.cumsum(0) - radius
+    count = int(((u - excess / torch.arange(1, len(row) + 1, dtype=row.dtype)) > 0).nonzero().max()) + 1
+    return row.sign() * (row.abs() - excess[count - 1] / count).clamp(min=0)
+
+
+@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 30)),
+              elements=st.floats(-5, 5, allow_nan=False)),
+       st.floats(0.01, 10))
+@settings(max_examples=200)
+def test_projection_matches_the_sorting_algorithm_and_lands_in_the_ball(matrix, radius):
+    weight = torch.from_numpy(matrix.copy())
+    expected = torch.stack([sorted_projection(row, radius) for row in weight])
+    lipschitz.project_rows_l1_ball_(weight, radius)
+    assert (weight.abs().sum(dim=1) <= radius).all()
+    assert torch.allclose(weight, expected, atol=1e-9 * max(1.0, radius))
+
+
+def test_projection_leaves_rows_inside_the_ball_alone():
+    weight = torch.tensor([[0.2, -0.3, 0.1], [3.0, -1.0, 0.0]])
+    lipschitz.project_rows_l1_ball_(weight, 1.0)
+    assert torch.equal(weight[0], torch.tensor([0.2, -0.3, 0.1]))
+    assert torch.allclose(weight[1], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_ball_radii_give_one_radius_per_row_in_the_inputs_dtype():
+    x = torch.zeros(4, 3, dtype=torch.float64)
+    assert torch.equal(Ball("l2", 0.5).radii(x), torch.full((4,), 0.5, dtype=torch.float64))
+    per_example = torch.tensor([0.0, 0.1, 0.2, 0.3])  # float32, converted to the input's dtype
+    radii = Ball("linf", per_example).radii(x)
+    assert radii.dtype == torch.float64 and torch.allclose(radii, per_example.double())
+
+
+@given(norms, st.integers(1, 8), st.floats(0.0, 2.0), st.booleans(), seeds)
+@settings(max_examples=60)
+def test_ball_box_holds_the_ball_cut_to_its_domain_and_is_the_linf_box(norm, d, eps, pixels, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(16, d, generator=g, dtype=torch.float64)
+    ball = Ball(norm, eps, (0.0, 1.0) if pixels else None)
+    lower, upper = ball.box(x)
+    if pixels:
+        assert torch.equal(lower, (x - eps).clamp(min=0.0)) and torch.equal(upper, (x + eps).clamp(max=1.0))
+    else:
+        assert torch.equal(lower, x - eps) and torch.equal(upper, x + eps)
+    inside = x[:, None] + eps * random_directions(16 * 32, d, norm, g).view(16, 32, d)
+    if pixels:
+        inside = inside.clamp(0.0, 1.0)
+    assert (lower[:, None] <= inside + REL).all() and (inside <= upper[:, None] + REL).all()
+
+
+def test_ball_with_eps_keeps_the_norm_and_domain_and_checks_the_norm():
+    ball = Ball("l1", 0.3, (0.0, 1.0))
+    wider = ball.with_eps(0.6)
+    assert (wider.norm, wider.eps, wider.domain) == ("l1", 0.6, (0.0, 1.0)) and ball.eps == 0.3
+    per_example = torch.tensor([0.1, 0.2])
+    assert torch.equal(ball.with_eps(per_example).radii(torch.zeros(2, 3)), per_example)
+    with pytest.raises(ConfigError, match="unknown norm 'l7'"):
+        Ball("l7", 0.1)

@@ -1,0 +1,98 @@
+"""Interval bound propagation: each rule holds every point of its box and is tight where it should be, and the
+gap bounds through a whole net are sound, and exact at radius 0."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ibp
+import lipschitz
+from conftest import REL
+from lipschitz import Ball
+from mnist_data import PIXEL_RANGE
+from nets import ball_vertices, norms, random_directions, random_nets, seeds
+
+
+@given(st.integers(1, 6), st.integers(1, 6), seeds)
+@settings(max_examples=60)
+def test_interval_of_a_linear_layer_holds_every_point_and_is_attained(fan_in, fan_out, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
+    bias = torch.randn(fan_out, generator=g, dtype=torch.float64)
+    lower = torch.randn(1, fan_in, generator=g, dtype=torch.float64)
+    upper = lower + torch.rand(1, fan_in, generator=g, dtype=torch.float64)
+    low, high = ibp.interval_linear(weight, bias, lower, upper)
+    corners = torch.where(torch.rand(500, fan_in, generator=g) < 0.5, lower, upper)
+    out = corners @ weight.T + bias
+    assert (low <= out + REL).all() and (out <= high + REL).all()
+    corner = torch.where(weight < 0, upper, lower)  # for each row, the corner where it is smallest
+    assert torch.allclose(low[0], (corner * weight).sum(dim=1) + bias)
+
+
+@given(st.integers(1, 6), st.integers(2, 5), seeds)
+@settings(max_examples=60)
+def test_gap_interval_holds_every_point_is_attained_and_beats_subtracting_intervals(fan_in, fan_out, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
+    bias = torch.randn(fan_out, generator=g, dtype=torch.float64)
+    lower = torch.randn(1, fan_in, generator=g, dtype=torch.float64)
+    upper = lower + torch.rand(1, fan_in, generator=g, dtype=torch.float64)
+    gap_lower = ibp.interval_gap_lower(weight, bias, lower, upper)[0]
+    corners = torch.where(torch.rand(500, fan_in, generator=g) < 0.5, lower, upper)
+    out = corners @ weight.T + bias
+    assert (gap_lower <= (out[:, :, None] - out[:, None, :]) + REL).all()
+    rows = weight[:, None] - weight[None]  # the worst corner of each gap's row attains the bound
+    worst = torch.where(rows < 0, upper, lower)
+    assert torch.allclose(gap_lower, (worst * rows).sum(dim=2) + bias[:, None] - bias[None])
+    low, high = ibp.interval_linear(weight, bias, lower, upper)
+    assert (gap_lower >= (low[0][:, None] - high[0][None]) - REL).all()
+
+
+@given(norms, st.integers(1, 6), st.integers(1, 4), seeds)
+@settings(max_examples=60)
+def test_ball_range_is_the_exact_range_over_the_p_ball(norm, d, units, seed):
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(units, d, generator=g, dtype=torch.float64)
+    bias = torch.randn(units, generator=g, dtype=torch.float64)
+    center = torch.rand(3, d, generator=g, dtype=torch.float64)
+    radius = torch.rand(3, generator=g, dtype=torch.float64)
+    low, high = ibp.ball_range(rows, bias, center, radius, norm)
+    points = torch.cat([center[:, None] + radius[:, None, None] * random_directions(3 * 100, d, norm, g).view(3, 100, d),
+                        ball_vertices(center, radius, norm)], dim=1)
+    out = points @ rows.T + bias
+    assert (low[:, None] <= out + REL).all() and (out <= high[:, None] + REL).all()
+    middle = center @ rows.T + bias  # Hoelder: attained, so the range is w . c + b +- eps ||w||_q exactly
+    spread = radius[:, None] * lipschitz.lp_dual_norm(rows, norm)
+    assert torch.allclose(low, middle - spread) and torch.allclose(high, middle + spread)
+
+
+@given(random_nets(), norms, st.booleans(), seeds)
+@settings(max_examples=60, deadline=None)
+def test_gap_lower_bounds_hold_at_every_sampled_point_of_the_ball(model, norm, pixels, seed):
+    g = torch.Generator().manual_seed(seed)
+    d = model.config.in_features
+    x = torch.rand(8, d, generator=g, dtype=torch.float64)
+    eps = torch.rand(8, generator=g, dtype=torch.float64)
+    ball = Ball(norm, eps, PIXEL_RANGE if pixels else None)
+    with torch.no_grad():
+        lower = ibp.gap_lower_bounds(model, x, ball)
+        points = torch.cat([x[:, None] + eps[:, None, None] * random_directions(8 * 64, d, norm, g).view(8, 64, d),
+                            ball_vertices(x, eps, norm)], dim=1)
+        if pixels:
+            points = points.clamp(*PIXEL_RANGE)
+        logits = model(points.flatten(0, 1)).view(8, points.shape[1], -1)
+    gaps = logits[:, :, :, None] - logits[:, :, None, :]
+    assert lower.shape == (8, model.config.out_features, model.config.out_features)
+    assert (lower[:, None] <= gaps + REL * (1 + gaps.abs())).all()
+
+
+@given(random_nets(), norms, seeds)
+@settings(max_examples=30, deadline=None)
+def test_gap_lower_bounds_at_radius_zero_are_the_gaps(model, norm, seed):
+    x = torch.rand(8, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(x)
+        lower = ibp.gap_lower_bounds(model, x, Ball(norm, 0.0))
+    assert torch.allclose(lower, logits[:, :, None] - logits[:, None, :], atol=1e-9)

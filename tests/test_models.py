@@ -1,0 +1,223 @@
+"""The model's logit bounds are theorems in every norm: they cover observed changes, gradients and Jacobians on
+any net, are exact where the net allows it, and are the demo's own numbers in L-inf."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from torch import nn
+
+import lipschitz
+from certificates import LIPSCHITZ_METHODS, thresholds
+from checkpoints import load_checkpoint
+from conftest import REL
+from groupsort import GroupSort
+from models import LipschitzMLP, MLPConfig
+from nets import input_jacobian, net_from_weights, norms, random_directions, random_nets, seeds
+
+MATRIX_ORD = {"linf": math.inf, "l2": 2, "l1": 1}
+
+
+def pair_differences(values: torch.Tensor) -> torch.Tensor:
+    """v_i - v_j along dimension 1: (n, out, ...) -> (n, out, out, ...)."""
+    return values[:, :, None] - values[:, None, :]
+
+
+def demo_linf_logit_bounds(model: LipschitzMLP) -> torch.Tensor:
+    """The original demo's chain, written out: 1/std per pixel, |W| @ b per Linear, the group max per GroupSort."""
+    bound = torch.full((model.config.in_features,), 1 / model.config.std,
+                       dtype=model.linear_layers()[0].weight.dtype)
+    for layer in model.layers:
+        if isinstance(layer, nn.Linear):
+            bound = layer.weight.abs() @ bound
+        elif isinstance(layer, GroupSort):
+            groups = bound.unflatten(-1, (-1, layer.group_size))
+            bound = groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)
+    return bound
+
+
+@given(random_nets(max_hidden_layers=3), seeds)
+@settings(max_examples=40, deadline=None)
+def test_linf_bounds_are_the_demos_bit_for_bit(model, seed):
+    """In L-inf the generic chain, the penalty's bounds and the global threshold are the demo's numbers exactly."""
+    for net in (model, model.float()):
+        demo = demo_linf_logit_bounds(net)
+        bounds = net.logit_bounds("linf")
+        assert torch.equal(bounds.logits, demo)
+        assert torch.equal(net.logit_bounds("linf", estimate=True).logits, demo)
+        assert torch.equal(bounds.output, demo.max())
+        assert torch.equal(thresholds(bounds, "global"), (2 * demo.max()).expand(len(demo), len(demo)))
+
+
+def pairs_at_known_distances(d: int, norm: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """64 pairs (x, x') and their p-distances: half on spheres of random radius up to 2 (cube corners in linf),
+    half uniform in L-inf boxes of random radius up to 1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(64, d, generator=g, dtype=torch.float64)
+    sphere = 2 * torch.rand(32, 1, generator=g, dtype=torch.float64) * random_directions(32, d, norm, g)
+    box = torch.rand(32, 1, generator=g, dtype=torch.float64) * (2 * torch.rand(32, d, generator=g,
+                                                                                 dtype=torch.float64) - 1)
+    x_other = x + torch.cat([sphere, box])
+    return x, x_other, lipschitz.lp_vector_norm(x - x_other, norm)
+
+
+@given(random_nets(max_hidden_layers=3), norms, seeds)
+@settings(max_examples=150, deadline=None)
+def test_every_bound_covers_observed_changes(model, norm, seed):
+    """|df_k|, |d(f_i - f_j)|, ||df||_p and every method's threshold never fall short of the change per ||dx||_p."""
+    x, x_other, distance = pairs_at_known_distances(model.config.in_features, norm, seed)
+    bounds = model.logit_bounds(norm)
+    with torch.no_grad():
+        change = model(x) - model(x_other)
+    scale = distance[:, None] * (1 + REL)
+    assert (change.abs() <= bounds.logits * scale + REL).all()
+    assert (pair_differences(change).abs() <= bounds.differences * scale[:, :, None] + REL).all()
+    assert (lipschitz.lp_vector_norm(change, norm) <= bounds.output * scale[:, 0] + REL).all()
+    for method in LIPSCHITZ_METHODS:
+        assert (pair_differences(change).abs() <= thresholds(bounds, method) * scale[:, :, None] + REL).all()
+
+
+@given(random_nets(max_hidden_layers=3), seeds)
+@settings(max_examples=150, deadline=None)
+def test_the_steepest_linf_step_cannot_beat_the_bound(model, seed):
+    """The steepest L-inf step, eps * sign(grad f_k), moves f_k by at most L_k * eps."""
+    bounds = model.logit_bounds("linf").logits
+    x = torch.rand(16, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    eps = 0.05
+    jacobian = input_jacobian(model, x)
+    with torch.no_grad():
+        for k in range(model.config.out_features):
+            step = eps * jacobian[:, k].sign()
+            change = (model(x + step)[:, k] - model(x)[:, k]).abs()
+            assert (change <= bounds[k] * eps * (1 + REL) + REL).all()
+
+
+@given(random_nets(max_hidden_layers=3), norms, seeds)
+@settings(max_examples=100, deadline=None)
+def test_every_bound_covers_the_local_lipschitz_constant(model, norm, seed):
+    """The gradient's dual norm (||grad f_k||_1 in L-inf) and the Jacobian's p->p norm are local constants:
+    the bounds must cover them."""
+    x = torch.rand(16, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    jacobian = input_jacobian(model, x)
+    bounds = model.logit_bounds(norm)
+    slack = 1 + REL
+    local = lipschitz.lp_dual_norm(jacobian, norm)
+    if norm == "linf":  # the demo's check, written out: ||grad f_k||_1 <= L_k
+        assert (jacobian.abs().sum(dim=2) <= bounds.logits * slack).all()
+    assert (local <= bounds.logits * slack + REL).all()
+    assert (lipschitz.lp_dual_norm(pair_differences(jacobian), norm) <= bounds.differences * slack + REL).all()
+    assert (torch.linalg.matrix_norm(jacobian, ord=MATRIX_ORD[norm]) <= bounds.output * slack + REL).all()
+    for method in LIPSCHITZ_METHODS:
+        pair_local = lipschitz.lp_dual_norm(pair_differences(jacobian), norm)
+        assert (pair_local <= thresholds(bounds, method) * slack + REL).all()
+
+
+@pytest.mark.parametrize("norm", lipschitz.NORMS)
+def test_bounds_are_exact_without_a_hidden_layer(norm):
+    """f = W (x - mean) / std: every bound is a dual or operator norm of W / std (in L-inf, row L1 norms),
+    attained by the gradient, so nothing is lost."""
+    weight = torch.randn(4, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = net_from_weights([weight], mean=0.1307, std=0.5)
+    scaled = model.linear_layers()[0].weight / 0.5
+    bounds = model.logit_bounds(norm)
+    assert torch.allclose(bounds.logits, lipschitz.lp_dual_norm(scaled, norm))
+    assert torch.allclose(bounds.differences, lipschitz.lp_dual_norm(scaled[:, None] - scaled[None], norm))
+    if norm != "linf":  # in linf the output bound is max_k L_k, which is the operator norm too
+        assert torch.allclose(bounds.output, lipschitz.lp_operator_norm(scaled, norm))
+    else:
+        assert torch.allclose(bounds.logits, scaled.abs().sum(dim=1))
+    local = lipschitz.lp_dual_norm(input_jacobian(model, torch.rand(1, 7, dtype=torch.float64))[0], norm)
+    assert torch.allclose(bounds.logits, local)
+
+
+def test_linf_bound_is_the_product_of_norms_for_a_positive_relu_net():
+    """Positive weights and inputs keep every ReLU active: the bound equals the gradient's L1 norm."""
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.rand(6, 5, generator=g), torch.rand(4, 6, generator=g), torch.rand(3, 4, generator=g)]
+    biases = [torch.rand(len(w), generator=g) for w in weights]
+    model = net_from_weights(weights, biases, activation="relu")
+    local = input_jacobian(model, torch.rand(1, 5, dtype=torch.float64)).abs().sum(dim=2)[0]
+    assert torch.allclose(model.logit_bounds("linf").logits, local)
+
+
+@pytest.mark.parametrize("norm", lipschitz.NORMS)
+def test_bound_is_exact_for_a_maxmin_net_computing_an_absolute_value(norm):
+    """h = sort(a, -a) = (-|a|, |a|) with a = w . x; f = (|a|, -|a|): the GroupSort rule loses nothing."""
+    w = torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = net_from_weights([torch.stack([w, -w]), [[0.0, 1.0], [0.0, -1.0]]], group_size=2)
+    bounds = model.logit_bounds(norm)
+    local = lipschitz.lp_dual_norm(input_jacobian(model, torch.rand(3, 6, dtype=torch.float64)), norm)
+    assert torch.allclose(local, lipschitz.lp_dual_norm(w, norm).expand(3, 2))
+    assert torch.allclose(bounds.logits, local[0])
+    assert torch.allclose(bounds.differences[0, 1], 2 * local[0, 0])  # f_0 - f_1 = 2|a|
+
+
+def test_l2_bounds_are_exact_for_an_orthogonal_relu_net_in_its_linear_region():
+    """All ReLUs on, first layer orthogonal: f = W2 Q x + c, and the spectral product is tight."""
+    g = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    w2 = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    model = net_from_weights([q, w2], [100.0, None], activation="relu")  # every unit stays active on [0, 1]^6
+    bounds = model.logit_bounds("l2")
+    assert torch.allclose(bounds.logits, w2.norm(dim=1))
+    assert torch.allclose(bounds.differences, (w2[:, None] - w2[None]).norm(dim=2))
+    assert torch.allclose(bounds.output, torch.linalg.matrix_norm(w2, 2))
+    jacobian = input_jacobian(model, torch.rand(2, 6, dtype=torch.float64))
+    assert torch.allclose(torch.linalg.matrix_norm(jacobian, 2), bounds.output.expand(2))
+
+
+@pytest.mark.parametrize("norm", lipschitz.NORMS)
+def test_bounds_scale_with_one_over_std(norm):
+    """Bounds are in pixel units: normalising by std multiplies every bound by 1 / std."""
+    torch.manual_seed(2)
+    model = LipschitzMLP(MLPConfig(in_features=9, hidden=(6,), out_features=4, group_size=3))
+    halved = LipschitzMLP(MLPConfig(in_features=9, hidden=(6,), out_features=4, group_size=3, std=0.5))
+    halved.load_state_dict(model.state_dict())
+    for name in ("logits", "differences", "output"):
+        assert torch.allclose(getattr(halved.logit_bounds(norm), name), 2 * getattr(model.logit_bounds(norm), name))
+
+
+def test_initialisation_gives_every_row_unit_l1_norm():
+    model = LipschitzMLP(MLPConfig(hidden=(500, 100)))
+    for layer in model.linear_layers():
+        assert torch.allclose(layer.weight.abs().sum(dim=1), torch.ones(layer.out_features))
+    # With unit rows and 1-Lipschitz activations every logit starts 1-Lipschitz.
+    assert torch.allclose(model.logit_bounds("linf").logits, torch.ones(10))
+
+
+@pytest.mark.parametrize("norm", lipschitz.NORMS)
+def test_penalty_bounds_are_differentiable(norm):
+    model = LipschitzMLP()
+    lipschitz.soft_max_penalty(model.logit_bounds(norm, estimate=True).logits).backward()
+    assert all(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+               for layer in model.linear_layers())
+
+
+@given(random_nets(), seeds)
+@settings(max_examples=20, deadline=None)
+def test_penalty_bounds_are_the_certified_bounds_except_for_the_l2_estimate(model, seed):
+    assert torch.equal(model.logit_bounds("l1", estimate=True).logits, model.logit_bounds("l1").logits)
+    assert (model.logit_bounds("l2", estimate=True).logits <= model.logit_bounds("l2").logits * (1 + REL)).all()
+
+
+def test_normalise_flattens_images_and_is_what_the_first_layer_sees():
+    torch.manual_seed(5)
+    model = LipschitzMLP(MLPConfig(hidden=(20,), mean=0.2, std=0.4))
+    images = torch.rand(3, 1, 28, 28)
+    expected = (images.reshape(3, 784) - 0.2) / 0.4
+    assert torch.equal(model.normalise(images), expected)
+    assert torch.equal(model(images), model.layers(expected))
+    assert torch.equal(model(images), model(images.reshape(3, 784)))
+
+
+def test_l2_bounds_of_the_trained_net_use_the_spectral_product(l2_trained):
+    """After L2 training the operator-norm bound is the active one: it must be exact, not estimated."""
+    model = load_checkpoint(l2_trained[0]).model
+    unit, whole = model.hidden_bounds("l2")
+    first = model.linear_layers()[0].weight
+    assert whole <= lipschitz.lp_operator_norm(first, "l2") * (1 + 1e-6)
+    with torch.no_grad():
+        assert torch.allclose(whole, torch.linalg.svdvals(first)[0])
