@@ -1,4 +1,5 @@
-"""Every certificate method in every norm is sound, tight where it should be, and ordered as claimed."""
+"""Every certificate method in every norm is sound, tight where it should be, and ordered as claimed; the demo's
+rule on hand-built logits, and bit for bit; clean and certified accuracy on a split."""
 
 from __future__ import annotations
 
@@ -11,21 +12,27 @@ from hypothesis import strategies as st
 
 import attacks
 import lipschitz
-from certify import (
+from certificates import (
     LIPSCHITZ_METHODS,
     METHODS,
+    Accuracy,
+    certified,
     certified_ibp,
-    certified_linf_global,
-    certified_lp,
+    certified_radius,
     certify_split,
+    domain_diameter,
     evaluate,
+    gaps,
     ibp_certified_radius,
-    lp_certified_radius,
-    lp_pair_thresholds,
+    percent,
+    thresholds,
+    top2_margin,
 )
+from errors import ConfigError
+from lipschitz import Ball, LogitBounds
 from mnist_data import PIXEL_RANGE, Split
-from models import LipschitzMLP, LogitBounds, MLPConfig
-from nets import ball_vertices, norms, random_directions, random_nets, seeds
+from models import LipschitzMLP, MLPConfig
+from nets import ball_vertices, net_from_weights, norms, random_directions, random_nets, seeds
 
 IBP_UPPER = 10.0  # bisection ceiling for the whole-ball IBP radius of the small random nets
 
@@ -34,21 +41,21 @@ def radii(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, method: str, no
           domain: tuple[float, float] | None = None) -> torch.Tensor:
     with torch.no_grad():
         if method == "ibp":
-            return ibp_certified_radius(model, x, y, norm, IBP_UPPER, domain)
-        return lp_certified_radius(model(x), y, lp_pair_thresholds(model.lp_bounds(norm), method))
+            return ibp_certified_radius(model, x, y, Ball(norm, IBP_UPPER, domain))
+        return certified_radius(model(x), y, thresholds(model.logit_bounds(norm), method))
 
 
-def certified(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, eps, method: str, norm: str,
+def certifies(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, eps, method: str, norm: str,
               domain: tuple[float, float] | None = None) -> torch.Tensor:
     with torch.no_grad():
         if method == "ibp":
-            return certified_ibp(model, x, y, eps, norm, domain)
-        return certified_lp(model(x), y, lp_pair_thresholds(model.lp_bounds(norm), method), eps)
+            return certified_ibp(model, x, y, Ball(norm, eps, domain))
+        return certified(model(x), y, thresholds(model.logit_bounds(norm), method), eps)
 
 
 def assert_nothing_breaks(model, x, y, eps, norm, domain, seed):
     """A strong PGD, then random points on the sphere (and every L1 vertex), all within `domain`."""
-    broken, found = attacks.pgd(model, x, y, eps, norm, steps=30, restarts=3, domain=domain, seed=seed)
+    broken, found = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=30, restarts=3, seed=seed)
     assert not broken.any(), f"PGD broke a certified example at {found[broken][0].tolist()}"
     g = torch.Generator().manual_seed(seed)
     n, d = x.shape
@@ -57,7 +64,7 @@ def assert_nothing_breaks(model, x, y, eps, norm, domain, seed):
     if domain is not None:
         points = points.clamp(*domain)
     with torch.no_grad():
-        loss = attacks.margin_loss(model(points.flatten(0, 1)), y.repeat_interleave(points.shape[1]))
+        loss = attacks.attack_loss(model(points.flatten(0, 1)), y.repeat_interleave(points.shape[1]))
     assert (loss < 0).all(), "a sampled point in a certified ball ties or beats the label"
 
 
@@ -75,47 +82,69 @@ def test_no_point_in_a_certified_ball_changes_the_prediction(model, norm, method
     if not keep.any():
         return
     eps = 0.999 * radius[keep].clamp(max=IBP_UPPER)
-    assert certified(model, x[keep], y[keep], eps, method, norm, domain).all()
+    assert certifies(model, x[keep], y[keep], eps, method, norm, domain).all()
     assert_nothing_breaks(model, x[keep], y[keep], eps, norm, domain, seed)
 
 
-def two_class_linear_net(in_features: int = 5) -> LipschitzMLP:
-    """f_1 = -f_0 = -w . (x - 1/2): every bound of f_0 - f_1 is exact, in every norm; the boundary crosses [0, 1]^d."""
-    torch.manual_seed(3)
-    model = LipschitzMLP(MLPConfig(in_features=in_features, hidden=(), out_features=2, mean=0.5)).double()
+def sign_attack(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+                seed: int) -> torch.Tensor:
+    """An L-inf attack independent of attacks.py: from a random start, step 0.25 eps along the sign of the
+    gradient of the best wrong logit minus the true one, clamped to the ball."""
+    g = torch.Generator().manual_seed(seed)
+    delta = (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        logits = model(x + delta)
+        true = logits.gather(1, y[:, None])[:, 0]
+        wrong = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+        (grad,) = torch.autograd.grad((wrong - true).sum(), delta)
+        delta = (delta.detach() + 0.25 * eps * grad.sign()).clamp(-eps, eps)
+    return x + delta.detach()
+
+
+@given(seeds, st.sampled_from(["groupsort", "relu"]))
+@settings(max_examples=25, deadline=None)
+def test_an_independent_sign_attack_breaks_no_example_the_demos_rule_certifies(seed, activation):
+    """Deeper nets at their initialisation: each example's radius just inside the global L-inf certificate,
+    then attacked hard, and at random corners of the ball."""
+    torch.manual_seed(seed)
+    model = LipschitzMLP(MLPConfig(in_features=6, hidden=(8, 8), out_features=4,
+                                   activation=activation, group_size=2, mean=0.0)).double()
+    x = torch.rand(200, 6, dtype=torch.float64)
     with torch.no_grad():
-        model.layers[0].weight[1] = -model.layers[0].weight[0]
-        model.layers[0].bias.zero_()
-    return model.eval()
+        logits = model(x)
+        y = logits.argmax(dim=1)
+        bounds = model.logit_bounds("linf")
+    eps = 0.999 * top2_margin(logits).median().item() / (2 * bounds.logits.max().item())
+    certificate = certified(logits, y, thresholds(bounds, "global"), eps)
+    assert certificate.any()
+    attacked = sign_attack(model, x[certificate], y[certificate], eps, steps=40, seed=seed)
+    with torch.no_grad():
+        assert (model(attacked).argmax(dim=1) == y[certificate]).all()
+        corners = x[certificate] + eps * torch.randn(x[certificate].shape, dtype=x.dtype).sign()
+        assert (model(corners).argmax(dim=1) == y[certificate]).all()
+
+
+def two_class_linear_net(in_features: int = 5, mean: float = 0.5) -> LipschitzMLP:
+    """f_1 = -f_0 = -w . (x - mean): every bound of f_0 - f_1 is exact, in every norm; with mean 1/2 the
+    boundary crosses [0, 1]^d."""
+    w = torch.randn(in_features, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return net_from_weights([torch.stack([w, -w])], mean=mean)
 
 
 def abs_threshold_net(in_features: int = 5) -> LipschitzMLP:
-    """MaxMin net with f_0 = |w . x| - c, f_1 = 0: pairwise, margin and ibp are exact through GroupSort."""
-    torch.manual_seed(4)
-    model = LipschitzMLP(MLPConfig(in_features=in_features, hidden=(2,), out_features=2, group_size=2, mean=0.5))
-    model.double()
-    w = torch.randn(in_features, dtype=torch.float64)
-    with torch.no_grad():
-        model.layers[0].weight.copy_(torch.stack([w, -w]))
-        model.layers[0].bias.zero_()
-        model.layers[2].weight.copy_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
-        model.layers[2].bias.copy_(torch.tensor([-0.4, 0.0]))
-    return model.eval()
+    """MaxMin net with f_0 = |w . (x - 1/2)| - 0.4, f_1 = 0: pairwise, margin and ibp are exact through GroupSort."""
+    w = torch.randn(in_features, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    return net_from_weights([torch.stack([w, -w]), [[0.0, 1.0], [0.0, 0.0]]], [None, [-0.4, 0.0]],
+                            group_size=2, mean=0.5)
 
 
 def relu_threshold_net(in_features: int = 5) -> LipschitzMLP:
     """ReLU net with f_0 = relu(w . (x - 1/2) + ||w||_1) - ||w||_1, f_1 = 0: the unit stays on over the cube,
     so pairwise, margin and ibp are exact through the ReLU."""
-    torch.manual_seed(9)
-    model = LipschitzMLP(MLPConfig(in_features=in_features, hidden=(1,), out_features=2, activation="relu",
-                                   mean=0.5)).double()
-    w = torch.randn(in_features, dtype=torch.float64)
-    with torch.no_grad():
-        model.layers[0].weight.copy_(w[None])
-        model.layers[0].bias.fill_(w.abs().sum().item())
-        model.layers[2].weight.copy_(torch.tensor([[1.0], [0.0]]))
-        model.layers[2].bias.copy_(torch.tensor([-w.abs().sum().item(), 0.0]))
-    return model.eval()
+    w = torch.randn(in_features, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    reach = w.abs().sum().item()
+    return net_from_weights([w[None], [[1.0], [0.0]]], [reach, [-reach, 0.0]], activation="relu", mean=0.5)
 
 
 TIGHT_CASES = [
@@ -136,28 +165,47 @@ def test_certificate_is_exact_where_the_bound_is_tight(make, method, norm, domai
         y = model(x).argmax(dim=1)
     ordered = radii(model, x, y, method, norm, domain).sort().values
     eps = (ordered[200] + ordered[201]).item() / 2  # between two examples' radii, not on one
-    certificate = certified(model, x, y, eps, method, norm, domain)
-    broken, _ = attacks.pgd(model, x, y, eps, norm, steps=10, restarts=1, domain=domain, relative_step=0.25)
+    certificate = certifies(model, x, y, eps, method, norm, domain)
+    broken, _ = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=10, restarts=1, relative_step=0.25)
     assert 120 < certificate.sum() < 280
     assert torch.equal(~broken, certificate)
+
+
+def test_demos_rule_is_exact_against_an_independent_attack_on_a_two_class_linear_net():
+    """W_1 = -W_0: the gap's L-inf constant is exactly 2 max_k L_k, so the independent sign attack breaks
+    every correct example the global rule does not certify, and no certified one."""
+    model = two_class_linear_net(mean=0.0)
+    x = torch.rand(400, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(x)
+        y = logits.argmax(dim=1)
+        bounds = model.logit_bounds("linf")
+    ordered = top2_margin(logits).sort().values / (2 * bounds.logits.max().item())
+    eps = (ordered[199] + ordered[200]).item() / 2  # between two examples' radii: none sits on the boundary
+    certificate = certified(logits, y, thresholds(bounds, "global"), eps)
+    attacked = sign_attack(model, x, y, eps, steps=10, seed=0)
+    with torch.no_grad():
+        survives = model(attacked).argmax(dim=1) == y
+    assert 150 < certificate.sum() < 250
+    assert torch.equal(survives, certificate)
 
 
 @given(random_nets(), norms, seeds)
 @settings(max_examples=40, deadline=None)
 def test_margin_certifies_all_that_pairwise_does_and_pairwise_all_that_global_does(model, norm, seed):
-    bounds = model.lp_bounds(norm)
-    thresholds = [lp_pair_thresholds(bounds, m) for m in LIPSCHITZ_METHODS]
-    assert (thresholds[2] <= thresholds[1]).all() and (thresholds[1] <= thresholds[0]).all()
+    bounds = model.logit_bounds(norm)
+    limits = [thresholds(bounds, m) for m in LIPSCHITZ_METHODS]
+    assert (limits[2] <= limits[1]).all() and (limits[1] <= limits[0]).all()
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(64, model.config.in_features, generator=g, dtype=torch.float64)
     with torch.no_grad():
         logits = model(x)
     y = torch.where(torch.rand(64, generator=g) < 0.2, torch.randint(0, logits.shape[1], (64,), generator=g),
                     logits.argmax(dim=1))
-    r = [lp_certified_radius(logits, y, t) for t in thresholds]
+    r = [certified_radius(logits, y, t) for t in limits]
     assert (r[0] <= r[1]).all() and (r[1] <= r[2]).all()
     for eps in (0.0, *(0.5 * r[1][r[1] > 0]).tolist()[:4], 0.05):
-        masks = [certified_lp(logits, y, t, eps) for t in thresholds]
+        masks = [certified(logits, y, t, eps) for t in limits]
         assert (masks[0] <= masks[1]).all() and (masks[1] <= masks[2]).all()
 
 
@@ -170,7 +218,7 @@ def test_certified_set_shrinks_as_the_radius_grows(model, norm, method, pixels, 
         y = model(x).argmax(dim=1)
     previous = torch.ones(48, dtype=torch.bool)
     for eps in (0.0, 0.001, 0.01, 0.03, 0.1, 0.3, 1.0):
-        now = certified(model, x, y, eps, method, norm, domain)
+        now = certifies(model, x, y, eps, method, norm, domain)
         assert (now <= previous).all()
         previous = now
 
@@ -187,9 +235,9 @@ def test_radius_marks_where_the_rule_stops_certifying(model, norm, method, seed)
         below, above = r, r + 2 * IBP_UPPER / 2**20
     else:
         below, above = r * (1 - 1e-9), r * (1 + 1e-9)
-    assert certified(model, x[inside], y[inside], below[inside], method, norm).all()
-    assert not certified(model, x[inside], y[inside], above[inside], method, norm).any()
-    assert not certified(model, x[r == 0], y[r == 0], 1e-12, method, norm).any()
+    assert certifies(model, x[inside], y[inside], below[inside], method, norm).all()
+    assert not certifies(model, x[inside], y[inside], above[inside], method, norm).any()
+    assert not certifies(model, x[r == 0], y[r == 0], 1e-12, method, norm).any()
 
 
 @given(random_nets(), norms, st.sampled_from(METHODS), seeds)
@@ -201,66 +249,167 @@ def test_zero_radius_certifies_exactly_the_strictly_correct_examples(model, norm
         logits = model(x)
     y = torch.randint(0, logits.shape[1], (40,), generator=g)
     y[:20] = logits[:20].argmax(dim=1)
-    strictly = attacks.margin_loss(logits, y) < 0
-    assert torch.equal(certified(model, x, y, 0.0, method, norm, PIXEL_RANGE), strictly)
+    strictly = attacks.attack_loss(logits, y) < 0
+    assert torch.equal(certifies(model, x, y, 0.0, method, norm, PIXEL_RANGE), strictly)
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("norm", lipschitz.NORMS)
 def test_a_tie_is_never_certified(method, norm):
     """Two identical output rows: logits 0 and 1 tie everywhere, so neither label can be certified."""
-    torch.manual_seed(6)
-    model = LipschitzMLP(MLPConfig(in_features=4, hidden=(4,), out_features=3, group_size=2)).double().eval()
-    with torch.no_grad():
-        model.layers[2].weight[1] = model.layers[2].weight[0]
-        model.layers[2].bias[1] = model.layers[2].bias[0] = 50.0
+    g = torch.Generator().manual_seed(6)
+    last = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    last[1] = last[0]
+    model = net_from_weights([torch.randn(4, 4, generator=g), last], [torch.randn(4, generator=g), [50.0, 50.0, 0.0]],
+                             group_size=2, mean=0.1307)
     x = torch.rand(20, 4, dtype=torch.float64)
     for label in (0, 1):
         y = torch.full((20,), label)
-        assert not certified(model, x, y, 0.0, method, norm).any()
+        assert not certifies(model, x, y, 0.0, method, norm).any()
         assert (radii(model, x, y, method, norm) == 0).all()
 
 
-def test_margin_exactly_at_the_threshold_is_not_certified():
-    thresholds = torch.tensor([[0.0, 2.0, 4.0], [2.0, 0.0, 1.0], [4.0, 1.0, 0.0]])
+def test_gap_exactly_at_the_threshold_is_not_certified():
+    limits = torch.tensor([[0.0, 2.0, 4.0], [2.0, 0.0, 1.0], [4.0, 1.0, 0.0]])
     logits = torch.tensor([[1.0, 0.5, 0.0]])  # f_0 - f_1 = 0.5 = 0.25 * 2, f_0 - f_2 = 1.0 = 0.25 * 4
-    assert not certified_lp(logits, torch.tensor([0]), thresholds, 0.25)
-    assert certified_lp(logits, torch.tensor([0]), thresholds, 0.2499)
-    assert lp_certified_radius(logits, torch.tensor([0]), thresholds).item() == 0.25
-    assert lp_certified_radius(logits, torch.tensor([1]), thresholds).item() == 0.0  # wrong class
+    assert not certified(logits, torch.tensor([0]), limits, 0.25)
+    assert certified(logits, torch.tensor([0]), limits, 0.2499)
+    assert certified_radius(logits, torch.tensor([0]), limits).item() == 0.25
+    assert certified_radius(logits, torch.tensor([1]), limits).item() == 0.0  # wrong class
 
 
 def test_zero_threshold_gives_an_infinite_radius():
     logits, label = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
-    assert lp_certified_radius(logits, label, torch.zeros(2, 2)).item() == math.inf
-    assert certified_lp(logits, label, torch.zeros(2, 2), 1e9)
+    assert certified_radius(logits, label, torch.zeros(2, 2)).item() == math.inf
+    assert certified(logits, label, torch.zeros(2, 2), 1e9)
+
+
+def test_gaps_are_label_minus_each_logit_and_mask_the_label():
+    label_gaps, others = gaps(torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 4.0]]), torch.tensor([1, 2]))
+    assert torch.equal(label_gaps, torch.tensor([[2.0, 0.0, 1.0], [4.0, 5.0, 0.0]]))
+    assert torch.equal(others, torch.tensor([[True, False, True], [True, True, False]]))
+
+
+def test_top2_margin():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 0.0]])
+    assert torch.equal(top2_margin(logits), torch.tensor([1.0, 0.0]))
+
+
+# The global rule is the demo's: correct, and top-2 margin > eps * 2 max_k L_k.
+
+def linf_bounds(logit_bounds: torch.Tensor) -> LogitBounds:
+    """L-inf bounds with the given L_k (the output bound in L-inf is max_k L_k; the difference bounds unused)."""
+    count = len(logit_bounds)
+    return LogitBounds("linf", logit_bounds, torch.zeros(count, count), logit_bounds.max())
+
+
+def demo_rule(logits: torch.Tensor, labels: torch.Tensor, logit_bounds: torch.Tensor, eps: float) -> torch.Tensor:
+    """The original demo's certificate, written out."""
+    return (logits.argmax(dim=1) == labels) & (top2_margin(logits) > eps * 2 * logit_bounds.max())
+
+
+def certify_one(logits: list[float], label: int, eps: float, bounds: list[float] = (1.0, 1.0, 1.0)) -> bool:
+    limits = thresholds(linf_bounds(torch.tensor(bounds)), "global")
+    return bool(certified(torch.tensor([logits]), torch.tensor([label]), limits, eps))
 
 
 @given(st.lists(st.lists(st.integers(-3, 3), min_size=4, max_size=4), min_size=1, max_size=30),
        st.lists(st.floats(0.125, 5.0, width=32), min_size=4, max_size=4), st.floats(0, 2, width=32), seeds)
 @settings(max_examples=100)
-def test_generic_global_linf_rule_is_the_demos_rule_bit_for_bit(rows, bounds, eps, seed):
+def test_global_linf_rule_is_the_demos_rule_bit_for_bit(rows, bounds, eps, seed):
     """Small integer logits force ties; the generic rule must agree with the original on every example."""
     logits = torch.tensor(rows, dtype=torch.float32) / 2
     labels = torch.randint(0, 4, (len(rows),), generator=torch.Generator().manual_seed(seed))
     logit_bounds = torch.tensor(bounds, dtype=torch.float32)
-    logit_bounds_of = LogitBounds("linf", logit_bounds, torch.zeros(4, 4), logit_bounds.max())
-    generic = certified_lp(logits, labels, lp_pair_thresholds(logit_bounds_of, "global"), eps)
-    assert torch.equal(generic, certified_linf_global(logits, labels, logit_bounds, eps))
+    generic = certified(logits, labels, thresholds(linf_bounds(logit_bounds), "global"), eps)
+    assert torch.equal(generic, demo_rule(logits, labels, logit_bounds, eps))
 
 
-def test_evaluate_accepts_every_method_and_norm():
+def test_global_threshold_is_twice_the_largest_logit_bound():
+    limits = thresholds(linf_bounds(torch.tensor([1.0, 3.5, 2.0])), "global")
+    assert torch.equal(limits, torch.full((3, 3), 7.0))
+    # beyond L-inf, the output bound can be the smaller: ||e_i - e_j||_q B_out
+    l2 = LogitBounds("l2", torch.tensor([1.0, 3.5, 2.0]), torch.zeros(3, 3), torch.tensor(2.0))
+    assert torch.allclose(thresholds(l2, "global"), torch.full((3, 3), 2.0 * math.sqrt(2.0)))
+    with pytest.raises(ConfigError, match="unknown Lipschitz method 'ibp'"):
+        thresholds(l2, "ibp")
+
+
+def test_correct_with_margin_above_threshold_is_certified():
+    # margin 2.5 - 1.0 = 1.5 > 0.5 * 2 * 1
+    assert certify_one([2.5, 1.0, 0.0], label=0, eps=0.5)
+
+
+def test_wrong_class_is_never_certified_however_large_the_margin():
+    assert not certify_one([9.0, 1.0, 0.0], label=1, eps=0.0)
+    assert not certify_one([9.0, 1.0, 0.0], label=2, eps=0.1)
+
+
+def test_tie_is_not_certified_even_at_zero_radius():
+    for label in (0, 1):
+        assert not certify_one([2.0, 2.0, 0.0], label=label, eps=0.0)
+
+
+def test_zero_radius_certifies_every_strictly_correct_example():
+    assert certify_one([0.001, 0.0, -1.0], label=0, eps=0.0)
+
+
+def test_demos_margin_exactly_at_threshold_is_not_certified():
+    # margin 1.0 == 0.25 * 2 * 2.0: the rule is strict
+    bounds = [2.0, 1.0, 1.0]
+    assert not certify_one([1.0, 0.0, -5.0], label=0, eps=0.25, bounds=bounds)
+    assert certify_one([1.0, 0.0, -5.0], label=0, eps=0.2499, bounds=bounds)
+
+
+def test_global_rule_uses_the_largest_bound_of_all_logits():
+    # Logits 0 and 1 are 1-Lipschitz, but logit 2 has bound 5: threshold 0.1 * 2 * 5 = 1.0.
+    bounds = [1.0, 1.0, 5.0]
+    assert not certify_one([1.9, 1.0, -9.0], label=0, eps=0.1, bounds=bounds)
+    assert certify_one([2.1, 1.0, -9.0], label=0, eps=0.1, bounds=bounds)
+
+
+# Accuracy on a split.
+
+def test_evaluate_counts_clean_and_certified_percentages():
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=8, hidden=(4,), out_features=3, group_size=2))
+    images = torch.rand(50, 8)
+    logits = model(images).detach()
+    labels = logits.argmax(dim=1)
+    labels[:10] = (labels[:10] + 1) % 3  # ten wrong
+    eps = 0.02
+    expected = demo_rule(logits, labels, model.logit_bounds("linf").logits.detach(), eps)
+    result = evaluate(model, Split(images, labels), Ball("linf", eps, PIXEL_RANGE))
+    assert result.clean == pytest.approx(80.0)
+    assert result.certified == pytest.approx(100.0 * expected.sum().item() / 50)
+    assert "test certified on clean examples (%): " in result.lines()
+
+
+def test_evaluate_accepts_every_method_and_norm_and_batching_changes_nothing():
     torch.manual_seed(7)
     model = LipschitzMLP(MLPConfig(in_features=8, hidden=(4,), out_features=3, group_size=2))
     split = Split(torch.rand(50, 8), torch.randint(0, 3, (50,)))
-    default = evaluate(model, split, 0.02, batch_size=7)
-    assert evaluate(model, split, 0.02, batch_size=7, method="global", norm="linf") == default
+    default = evaluate(model, split, Ball("linf", 0.02, PIXEL_RANGE))
+    assert evaluate(model, split, Ball("linf", 0.02, PIXEL_RANGE), method="global") == default
     for norm in lipschitz.NORMS:
-        results = {m: evaluate(model, split, 0.02, batch_size=7, method=m, norm=norm) for m in METHODS}
-        masks = certify_split(model, split, 0.02, METHODS, norm, batch_size=11)
+        ball = Ball(norm, 0.02, PIXEL_RANGE)
+        results = {m: evaluate(model, split, ball, method=m) for m in METHODS}
+        masks = certify_split(model, split, ball, METHODS, batch_size=11)
         for method, result in results.items():
             assert result.clean == default.clean
             assert result.certified == pytest.approx(100 * masks[method].double().mean().item())
+            assert torch.equal(certify_split(model, split, ball, (method,), batch_size=7)[method], masks[method])
         assert results["global"].certified <= results["pairwise"].certified <= results["margin"].certified
-    with pytest.raises(ValueError, match="unknown method 'crown'"):
-        evaluate(model, split, 0.02, method="crown")
+    with pytest.raises(ConfigError, match="unknown method 'crown'"):
+        evaluate(model, split, Ball("linf", 0.02), method="crown")
+
+
+def test_percent_and_accuracy_lines():
+    assert percent(torch.tensor([True, False, True, True])) == 75.0
+    assert percent(torch.zeros(0, dtype=torch.bool)) == 0.0
+    lines = Accuracy(98.7654, 12.5).lines().splitlines()
+    assert lines == ["test acc on clean examples (%): 98.765", "test certified on clean examples (%): 12.500"]
+
+
+def test_domain_diameter_is_the_pixel_boxs_diameter_in_each_norm():
+    assert [domain_diameter(784, norm) for norm in lipschitz.NORMS] == [1.0, pytest.approx(28.0), 784.0]
