@@ -55,7 +55,19 @@ class Recipe:
     method: str = "global"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(width) for width in self.hidden))
+        # A recipe file can hold any JSON type: a wrong one is refused here, not met later as a TypeError.
+        integer = lambda value: isinstance(value, int) and not isinstance(value, bool)  # noqa: E731
+        if not isinstance(self.hidden, (list, tuple)) or not all(integer(width) for width in self.hidden):
+            raise ConfigError(f"hidden must be a list of widths, got {self.hidden!r}")
+        for name in ("group_size", "epochs", "batch_size", "seed"):
+            if not integer(getattr(self, name)):
+                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("lr", "gamma", "lc_penalty", "train_eps", "ramp_epochs", "hinge_target", "constraint_radius",
+                     "cert_magnitude"):
+            value = getattr(self, name)
+            if not (integer(value) or isinstance(value, float) or (value is None and name == "train_eps")):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
         for name, value, choices in (("activation", self.activation, ACTIVATIONS), ("loss", self.loss, LOSSES),
                                      ("norm", self.norm, lipschitz.NORMS), ("method", self.method, certificates.METHODS),
                                      ("constraint", self.constraint, CONSTRAINTS)):
