@@ -1,17 +1,198 @@
-"""--compile: the compiled batch loss computes what the eager one does, and fails in one line."""
+"""training.py: the Recipe (its precedence, its files, its checks), a training step and epoch, the run's state,
+and --compile (the compiled batch loss computes what the eager one does, and fails in one line)."""
 
 from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import cli
+import lipschitz
 import train_mnist
+from errors import ConfigError, Failure
+from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
 from objectives import LOSSES, Schedule, batch_loss
-from mnist_data import PIXEL_RANGE
+from training import RECIPES, Recipe, Run, compiled, read_recipe, recipe_path, train_epoch, train_step
 
+SMALL = MLPConfig(in_features=12, hidden=(8, 8), out_features=4, group_size=2)
+
+
+def small_split(seed: int = 1, n: int = 64) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.rand(n, 12, generator=g), torch.randint(0, 4, (n,), generator=g))
+
+
+def write_recipe(folder: Path, entries: dict) -> Path:
+    path = folder / "mine.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+# The recipe.
+
+def test_recipe_defaults_are_the_original_demos():
+    recipe = Recipe()
+    assert (recipe.hidden, recipe.activation, recipe.group_size) == ((500,), "groupsort", 10)
+    assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.gamma) == (100, 128, 1e-3, 0.985)
+    assert (recipe.loss, recipe.lc_penalty, recipe.norm, recipe.cert_magnitude, recipe.method) == \
+           ("ce", 0.01, "linf", 0.1, "global")
+    assert recipe.model_config() == MLPConfig()
+    assert Recipe.build() == recipe
+
+
+def test_recipe_build_takes_defaults_then_the_file_then_the_flags(tmp_path):
+    path = write_recipe(tmp_path, {"lr": 0.01, "epochs": 5, "hidden": [40, 20]})
+    from_file = Recipe.build(path)
+    assert (from_file.lr, from_file.epochs, from_file.hidden) == (0.01, 5, (40, 20))
+    assert from_file.batch_size == Recipe().batch_size  # not in the file: the default
+    overridden = Recipe.build(path, lr=0.1, batch_size=64)
+    assert (overridden.lr, overridden.epochs, overridden.batch_size) == (0.1, 5, 64)
+    # the same through the command line: a flag not given leaves the file's value, not the default
+    recipe, args = train_mnist.parse_args(["--recipe", str(path)])
+    assert recipe == from_file and args.save_fn == "mnist_groupsort.p"
+    recipe, _ = train_mnist.parse_args(["--recipe", str(path), "--lr", "0.1", "--batch-size", "64"])
+    assert recipe == overridden
+    recipe, args = train_mnist.parse_args(["--lr", "0.1", "--activation", "relu"])
+    assert recipe == Recipe(lr=0.1, activation="relu") and args.save_fn == "mnist_relu.p"
+
+
+def test_train_eps_defaults_to_the_certificates_radius():
+    assert Recipe(cert_magnitude=0.3).eps == 0.3
+    assert Recipe(cert_magnitude=0.3, train_eps=0.0).eps == 0.0
+    assert Recipe(cert_magnitude=0.3, train_eps=0.2).eps == 0.2
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.json")), ids=lambda path: path.stem)
+def test_every_recipe_file_builds_a_valid_recipe_and_model(path):
+    entries = json.loads(path.read_text())
+    assert recipe_path(path.stem) == path
+    recipe = Recipe.build(recipe_path(path.stem))
+    for name, value in entries.items():
+        recorded = getattr(recipe, name)
+        assert (list(recorded) if name == "hidden" else recorded) == value
+    assert Recipe(**recipe.to_dict()) == recipe  # what a checkpoint records rebuilds the recipe
+    assert json.loads(json.dumps(recipe.to_dict())) == recipe.to_dict()
+    LipschitzMLP(recipe.model_config())  # the architecture can be built
+    named, _ = train_mnist.parse_args(["--recipe", path.stem])
+    assert named == recipe
+
+
+def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
+    assert {"demo", "relu", "l2", "lmt", "ibp-gs50"} <= {path.stem for path in RECIPES.glob("*.json")}
+    assert Recipe.build(recipe_path("demo")) == Recipe()
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"loss": "xent"}, "unknown loss 'xent'"),
+    ({"norm": "l3"}, "unknown norm 'l3'"),
+    ({"method": "crown"}, "unknown method 'crown'"),
+    ({"activation": "tanh"}, "unknown activation 'tanh'"),
+    ({"constraint": "clip"}, "unknown constraint 'clip'"),
+    ({"epochs": 0}, "epochs must be a finite number > 0"),
+    ({"gamma": -0.5}, "gamma must be a finite number > 0"),
+    ({"lr": 1e400}, "lr must be a finite number > 0, got inf"),
+    ({"lc_penalty": -0.01}, "lc_penalty must be a finite number >= 0"),
+    ({"train_eps": float("nan")}, "train_eps must be a finite number >= 0"),
+    ({"cert_magnitude": float("inf")}, "cert_magnitude must be a finite number >= 0"),
+    ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+    ({"train_eps": [0.1]}, "train_eps must be a number, got [0.1]"),
+    ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
+    ({"batch_size": True}, "batch_size must be an integer, got True"),
+    ({"hidden": 500}, "hidden must be a list of widths, got 500"),
+    ({"hidden": "500"}, "hidden must be a list of widths, got '500'"),
+    ({"eps": 0.1}, "unknown entries ['eps']"),
+])
+def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
+    path = write_recipe(tmp_path, entries)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Recipe.build(path)
+
+
+def test_an_unreadable_or_missing_recipe_is_refused(tmp_path):
+    (tmp_path / "broken.json").write_text("{lr: 0.1")
+    with pytest.raises(ConfigError, match="cannot read recipe"):
+        read_recipe(tmp_path / "broken.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="holds unknown entries"):
+        read_recipe(tmp_path / "list.json")
+    with pytest.raises(ConfigError, match="no recipe .*nowhere.json: the named recipes are .*demo"):
+        Recipe.build(recipe_path("nowhere"))
+
+
+# A run: steps, epochs, state.
+
+def test_constrained_training_keeps_every_layer_within_the_radius():
+    recipe, _ = train_mnist.parse_args(["--constraint", "linf-proj", "--constraint-radius", "0.5",
+                                        "--lc_penalty", "0", "--lr", "0.05", "--batch-size", "16"])
+    run = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    train_epoch(run, small_split())
+    for layer in run.model.linear_layers():
+        assert lipschitz.lp_operator_norm(layer.weight, "linf") <= 0.5
+    # with radius r per layer, every logit bound is at most r ** depth
+    assert (run.model.logit_bounds("linf").logits <= 0.5 ** 3 * (1 + 1e-5)).all()
+
+
+def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certified_count():
+    recipe = Recipe(lr=0.01)
+    run = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    split = small_split()
+    before = [p.detach().clone() for p in run.model.parameters()]
+    expected = batch_loss(run.model, split.images, split.labels, "ce", "linf", recipe.lc_penalty,
+                          Schedule(recipe.eps, 0.5))
+    loss, class_loss, errors, certified = train_step(run, split.images, split.labels).tolist()
+    assert loss == pytest.approx(expected.loss.item()) and class_loss == pytest.approx(expected.class_loss.item())
+    assert errors == (expected.logits.argmax(dim=1) != split.labels).sum().item()
+    assert 0 <= certified <= len(split) - errors
+    assert all(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
+
+
+def test_train_epoch_sees_max_batches_and_reports_means():
+    run = Run.start(Recipe(batch_size=16), torch.device("cpu"), config=SMALL)
+    stats = train_epoch(run, small_split(n=100), max_batches=3)
+    assert run.optimizer.state_dict()["state"][0]["step"].item() == 3
+    assert 0 <= stats.error <= 1 and 0 <= stats.cert_error <= 1 and stats.loss > 0
+    assert stats.max_logit_bound == pytest.approx(run.model.logit_bounds("linf").logits.max().item())
+
+
+def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():
+    first, again, other = (Run.start(Recipe(seed=seed), torch.device("cpu"), config=SMALL) for seed in (0, 0, 1))
+    for a, b in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(first.model.linear_layers()[0].weight, other.model.linear_layers()[0].weight)
+
+
+def test_a_restored_run_continues_bit_for_bit():
+    """Two epochs straight equal one epoch, its state saved and restored into a fresh run, then another."""
+    recipe = Recipe(batch_size=16, lr=0.01)
+    split = small_split(n=80)
+    straight = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    for _ in range(2):
+        train_epoch(straight, split)
+        straight.scheduler.step()
+        straight.epoch += 1
+    first = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    train_epoch(first, split)
+    first.scheduler.step()
+    first.epoch += 1
+    first.epoch_seconds.append(1.5)
+    state = first.state()
+    assert state.recipe == recipe.to_dict() and state.epoch == 1 and state.epoch_seconds == [1.5]
+    resumed = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    resumed.restore(state)
+    assert resumed.epoch == 1 and resumed.epoch_seconds == [1.5]
+    train_epoch(resumed, split)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+# --compile.
 
 def small_batch(seed: int = 0) -> tuple[LipschitzMLP, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
@@ -28,18 +209,18 @@ def test_the_compiled_loss_and_its_gradients_match_eager(loss):
     model, x, y = small_batch()
     schedule = Schedule.at(0.5, 0.1, 1.0)
     results = []
-    for loss_fn in (batch_loss, train_mnist.compiled(batch_loss)):
+    for loss_fn in (batch_loss, compiled(batch_loss)):
         model.zero_grad()
-        value, class_loss, logits, bounds = loss_fn(model, x, y, loss, "linf", 0.01, schedule, 1.0)
+        value, class_loss, logits, threshold = loss_fn(model, x, y, loss, "linf", 0.01, schedule, 1.0)
         value.backward()
-        results.append((value, class_loss, logits, bounds, *(p.grad for p in model.parameters())))
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+        results.append((value, class_loss, logits, threshold, *(p.grad for p in model.parameters())))
+    for eager, fast in zip(*results):
+        torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-6)
 
 
 def test_a_ramping_radius_does_not_recompile_every_step():
     model, x, y = small_batch(1)
-    loss_fn = train_mnist.compiled(batch_loss)
+    loss_fn = compiled(batch_loss)
     counters.clear()
     for step in range(6):  # IBP at six different radii, as during --ramp-epochs
         loss_fn(model, x, y, "ibp", "linf", 0.01, Schedule.at(step / 6, 0.1, 1.0), 1.0)
@@ -54,5 +235,18 @@ def test_a_compile_failure_is_one_line_naming_the_flag(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     model, x, y = small_batch()
-    with pytest.raises(cli.Failure, match=r"^torch.compile failed \(no C\+\+ compiler found\): run without --compile$"):
-        train_mnist.compiled(batch_loss)(model, x, y, "ce", "linf", 0.01, Schedule.at(1, 0.1, 0), 1.0)
+    with pytest.raises(Failure, match=r"^torch.compile failed \(no C\+\+ compiler found\): run without --compile$"):
+        compiled(batch_loss)(model, x, y, "ce", "linf", 0.01, Schedule.at(1, 0.1, 0), 1.0)
+
+
+def test_a_run_started_with_compile_uses_the_compiled_loss(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda function: calls.append(function) or function)
+    run = Run.start(Recipe(), torch.device("cpu"), compile=True, config=SMALL)
+    assert calls == [batch_loss] and run.loss_fn is not batch_loss
+    assert Run.start(Recipe(), torch.device("cpu"), config=SMALL).loss_fn is batch_loss
+
+
+def test_recipe_fields_are_what_resume_compares():
+    """Every field is recorded (to_dict), so a resumed run can be checked against all of them."""
+    assert set(Recipe().to_dict()) == {f.name for f in fields(Recipe)}
