@@ -1,4 +1,4 @@
-"""The IDX reader on small synthetic files, and on the genuine MNIST."""
+"""The IDX reader on small synthetic files and on the genuine MNIST; a Split's head and batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_data import FILES, IMAGE_MAGIC, LABEL_MAGIC, DataError, load_mnist, load_split, read_idx
+from errors import Failure
+from mnist_data import EVAL_BATCH, FILES, IMAGE_MAGIC, LABEL_MAGIC, DataError, Split, load_mnist, load_split, read_idx
 
 
 def idx_bytes(magic: int, array: np.ndarray) -> bytes:
@@ -79,6 +80,7 @@ def test_missing_files_name_all_four_and_the_folder(tmp_path):
     message = str(error.value)
     assert all(f"{name}.gz" in message for pair in FILES.values() for name in pair)
     assert str(tmp_path / "MNIST" / "raw") in message and "\n" not in message
+    assert isinstance(error.value, Failure) and error.value.status == 2  # one line from cli.run, exit status 2
 
 
 def test_only_the_splits_asked_for_are_read(tmp_path):
@@ -98,3 +100,17 @@ def test_genuine_mnist_matches_its_known_facts(mnist_root):
     assert train.images.min() == 0 and train.images.max() == 1
     assert train.images.double().mean().item() == pytest.approx(0.1307, abs=5e-5)
     assert train.images.double().std().item() == pytest.approx(0.3081, abs=5e-5)
+
+
+def test_head_and_batches_cover_the_split_in_order():
+    split = Split(torch.arange(20.0).reshape(10, 2), torch.arange(10))
+    head = split.head(4)
+    assert torch.equal(head.labels, torch.arange(4)) and torch.equal(head.images, split.images[:4])
+    assert len(split.head(50)) == 10
+    batches = list(split.batches(4))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([x for x, _ in batches]), split.images)
+    assert torch.equal(torch.cat([y for _, y in batches]), split.labels)
+    assert batches[0][0].data_ptr() == split.images.data_ptr()  # views, not copies
+    (only,) = split.batches(EVAL_BATCH)
+    assert torch.equal(only[1], split.labels)
