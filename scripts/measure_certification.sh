@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Every certification figure of the README's "Certification suite" section, and docs/radius_curves.png.
+# Every figure of the "Certification suite" section of docs/results.md, and docs/radius_curves.png.
 #
 # Assumes the two 100-epoch checkpoints of the reproduction (seed 0) in outputs/:
 #   python train_mnist.py --data-dir ../shared/mnist                                            # outputs/mnist_groupsort.p
-#   python train_mnist.py --data-dir ../shared/mnist --activation relu --save-fn mnist_relu.p   # outputs/mnist_relu.p
-# and trains the L2 model itself (100 epochs). PGD runs on all 10,000 test images, 50 steps,
-# 5 restarts, at every radius: expect tens of minutes on one CPU core (less on a GPU).
+#   python train_mnist.py --data-dir ../shared/mnist --recipe relu                              # outputs/mnist_relu.p
+# and trains the L2 model itself (recipe l2, 100 epochs). PGD runs on all 10,000 test images,
+# 50 steps, 5 restarts, at every radius: expect tens of minutes on one CPU core (less on a GPU).
 # certify.py exits with status 1 if PGD breaks any certified example; with `set -e` and
 # `pipefail` this script then stops there. Every output is kept under outputs/certification/.
 #
@@ -21,7 +21,7 @@ EPS=(0 0.02 0.04 0.06 0.08 0.1 0.12 0.14 0.16 0.18 0.2 0.22 0.24 0.26 0.28 0.3)
 mkdir -p "$OUT" docs
 
 for model in groupsort relu; do
-    # 1. README table, L-inf radius 0.1: every method, PGD within the pixel range [0, 1],
+    # 1. docs/results.md table, L-inf radius 0.1: every method, PGD within the pixel range [0, 1],
     #    and each test image's certified radius per method.
     "$PY" certify.py "outputs/mnist_$model.p" --data-dir "$DATA" --method all "${PGD[@]}" \
         --per-example "$OUT/radii_linf_$model.csv" | tee "$OUT/linf_0.1_$model.txt"
@@ -37,8 +37,10 @@ done
     --titles "GroupSort, 100 epochs" "ReLU, 100 epochs" --out docs/radius_curves.png
 
 # 4. L2: GroupSort trained with the L2 penalty (seed 0, 100 epochs), certified at L2 radius 1.58.
-"$PY" train_mnist.py --data-dir "$DATA" --norm l2 --lc_penalty 0.5 --cert_magnitude 1.58 --method margin \
-    --save-fn mnist_groupsort_l2.p | tee "$OUT/train_groupsort_l2.txt"
+#    The recipe is --norm l2 --lc_penalty 0.5 --cert_magnitude 1.58 --method margin; --save-fn keeps it
+#    from replacing the L-inf model outputs/mnist_groupsort.p.
+"$PY" train_mnist.py --data-dir "$DATA" --recipe l2 --save-fn mnist_groupsort_l2.p \
+    | tee "$OUT/train_groupsort_l2.txt"
 "$PY" certify.py outputs/mnist_groupsort_l2.p --data-dir "$DATA" --norm l2 --cert_magnitude 1.58 --method all \
     "${PGD[@]}" --per-example "$OUT/radii_l2_groupsort_l2.csv" | tee "$OUT/l2_1.58_groupsort_l2.txt"
 # 5. For comparison, the L-inf-trained GroupSort net certified at the same L2 radius.
