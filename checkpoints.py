@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -44,11 +45,18 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
+        discard(temporary)
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        discard(temporary)
         raise
+
+
+def discard(temporary: Path) -> None:
+    """Remove a temporary file if it is there. Its folder may be missing or a file, which unlink
+    reports as NotADirectoryError, not as a missing file: that must not replace the real error."""
+    with contextlib.suppress(OSError):
+        temporary.unlink()
 
 
 def write_json(path: Path, content: Any) -> None:
