@@ -1,29 +1,26 @@
-"""End to end on the genuine MNIST: train one epoch, save, reload, certify, as a user would."""
+"""train_mnist.py as a user runs it, on the genuine MNIST: it learns and certifies, saves what it says, fails in
+one line with nothing written on bad input, resumes an interrupted run exactly, and the same seed gives the same
+model."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from models import load_checkpoint
-
-RESULT = re.compile(r"test (acc|certified) on clean examples \(%\): (\d+\.\d{3})$", re.M)
-
-
-def results(stdout: str) -> dict[str, float]:
-    return {kind: float(value) for kind, value in RESULT.findall(stdout)}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mnist_root, run_script):
-    """One epoch of the default GroupSort net (seed 0), saved to a temporary folder."""
-    out = tmp_path_factory.mktemp("outputs")
-    run = run_script("train_mnist.py", "--epochs", "1", "--data-dir", mnist_root, "--save-dir", out)
-    assert run.returncode == 0, run.stderr
-    return out / "mnist_groupsort.p", run.stdout
+from checkpoints import load_checkpoint
+from conftest import FAST, L2_RADIUS, OFFLINE_ENV, REPO, assert_one_line_failure, files_under, results
+from mnist_data import FILES
+from training import Recipe
 
 
 def test_one_epoch_learns_and_certifies_less_than_it_classifies(trained):
@@ -38,66 +35,213 @@ def test_checkpoint_and_metrics_are_written_together(trained):
     path, stdout = trained
     metrics = json.loads(path.with_suffix(".json").read_text())
     assert metrics["clean_accuracy"] == pytest.approx(results(stdout)["acc"], abs=5e-4)
+    assert {name: metrics[name] for name in Recipe().to_dict()} == Recipe(epochs=1).to_dict()  # the whole recipe
     checkpoint = load_checkpoint(path)
     assert checkpoint.metrics == metrics and not checkpoint.original
     assert checkpoint.model.config.activation == "groupsort"
     assert not list(path.parent.glob(".*"))  # no temporary file left behind
 
 
-def test_certify_cli_reproduces_the_training_numbers(trained, run_script, mnist_root):
-    path, stdout = trained
-    run = run_script("certify.py", path, "--data-dir", mnist_root)
+def test_l2_training_certifies_and_records_its_norm_and_method(l2_trained, run_script, mnist_root):
+    path, stdout = l2_trained
+    metrics = json.loads(path.with_suffix(".json").read_text())
+    assert metrics["norm"] == "l2" and metrics["method"] == "margin" and metrics["cert_magnitude"] == L2_RADIUS
+    trained = results(stdout)
+    assert trained["certified"] > 5.0  # L2 radius 1.58 after a single epoch
+    run = run_script("certify.py", path, "--data-dir", mnist_root, "--norm", "l2", "--cert_magnitude", L2_RADIUS,
+                     "--method", "margin")
     assert run.returncode == 0, run.stderr
-    assert results(run.stdout) == results(stdout)
+    assert results(run.stdout) == trained
 
 
-def test_certify_cli_at_a_larger_radius_certifies_no_more(trained, run_script, mnist_root):
-    path, stdout = trained
-    run = run_script("certify.py", path, "--data-dir", mnist_root, "--cert_magnitude", "0.05")
-    smaller = results(run.stdout)
-    assert smaller["acc"] == results(stdout)["acc"]
-    assert smaller["certified"] >= results(stdout)["certified"]
-
-
-def test_certify_cli_accepts_the_original_demos_bare_state_dict(trained, run_script, mnist_root, tmp_path):
-    path, stdout = trained
-    state = load_checkpoint(path).model.state_dict()
-    original = {"inlayer.weight": state["layers.0.weight"], "inlayer.bias": state["layers.0.bias"],
-                "outlayer.weight": state["layers.2.weight"], "outlayer.bias": state["layers.2.bias"]}
-    torch.save(original, tmp_path / "original.p")
-    run = run_script("certify.py", tmp_path / "original.p", "--data-dir", mnist_root,
-                     "--activation", "groupsort", "--group_size", "10")
-    assert run.returncode == 0, run.stderr
-    assert results(run.stdout) == results(stdout)
-    # the same weights read as a ReLU net are a different function
-    relu = run_script("certify.py", tmp_path / "original.p", "--data-dir", mnist_root, "--activation", "relu")
-    assert results(relu.stdout) != results(stdout)
-
-
-def test_certify_cli_refuses_flags_that_contradict_the_checkpoint(trained, run_script, mnist_root):
-    path, _ = trained
-    run = run_script("certify.py", path, "--data-dir", mnist_root, "--activation", "relu")
-    assert run.returncode == 2
-    assert run.stdout == "" and run.stderr.count("\n") == 1
-    assert "trained with activation groupsort, not relu" in run.stderr
-
-
-def test_dry_run_trains_a_few_batches_and_writes_nothing(run_script, mnist_root, tmp_path):
-    run = run_script("train_mnist.py", "--dry-run", "--data-dir", mnist_root, "--save-dir", tmp_path / "out")
+def test_dry_run_trains_a_few_batches_and_writes_nothing_reading_mnist_root(run_script, mnist_root, tmp_path):
+    """No --data-dir: the data comes from $MNIST_ROOT."""
+    run = run_script("train_mnist.py", *FAST, "--dry-run", "--save-dir", tmp_path / "out", cwd=tmp_path,
+                     env={**OFFLINE_ENV, "MNIST_ROOT": str(mnist_root)})
     assert run.returncode == 0, run.stderr
     assert "dry run: nothing saved" in run.stdout and set(results(run.stdout)) == {"acc", "certified"}
-    assert not (tmp_path / "out").exists()
+    assert files_under(tmp_path) == []
 
 
-def test_missing_data_is_one_line_and_exit_status_2(run_script, tmp_path):
-    run = run_script("train_mnist.py", "--dry-run", "--data-dir", tmp_path)
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "train-images-idx3-ubyte.gz" in lines[0]
-    assert str(tmp_path / "MNIST" / "raw") in lines[0] and "Traceback" not in run.stderr
+TRAIN_CASES = {
+    "unknown activation": (["--activation", "tanh"], "argument --activation: invalid choice: 'tanh'"),
+    "unknown norm": (["--norm", "l3"], "argument --norm: invalid choice: 'l3'"),
+    "unknown method": (["--method", "best"], "argument --method: invalid choice: 'best'"),
+    # a project Failure: the whole line is "error: " and the message
+    "group size not dividing": (["--group_size", "3"], "error: group size 3 does not divide the layer width 500"),
+    "zero epochs": (["--epochs", "0"], "argument --epochs: 0 must be > 0"),
+    "fractional epochs": (["--epochs", "2.5"], "argument --epochs: '2.5' is not an int"),
+    "negative batch size": (["--batch-size", "-5"], "argument --batch-size: -5 must be > 0"),
+    "zero learning rate": (["--lr", "0"], "argument --lr: 0 must be > 0.0"),
+    "infinite learning rate": (["--lr", "inf"], "argument --lr: inf is not finite"),
+    "learning rate not a number": (["--lr", "fast"], "argument --lr: 'fast' is not a float"),
+    "zero group size": (["--group_size", "0"], "argument --group_size/--group-size: 0 must be > 0"),
+    "zero hidden width": (["--hidden", "0"], "hidden widths must be positive"),
+    "hidden not parsing": (["--hidden", "500x2"], "'500x2' is not a comma-separated list of widths"),
+    "negative radius": (["--cert_magnitude", "-0.1"], "argument --cert_magnitude/--cert-magnitude: -0.1 must be >= 0.0"),
+    "typo in a flag": (["--epoch", "3"], "unrecognized arguments: --epoch 3"),
+    "dry run resumed": (["--dry-run", "--resume"], "--dry-run saves nothing, so it cannot be resumed"),
+    "unknown recipe": (["--recipe", "nowhere"], "no recipe"),
+    "resume with nothing to resume": (["--resume"], "nothing to resume"),
+}
 
 
-def test_group_size_that_does_not_divide_the_width_exits_2(run_script, mnist_root):
-    run = run_script("train_mnist.py", "--dry-run", "--data-dir", mnist_root, "--group_size", "3")
-    assert run.returncode == 2
-    assert run.stderr.strip() == "error: group size 3 does not divide the layer width 500"
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=list(TRAIN_CASES))
+def test_train_bad_arguments(case, run_script, mnist_root, tmp_path):
+    flags, fragment = TRAIN_CASES[case]
+    out = tmp_path / "out"
+    run = run_script("train_mnist.py", *flags, "--data-dir", mnist_root, "--save-dir", out)
+    assert_one_line_failure(run, fragment)
+    if fragment.startswith("error: "):
+        assert run.stderr.strip() == fragment
+    assert files_under(out) == []
+
+
+RECIPE_FILE_CASES = {
+    "unknown entry": ({"epochs": 1, "eps": 0.1}, "holds unknown entries ['eps']"),
+    "invalid value": ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    "unknown loss": ({"loss": "xent"}, "unknown loss 'xent'"),
+    "wrong type": ({"lr": "0.01"}, "lr must be a number, got '0.01'"),
+}
+
+
+@pytest.mark.parametrize("case", RECIPE_FILE_CASES, ids=list(RECIPE_FILE_CASES))
+def test_train_bad_recipe_file(case, run_script, mnist_root, tmp_path):
+    entries, fragment = RECIPE_FILE_CASES[case]
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(entries))
+    out = tmp_path / "out"
+    run = run_script("train_mnist.py", "--recipe", recipe, "--data-dir", mnist_root, "--save-dir", out)
+    assert_one_line_failure(run, fragment)
+    assert run.stderr.startswith("error: ") and run.stdout == ""
+    assert files_under(out) == []
+
+
+@pytest.fixture(scope="module")
+def broken_data(tmp_path_factory, mnist_root) -> dict[str, Path]:
+    """Copies of the real MNIST, each with one file damaged in one way."""
+    raw = mnist_root / "MNIST" / "raw"
+    train_images = f"{FILES['train'][0]}.gz"
+    original = gzip.decompress((raw / train_images).read_bytes())
+    damages = {
+        "truncated": gzip.compress(compresslevel=1, data=original[:-1000]),
+        "corrupt gzip": (raw / train_images).read_bytes()[:5000],
+        "wrong magic": gzip.compress(compresslevel=1, data=b"\x00\x00\x08\x01" + original[4:]),
+        "wrong count": gzip.compress(compresslevel=1, data=original[:4] + (59_999).to_bytes(4, "big") + original[8:-784]),
+    }
+    roots = {}
+    for name, content in damages.items():
+        root = tmp_path_factory.mktemp(name.replace(" ", "_"))
+        shutil.copytree(raw, root / "MNIST" / "raw")
+        (root / "MNIST" / "raw" / train_images).write_bytes(content)
+        roots[name] = root
+    return roots
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt gzip", "wrong magic", "wrong count"])
+def test_train_damaged_data(damage, broken_data, run_script, tmp_path):
+    fragments = {"truncated": "truncated", "corrupt gzip": "cannot read", "wrong magic": "wrong magic number",
+                 "wrong count": "holds 59999 images but train-labels-idx1-ubyte.gz holds 60000 labels"}
+    out = tmp_path / "out"
+    run = run_script("train_mnist.py", "--data-dir", broken_data[damage], "--save-dir", out)
+    assert_one_line_failure(run, fragments[damage])
+    assert files_under(out) == []
+
+
+def test_train_missing_data_names_the_four_files_and_the_folder(run_script, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    run = run_script("train_mnist.py", "--data-dir", nowhere, "--save-dir", tmp_path / "out")
+    assert_one_line_failure(run, "t10k-labels-idx1-ubyte.gz")
+    assert all(f"{name}.gz" in run.stderr for pair in FILES.values() for name in pair)
+    assert str(nowhere / "MNIST" / "raw") in run.stderr
+    assert files_under(tmp_path / "out") == []
+
+
+def test_train_output_folder_that_cannot_be_written(run_script, mnist_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    run = run_script("train_mnist.py", *FAST, "--data-dir", mnist_root, "--save-dir", blocker / "out")
+    assert_one_line_failure(run, f"cannot write to {blocker / 'out'}")
+    assert files_under(tmp_path) == [blocker]
+
+
+def test_same_seed_gives_identical_weights_and_metrics(small_checkpoint, run_script, mnist_root, tmp_path):
+    again = run_script("train_mnist.py", *FAST, "--epochs", "1", "--data-dir", mnist_root, "--save-dir", tmp_path)
+    other = run_script("train_mnist.py", *FAST, "--epochs", "1", "--seed", "1", "--data-dir", mnist_root,
+                       "--save-dir", tmp_path / "seed1")
+    assert again.returncode == 0 and other.returncode == 0
+    first, second, third = (torch.load(p, weights_only=True) for p in
+                            (small_checkpoint, tmp_path / "mnist_groupsort.p", tmp_path / "seed1" / "mnist_groupsort.p"))
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key])
+    assert not torch.equal(first["state_dict"]["layers.0.weight"], third["state_dict"]["layers.0.weight"])
+    timing = {"seconds_per_epoch_median", "train_seconds", "peak_rss_mb"}
+    assert {k: v for k, v in first["metrics"].items() if k not in timing} == \
+           {k: v for k, v in second["metrics"].items() if k not in timing}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist_root, run_script) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run = run_script("train_mnist.py", *FAST, "--epochs", "4", "--data-dir", mnist_root, "--save-dir", out)
+    assert run.returncode == 0, run.stderr
+    return torch.load(out / "mnist_groupsort.p", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_killed_run_resumes_to_the_uninterrupted_weights(sig, uninterrupted, mnist_root, run_script, tmp_path):
+    args = [sys.executable, str(REPO / "train_mnist.py"), *FAST, "--epochs", "4",
+            "--data-dir", str(mnist_root), "--save-dir", str(tmp_path)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=OFFLINE_ENV)
+    state = tmp_path / "mnist_groupsort.last.p"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (130, -signal.SIGKILL), "the run finished before it could be interrupted"
+    if sig == signal.SIGINT:
+        assert "interrupted: epoch" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "mnist_groupsort.p").exists()
+
+    resumed = run_script("train_mnist.py", *FAST, "--epochs", "4", "--data-dir", mnist_root,
+                         "--save-dir", tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("resuming ")
+    final = torch.load(tmp_path / "mnist_groupsort.p", weights_only=True)["state_dict"]
+    for key, value in uninterrupted.items():
+        assert torch.equal(value, final[key]), key
+
+
+def test_resume_refuses_a_different_recipe(small_checkpoint, run_script, mnist_root):
+    state = small_checkpoint.with_suffix(".last.p")
+    before = state.read_bytes()
+    run = run_script("train_mnist.py", *FAST, "--epochs", "2", "--lr", "0.01", "--data-dir", mnist_root,
+                     "--save-dir", small_checkpoint.parent, "--resume")
+    assert_one_line_failure(run, "it was trained with lr 0.001 (now 0.01)")
+    assert state.read_bytes() == before
+
+
+def test_resume_may_add_epochs_and_change_the_reported_method(small_checkpoint, run_script, mnist_root, tmp_path):
+    shutil.copy(small_checkpoint.with_suffix(".last.p"), tmp_path / "mnist_groupsort.last.p")
+    run = run_script("train_mnist.py", *FAST, "--epochs", "2", "--method", "pairwise", "--data-dir", mnist_root,
+                     "--save-dir", tmp_path, "--resume")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("resuming ") and "epoch: 2/2" in run.stdout and "epoch: 1/2" not in run.stdout
+    metrics = json.loads((tmp_path / "mnist_groupsort.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["method"] == "pairwise"
+
+
+def test_non_finite_loss_stops_with_status_3_and_keeps_the_last_good_state(small_checkpoint, run_script,
+                                                                           mnist_root, tmp_path):
+    shutil.copy(small_checkpoint.with_suffix(".last.p"), tmp_path / "mnist_groupsort.last.p")
+    state_path = tmp_path / "mnist_groupsort.last.p"
+    state = torch.load(state_path, weights_only=True)
+    state["model"]["layers.0.weight"][0, 0] = float("nan")
+    torch.save(state, state_path)
+    good = state_path.read_bytes()
+    run = run_script("train_mnist.py", *FAST, "--epochs", "2", "--data-dir", mnist_root,
+                     "--save-dir", tmp_path, "--resume")
+    assert_one_line_failure(run, "not finite in epoch 2", status=3)
+    assert "the last good state is in" in run.stderr
+    assert state_path.read_bytes() == good and not (tmp_path / "mnist_groupsort.p").exists()

@@ -1,0 +1,89 @@
+"""cli.py: a project Failure ends a script in one line with its status, any other exception keeps its traceback;
+number and width flags; --data-dir's default from $MNIST_ROOT."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import certify
+import cli
+import train_mnist
+from checkpoints import CheckpointError
+from conftest import OFFLINE_ENV, REPO
+from curves import CurveError
+from errors import ConfigError, Failure, OutputError
+from mnist_data import DataError
+from training import NonFiniteError
+
+
+def run_main(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """A script whose main runs `body` under cli.run, as the repo's scripts do."""
+    script = tmp_path / "script.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport cli\nimport errors\n\n"
+                      f"def main():\n    {body}\n\ncli.run(main)\n")
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=OFFLINE_ENV,
+                          timeout=120)
+
+
+def test_a_failure_is_one_line_with_its_status_and_a_bug_keeps_its_traceback(tmp_path):
+    failure = run_main(tmp_path, "raise errors.ConfigError('no such recipe')")
+    assert failure.returncode == 2 and failure.stderr == "error: no such recipe\n" and failure.stdout == ""
+    bug = run_main(tmp_path, "raise ValueError('a bug: index out of range')")
+    assert bug.returncode == 1
+    assert bug.stderr.startswith("Traceback") and bug.stderr.rstrip().endswith("ValueError: a bug: index out of range")
+    assert "error: a bug" not in bug.stderr
+
+
+def test_cli_run_catches_failures_only(capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        cli.run(lambda: (_ for _ in ()).throw(NonFiniteError("loss is not finite")))
+    assert exit_status.value.code == 3
+    assert capsys.readouterr().err == "error: loss is not finite\n"
+    for bug in (ValueError("bad"), OSError("disk"), TypeError("wrong"), KeyError("x")):
+        with pytest.raises(type(bug)):
+            cli.run(lambda: (_ for _ in ()).throw(bug))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kind", [DataError, CheckpointError, CurveError, ConfigError, OutputError, cli.UsageError,
+                                  NonFiniteError])
+def test_every_project_error_is_a_failure(kind):
+    assert issubclass(kind, Failure)
+    assert kind("x").status == (3 if kind is NonFiniteError else 2)
+
+
+@pytest.mark.parametrize("parse, text, message", [
+    (cli.positive_int, "2.5", "'2.5' is not an int"),
+    (cli.positive_int, "0", "0 must be > 0"),
+    (cli.positive_float, "fast", "'fast' is not a float"),
+    (cli.positive_float, "inf", "inf is not finite"),
+    (cli.positive_float, "-inf", "-inf is not finite"),
+    (cli.nonnegative_float, "Infinity", "Infinity is not finite"),
+    (cli.positive_float, "nan", "nan must be > 0.0"),
+    (cli.nonnegative_float, "-0.1", "-0.1 must be >= 0.0"),
+    (cli.widths, "500x2", "'500x2' is not a comma-separated list of widths"),
+    (cli.widths, "10,0", "hidden widths must be positive, got '10,0'"),
+])
+def test_number_and_width_flags_refuse_bad_values(parse, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
+        parse(text)
+
+
+def test_number_and_width_flags_accept_good_values():
+    assert cli.positive_int("3") == 3 and cli.positive_float("1e-3") == 1e-3
+    assert cli.nonnegative_float("0") == 0.0 and cli.widths("1024,512") == (1024, 512)
+
+
+def test_data_dir_defaults_to_mnist_root_when_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_ROOT", str(tmp_path))
+    assert certify.parse_args(["x.p"]).data_dir == tmp_path
+    assert train_mnist.parse_args([])[1].data_dir == tmp_path
+    assert train_mnist.parse_args(["--data-dir", "elsewhere"])[1].data_dir == Path("elsewhere")
+    monkeypatch.delenv("MNIST_ROOT")
+    assert certify.parse_args(["x.p"]).data_dir == Path("data")
