@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attacks
+import ibp
 import lipschitz
 from certificates import (
     LIPSCHITZ_METHODS,
@@ -276,6 +277,22 @@ def test_gap_exactly_at_the_threshold_is_not_certified():
     assert certified(logits, torch.tensor([0]), limits, 0.2499)
     assert certified_radius(logits, torch.tensor([0]), limits).item() == 0.25
     assert certified_radius(logits, torch.tensor([1]), limits).item() == 0.0  # wrong class
+
+
+@pytest.mark.parametrize("norm", lipschitz.NORMS)
+@pytest.mark.parametrize("hidden", [False, True], ids=["linear", "relu"])
+def test_ibp_lower_bound_exactly_zero_is_not_certified(norm, hidden):
+    """f_0 = x (or relu(x)), f_1 = 0 at x = 0.5: over the ball of radius 0.5 IBP's lower bound of f_0 - f_1 is
+    exactly 0, attained at x' = 0 where the logits tie. IBP is strict, like the Lipschitz rules."""
+    weights = [[[1.0]], [[1.0], [0.0]]] if hidden else [[[1.0], [0.0]]]
+    model = net_from_weights(weights, activation="relu")
+    x, y = torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([0])
+    with torch.no_grad():
+        assert ibp.gap_lower_bounds(model, x, Ball(norm, 0.5))[0, 0, 1].item() == 0.0
+        assert torch.equal(model(torch.zeros(1, 1, dtype=torch.float64))[0], torch.zeros(2, dtype=torch.float64))
+        assert not certified_ibp(model, x, y, Ball(norm, 0.5)).any()
+        assert certified_ibp(model, x, y, Ball(norm, 0.4999)).all()
+        assert 0.49 < ibp_certified_radius(model, x, y, Ball(norm, 1.0)).item() < 0.5
 
 
 def test_zero_threshold_gives_an_infinite_radius():
