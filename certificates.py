@@ -49,12 +49,23 @@ def top2_margin(logits: torch.Tensor) -> torch.Tensor:
     return top2[:, 0] - top2[:, 1]
 
 
+def global_threshold(bounds: LogitBounds) -> torch.Tensor:
+    """One threshold for every gap: min(2 max_k L_k, ||e_y - e_j||_q B_out), B_out the output's bound.
+
+    A gap moves by at most L_y + L_j <= 2 max_k L_k, and by Hoelder by at most
+    ||e_y - e_j||_q ||df||_p. In linf both terms are 2 max_k L_k (B_out is
+    max_k L_k there), so the first alone is taken: the demo's rule bit for bit.
+    """
+    shared = 2 * bounds.logits.max()
+    if bounds.norm == "linf":
+        return shared
+    return torch.minimum(shared, lipschitz.lp_difference_coefficient(bounds.norm) * bounds.output)
+
+
 def thresholds(bounds: LogitBounds, method: str) -> torch.Tensor:
     """T with |(f_y - f_j)(x) - (f_y - f_j)(x')| <= T[y, j] ||x - x'||_p, for a Lipschitz method.
 
-    global:   one value for every pair, min(2 max_k L_k, ||e_y - e_j||_q B_out):
-              a gap moves by at most L_y + L_j <= 2 max_k L_k, and by Hoelder by
-              at most ||e_y - e_j||_q ||df||_p; in linf both are 2 max_k L_k;
+    global:   `global_threshold` for every pair;
     pairwise: min(L_y + L_j, global), as f_y - f_j moves by at most L_y + L_j;
     margin:   min(M_yj, pairwise), M_yj the bound of f_y - f_j itself.
     Each is a minimum of sound bounds, hence sound; and each is at most the
@@ -62,8 +73,7 @@ def thresholds(bounds: LogitBounds, method: str) -> torch.Tensor:
     pairwise every one that global certifies.
     """
     count = len(bounds.logits)
-    shared = torch.minimum(2 * bounds.logits.max(),
-                           lipschitz.lp_difference_coefficient(bounds.norm) * bounds.output)
+    shared = global_threshold(bounds)
     if method == "global":
         return shared.expand(count, count)
     pairwise = torch.minimum(bounds.logits[:, None] + bounds.logits[None, :], shared)
@@ -82,12 +92,14 @@ def certified(
     Sound: inside ||x' - x||_p <= eps each gap f_y - f_j drops by at most
     eps * T[y, j] < f_y - f_j, so it stays positive and y stays the prediction.
     Strict, so ties never certify, and eps = 0 certifies exactly the strictly
-    correct examples. `eps` is one radius or one per example.
+    correct examples. `eps` is one radius or one per example; `threshold` is
+    the (out, out) matrix T, or one value shared by every pair.
     """
     label_gaps, others = gaps(logits, labels)
     if isinstance(eps, torch.Tensor) and eps.ndim:
         eps = eps[:, None]
-    beaten = (label_gaps > eps * threshold[labels]) | ~others
+    limits = threshold[labels] if threshold.ndim else threshold
+    beaten = (label_gaps > eps * limits) | ~others
     return (logits.argmax(dim=1) == labels) & beaten.all(dim=1)
 
 

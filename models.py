@@ -97,7 +97,7 @@ class LipschitzMLP(nn.Module):
                 unit, whole = layer.propagate_bound(unit), layer.propagate_whole_bound(whole)
         return unit, whole
 
-    def logit_bounds(self, norm: str, estimate: bool = False) -> LogitBounds:
+    def logit_bounds(self, norm: str, estimate: bool = False, per_pair: bool = True) -> LogitBounds:
         """Bounds of every logit, every logit difference, and the whole output, in the p-norm `norm`.
 
         The last layer is applied to h's bounds row by row: W_k for logit k, and
@@ -107,12 +107,18 @@ class LipschitzMLP(nn.Module):
         power-iteration estimates (an SVD per batch would dominate a training
         step); an estimate can fall below the true norm, so such bounds are for
         the penalty only, never for a certificate. In linf it changes nothing.
+        Without `per_pair`, the rows W_i - W_j are skipped (a training step that
+        does not need them saves their cost) and `differences` holds the
+        looser but still sound L_i + L_j.
         """
         operator_norm = lipschitz.operator_norm_estimate if estimate else lipschitz.lp_operator_norm
         unit, whole = self.hidden_bounds(norm, operator_norm)
         last = self.layers[-1].weight
         logits = lipschitz.lp_row_bounds(last, unit, whole, norm)
-        differences = lipschitz.lp_row_bounds(lipschitz.pair_difference_rows(last), unit, whole, norm)
+        if per_pair:
+            differences = lipschitz.lp_row_bounds(lipschitz.pair_difference_rows(last), unit, whole, norm)
+        else:
+            differences = logits[:, None] + logits[None, :]
         output = lipschitz.lp_whole_bound(last, logits, whole, norm, operator_norm)
         return LogitBounds(norm, logits, differences, output)
 

@@ -106,10 +106,10 @@ def batch_loss(
 ) -> BatchLoss:
     """One batch's objective `loss`, its clean cross-entropy, logits, and the global threshold."""
     logits = model(x)
-    bounds = model.logit_bounds(norm, estimate=True)
+    bounds = model.logit_bounds(norm, estimate=True, per_pair=loss in ("lmt", "hinge"))
     penalty = lc_penalty * lipschitz.soft_max_penalty(bounds.logits)
     clean = F.cross_entropy(logits, y)
-    threshold = certificates.thresholds(bounds, "global")[0, 0].detach()
+    threshold = certificates.global_threshold(bounds).detach()
     if loss == "ce":
         return BatchLoss(clean + penalty, clean, logits, threshold)
     robust = robust_loss(model, x, y, logits, bounds, loss, schedule.eps, hinge_target)

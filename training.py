@@ -215,8 +215,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
             lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
     with torch.no_grad():
         errors = (logits.argmax(dim=1) != y).sum()
-        certified = certificates.certified(logits, y, threshold.expand(logits.shape[1], logits.shape[1]),
-                                           recipe.cert_magnitude).sum()
+        certified = certificates.certified(logits, y, threshold, recipe.cert_magnitude).sum()
         return torch.stack([loss, class_loss, errors, certified])
 
 
