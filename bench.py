@@ -1,6 +1,6 @@
 """Time an epoch of the default GroupSort training through the original demo's data path and ours.
 
-    python bench.py --data-dir ../shared/mnist --epochs 3 --json bench.json
+    python bench.py --data-dir ../shared/mnist --epochs 3 --json outputs/bench.json
     python bench.py --data-dir ../shared/mnist --epochs 5 --compile --seeds 5
 
 Every path drives the same model, loss and optimiser step (`training.train_step`):

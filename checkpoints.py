@@ -135,15 +135,15 @@ def project_config(path: Path, payload: dict[str, Any], expected: Expected) -> M
         config = MLPConfig(**recorded)
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} records an impossible configuration: {err}") from None
-    for name, asked, recorded in (
-        ("activation", expected.activation, config.activation),
-        ("group_size", expected.group_size, config.group_size),
-        ("hidden", expected.hidden, config.hidden),
-        ("normalisation", expected.normalisation, (config.mean, config.std)),
+    for name, flags, asked, recorded in (
+        ("activation", "--activation", expected.activation, config.activation),
+        ("group_size", "--group_size", expected.group_size, config.group_size),
+        ("hidden", "--hidden", expected.hidden, config.hidden),
+        ("normalisation", "--mean and --std", expected.normalisation, (config.mean, config.std)),
     ):
         if asked is not None and asked != recorded:
             raise CheckpointError(
-                f"{path} was trained with {name} {recorded}, not {asked}: drop --{name} or give the checkpoint's value"
+                f"{path} was trained with {name} {recorded}, not {asked}: drop {flags} or give the checkpoint's value"
             )
     return config
 

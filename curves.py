@@ -4,7 +4,7 @@
 several saved curves side by side, one panel each:
 
     python curves.py outputs/curves_groupsort.csv outputs/curves_relu.csv \\
-        --titles GroupSort ReLU --out docs/radius_curves.png
+        --titles GroupSort ReLU --out outputs/radius_curves.png
 
 The attack's empirical robust accuracy, when measured, is drawn as the upper
 curve: no certificate can exceed it, so the gap between the two is how far the
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None):
     parser = cli.Parser(description="Plot radius curves saved by certify.py --eps, one panel per file.")
     parser.add_argument("csv", type=Path, nargs="+", help="curve CSVs written by certify.py --eps")
     parser.add_argument("--titles", nargs="+", default=None, help="panel titles (default: the file names)")
-    parser.add_argument("--out", type=Path, default=Path("docs/radius_curves.png"),
+    parser.add_argument("--out", type=Path, default=Path("outputs/radius_curves.png"),
                         help="image to write (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.titles is not None and len(args.titles) != len(args.csv):

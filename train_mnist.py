@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
     cli.add_data_flag(parser)
     parser.add_argument("--save-dir", type=Path, default=Path("outputs"),
                         help="folder for the checkpoint (default: %(default)s)")
-    parser.add_argument("--save-fn", default=None, help="checkpoint file name (default: mnist_<activation>.p)")
+    parser.add_argument("--save-fn", default=None,
+                        help="checkpoint file name (default: mnist_<recipe>.p with --recipe, else mnist_<activation>.p)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run from the training state saved after its last finished epoch")
     cli.add_device_flags(parser)
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
     file = None if args.recipe is None else recipe_path(args.recipe)
     built = Recipe.build(file, **cli.recipe_overrides(args, Recipe))
     if args.save_fn is None:
-        args.save_fn = f"mnist_{built.activation}.p"
+        args.save_fn = f"mnist_{built.activation if file is None else file.stem}.p"
     return built, args
 
 

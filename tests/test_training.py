@@ -55,11 +55,15 @@ def test_recipe_build_takes_defaults_then_the_file_then_the_flags(tmp_path):
     assert (overridden.lr, overridden.epochs, overridden.batch_size) == (0.1, 5, 64)
     # the same through the command line: a flag not given leaves the file's value, not the default
     recipe, args = train_mnist.parse_args(["--recipe", str(path)])
-    assert recipe == from_file and args.save_fn == "mnist_groupsort.p"
+    assert recipe == from_file and args.save_fn == f"mnist_{path.stem}.p"  # a recipe names its checkpoint
     recipe, _ = train_mnist.parse_args(["--recipe", str(path), "--lr", "0.1", "--batch-size", "64"])
     assert recipe == overridden
     recipe, args = train_mnist.parse_args(["--lr", "0.1", "--activation", "relu"])
     assert recipe == Recipe(lr=0.1, activation="relu") and args.save_fn == "mnist_relu.p"
+    _, args = train_mnist.parse_args(["--recipe", "l2"])
+    assert args.save_fn == "mnist_l2.p"  # so that it never replaces the demo's mnist_groupsort.p
+    _, args = train_mnist.parse_args(["--recipe", "l2", "--save-fn", "mine.p"])
+    assert args.save_fn == "mine.p"
 
 
 def test_train_eps_defaults_to_the_certificates_radius():
