@@ -19,6 +19,12 @@ with torch.bmm.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning, so that a busy machine does not
+# slow every step many times over (docs/usage.md, Troubleshooting). It changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import gzip
 import platform
@@ -196,6 +202,8 @@ def main() -> None:
                         help="also bound the epoch time of this many seeds trained at once (default: 1, no bound)")
     cli.add_device_flags(parser)
     options = parser.parse_args()
+    if options.json is not None:
+        cli.check_output_file(options.json, "--json")
     device = cli.pick_device(options.device, options.no_cuda)
     recipe = Recipe()  # the demo's
     config = recipe.model_config()

@@ -14,6 +14,12 @@ The methods are those of `certificates.py`; this script only evaluates and repor
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning, so that a busy machine does not
+# slow every step many times over (docs/usage.md, Troubleshooting). It changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import sys
 from dataclasses import dataclass
@@ -155,6 +161,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise cli.UsageError("give one radius with --cert_magnitude or several with --eps, not both")
     if args.cert_magnitude is None:
         args.cert_magnitude = 0.1
+    outputs = [("--per-example", args.per_example)]
+    if args.eps is not None:
+        outputs += [("--curves", args.curves), ("--curves", args.curves.with_suffix(".png"))]
+    for flag, path in outputs:
+        if path is not None:
+            cli.check_output_file(path, flag)
     return args
 
 

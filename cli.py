@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -97,6 +98,38 @@ def recipe_flag(group: argparse._ArgumentGroup) -> Callable[[str, Any, Any, str]
 def recipe_overrides(args: argparse.Namespace, recipe: type) -> dict[str, Any]:
     """The recipe fields given on the command line (recipe flags are absent unless given)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe) if hasattr(args, f.name)}
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail before any work when `path` cannot become a file: it is a folder, or what should be a folder
+    above it is a file, or the nearest existing folder cannot be written. Nothing is created here."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a file name")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path} cannot be written: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path} cannot be written: no permission to write in {folder}")
+
+
+class Stopped(BaseException):
+    """A termination signal (SIGTERM, SIGHUP) turned into an exception, so that a run stops as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.status = 128 + signum
+
+
+def stop_on_signals() -> None:
+    """Raise `Stopped` on SIGTERM and SIGHUP, as a scheduler or `timeout` sends them."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 def add_architecture_flags(parser: argparse.ArgumentParser) -> None:

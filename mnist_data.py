@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,14 @@ def raw_folder(root: Path | str) -> Path:
 
 
 def find_file(root: Path | str, name: str) -> Path | None:
-    """The IDX file `name` under `root`, uncompressed or gzipped, or None."""
+    """The IDX file `name` under `root`, uncompressed or gzipped, or None.
+
+    A folder where the file should be is an error, not a missing file.
+    """
     for folder in (raw_folder(root), Path(root)):
         for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_dir():
+                raise DataError(f"{candidate} is a folder, not an MNIST file")
             if candidate.is_file():
                 return candidate
     return None
@@ -83,6 +89,8 @@ def read_idx(path: Path, magic: int) -> torch.Tensor:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}") from None
+    if not raw:
+        raise DataError(f"{path} is empty")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
@@ -121,28 +129,33 @@ def missing_message(root: Path | str) -> str:
     names = ", ".join(f"{name}.gz" for pair in FILES.values() for name in pair)
     return (
         f"MNIST not found and could not be downloaded: put {names} in {raw_folder(root)} "
-        f"(or pass --data-dir to a folder holding MNIST/raw)"
+        f"(or point --data-dir or $MNIST_ROOT at a folder holding MNIST/raw)"
     )
 
 
 def download(root: Path | str) -> None:
-    """Fetch the four files into root/MNIST/raw with torchvision, quietly."""
+    """Fetch the four files into root/MNIST/raw with torchvision, quietly; a failed download leaves
+    no folder behind that was not there before."""
     from torchvision.datasets import MNIST  # imported here: only a download needs it
 
     print(f"downloading MNIST into {raw_folder(root)}", flush=True)
+    new = next((folder for folder in reversed((raw_folder(root), *raw_folder(root).parents))
+                if not folder.exists()), None)
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             MNIST(str(root), train=True, download=True)
     except Exception:  # torchvision raises RuntimeError or URLError subclasses
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
         raise DataError(missing_message(root)) from None
 
 
 def load_mnist(
     root: Path | str, splits: tuple[str, ...] = ("train", "test"), allow_download: bool = True
 ) -> tuple[Split, ...]:
-    """The splits asked for, in order; downloads only when a file is missing."""
-    missing = [n for pair in FILES.values() for n in pair if find_file(root, n) is None]
+    """The splits asked for, in order; downloads only when a file of those splits is missing."""
+    missing = [name for split in splits for name in FILES[split] if find_file(root, name) is None]
     if missing:
         if not allow_download:
             raise DataError(missing_message(root))

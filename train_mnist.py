@@ -10,13 +10,18 @@ Bounded Depth Neural Networks" (arXiv:1904.04861); the defaults are the demo's.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning, so that a busy machine does not
+# slow every step many times over (docs/usage.md, Troubleshooting). It changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import math
 import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +34,6 @@ import checkpoints
 import cli
 import lipschitz
 from certificates import Accuracy
-from errors import OutputError
 from lipschitz import Ball
 from groupsort import ACTIVATIONS
 from mnist_data import PIXEL_RANGE, Split, load_mnist
@@ -80,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
                         help="checkpoint file name (default: mnist_<recipe>.p with --recipe, else mnist_<activation>.p)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run from the training state saved after its last finished epoch")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even where an earlier run left its training state")
     cli.add_device_flags(parser)
     parser.add_argument("--compile", action="store_true",
                         help="compile the batch loss with torch.compile (see docs/usage.md)")
@@ -90,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
         parser.error("--dry-run saves nothing, so it cannot be resumed: drop one of the two")
     if args.seeds and args.resume:
         parser.error("--resume continues one run: give --seed, not --seeds")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the saved run and --overwrite replaces it: drop one of the two")
     file = None if args.recipe is None else recipe_path(args.recipe)
     built = Recipe.build(file, **cli.recipe_overrides(args, Recipe))
     if args.save_fn is None:
@@ -150,10 +158,10 @@ def train_one(recipe: Recipe, args: argparse.Namespace, save_path: Path, data: t
         print(f"resuming {state_path} after epoch {run.epoch}")
     try:
         train_epochs(run, train, state_path, args.dry_run)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, cli.Stopped) as stop:
         saved = f"epoch {run.epoch} is saved in {state_path}" if run.epoch else "no epoch finished"
         print(f"\ninterrupted: {saved}; continue with the same command and --resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(getattr(stop, "status", 130))
     accuracy = certificates.evaluate(run.model, test, Ball(recipe.norm, recipe.cert_magnitude, PIXEL_RANGE),
                                      recipe.method)
     print(accuracy.lines())
@@ -177,33 +185,46 @@ def report_seeds(seeds: list[int], results: list[Accuracy], path: Path) -> None:
     checkpoints.write_json(path, summary)
 
 
-def ensure_writable(folder: Path) -> None:
-    """Fail before training, not after it, when the checkpoint folder cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise OutputError(f"cannot write to {folder}: {err.strerror or err}") from None
+def check_outputs(args: argparse.Namespace, save_paths: list[Path]) -> None:
+    """Refuse, before any work and without creating anything, outputs that cannot be written or would
+    silently replace an earlier run's training state; with --resume, require that state."""
+    if not args.save_fn or Path(args.save_fn).name != args.save_fn or args.save_fn in (".", ".."):
+        raise cli.UsageError(f"--save-fn must be a file name (no folder; see --save-dir), got {args.save_fn!r}")
+    for path in save_paths:
+        cli.check_output_file(path, "--save-dir/--save-fn")
+        state = checkpoints.training_state_path(path)
+        if args.resume and not state.exists():
+            raise cli.UsageError(f"nothing to resume: {state} does not exist")
+        if state.exists() and not (args.resume or args.overwrite or args.dry_run):
+            raise cli.UsageError(f"{state} holds the training state of an earlier run: continue it with --resume "
+                                 f"(a larger --epochs extends a finished run), or start afresh with --overwrite")
+
+
+def seed_paths(args: argparse.Namespace) -> list[Path]:
+    """The checkpoint of each run: one, or one per seed of --seeds."""
+    path = args.save_dir / args.save_fn
+    if not args.seeds:
+        return [path]
+    return [path.with_name(f"{path.stem}_seed{seed}{path.suffix}") for seed in args.seeds]
 
 
 def main(argv: list[str] | None = None) -> None:
     recipe, args = parse_args(argv)
+    cli.stop_on_signals()
     device = cli.pick_device(args.device, args.no_cuda)
     LipschitzMLP(recipe.model_config())  # an impossible architecture fails here, before any work
+    paths = seed_paths(args)
+    check_outputs(args, paths)
     data = tuple(split.to(device) for split in load_mnist(args.data_dir))
-    if not args.dry_run:
-        ensure_writable(args.save_dir)
-    save_path = args.save_dir / args.save_fn
     if not args.seeds:
-        train_one(recipe, args, save_path, data, device)
+        train_one(recipe, args, paths[0], data, device)
         return
     results = []
-    for seed in args.seeds:
+    for seed, path in zip(args.seeds, paths):
         print(f"seed {seed}", flush=True)
-        seed_path = save_path.with_name(f"{save_path.stem}_seed{seed}{save_path.suffix}")
-        results.append(train_one(replace(recipe, seed=seed), args, seed_path, data, device))
+        results.append(train_one(replace(recipe, seed=seed), args, path, data, device))
     if not args.dry_run:
+        save_path = args.save_dir / args.save_fn
         report_seeds(args.seeds, results, save_path.with_name(f"{save_path.stem}_seeds.json"))
 
 

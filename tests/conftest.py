@@ -12,6 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_ROOT = Path(os.environ.get("MNIST_ROOT", REPO.parent / "shared" / "mnist"))
+# The original demo's own checkpoints (bare state_dicts), with the figures its README beside them gives.
+ORIGINAL_DEMO = REPO.parent / "shared" / "original-demo"
 # Any download attempt made by a test process fails at once, online or not.
 OFFLINE_ENV = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
@@ -45,6 +47,14 @@ def mnist_root() -> Path:
     if not (raw / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail(f"real MNIST not found under {raw}: set MNIST_ROOT or put ../shared/mnist beside the repo")
     return MNIST_ROOT
+
+
+@pytest.fixture(scope="session")
+def original_demo() -> Path:
+    """The folder of the original demo's checkpoints groupsort.p and relu.p; fails when they are missing."""
+    if not (ORIGINAL_DEMO / "groupsort.p").is_file() or not (ORIGINAL_DEMO / "relu.p").is_file():
+        pytest.fail(f"the original demo's checkpoints are not in {ORIGINAL_DEMO}: put ../shared beside the repo")
+    return ORIGINAL_DEMO
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ fails in one line on bad input."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ import certify
 import cli
 from certificates import LIPSCHITZ_METHODS, METHODS, certified_radii
 from checkpoints import load_checkpoint
-from conftest import L2_RADIUS, assert_one_line_failure, results
+from conftest import L2_RADIUS, ORIGINAL_DEMO, assert_one_line_failure, results
 from lipschitz import Ball
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 
@@ -56,6 +58,18 @@ def test_certify_cli_accepts_the_original_demos_bare_state_dict(trained, run_scr
     # the same weights read as a ReLU net are a different function
     relu = run_script("certify.py", tmp_path / "original.p", "--data-dir", mnist_root, "--activation", "relu")
     assert results(relu.stdout) != results(stdout)
+
+
+@pytest.mark.parametrize("name, flags, figures", [
+    ("groupsort.p", [], {"acc": 97.18, "certified": 74.13}),
+    ("relu.p", ["--activation", "relu"], {"acc": 93.13, "certified": 9.88}),
+], ids=["groupsort", "relu"])
+def test_the_original_demos_own_checkpoints_certify_to_its_figures(name, flags, figures, original_demo, run_script,
+                                                                   mnist_root):
+    """The figures of ../shared/original-demo/README.md, measured by the original code on its own files."""
+    run = run_script("certify.py", original_demo / name, *flags, "--data-dir", mnist_root)
+    assert run.returncode == 0, run.stderr
+    assert results(run.stdout) == figures
 
 
 # On real test digits, in process.
@@ -172,6 +186,35 @@ def truncated_checkpoint(tmp_path, source):
     return path
 
 
+def altered_original(name: str, change) -> Callable[[Path, Path], Path]:
+    """A case maker: the original demo's groupsort.p with one entry changed by `change`, saved under tmp."""
+
+    def make(tmp: Path, ckpt: Path) -> Path:
+        state = torch.load(ORIGINAL_DEMO / "groupsort.p", weights_only=True)
+        state[name] = change(state[name].clone())
+        torch.save(state, tmp / "altered.p")
+        return tmp / "altered.p"
+
+    return make
+
+
+def altered_project(change) -> Callable[[Path, Path], Path]:
+    """A case maker: the small project checkpoint with its payload changed by `change`, saved under tmp."""
+
+    def make(tmp: Path, ckpt: Path) -> Path:
+        payload = torch.load(ckpt, weights_only=True)
+        change(payload)
+        torch.save(payload, tmp / "altered.p")
+        return tmp / "altered.p"
+
+    return make
+
+
+def with_nan(weight: torch.Tensor) -> torch.Tensor:
+    weight[0, 0] = float("nan")
+    return weight
+
+
 def foreign_checkpoint(tmp_path):
     path = tmp_path / "foreign.p"
     torch.save({"conv.weight": torch.zeros(3, 3)}, path)
@@ -193,11 +236,25 @@ CERTIFY_CASES = {
                             "trained with normalisation (0.1307, 1.0), not (0.1307, 0.3081)"),
     "unknown method": (lambda tmp, ckpt: ckpt, ["--method", "best"], "argument --method: invalid choice: 'best'"),
     "unknown norm": (lambda tmp, ckpt: ckpt, ["--norm", "l7"], "argument --norm: invalid choice: 'l7'"),
+    "original demo with a NaN weight": (altered_original("inlayer.weight", with_nan), [],
+                                        "holds non-finite values (NaN or inf) in layers.0.weight"),
+    "original demo with an infinite bias": (altered_original("outlayer.bias", lambda b: b.fill_(float("inf"))), [],
+                                            "holds non-finite values (NaN or inf) in layers.2.bias"),
+    "original demo with a 1-D weight": (altered_original("inlayer.weight", lambda w: w[0]), [],
+                                        "the original demo's are matrices"),
+    "original demo with another input width": (altered_original("inlayer.weight", lambda w: w[:, :700]), [],
+                                               "takes 700 inputs, but MNIST images have 784 pixels"),
+    "original demo with mismatched layers": (altered_original("outlayer.weight", lambda w: w[:, :400]), [],
+                                             "does not fit the architecture"),
+    "checkpoint without state_dict": (altered_project(lambda p: p.pop("state_dict")), [], "incomplete checkpoint"),
+    "config without group_size": (altered_project(lambda p: p["config"].pop("group_size")), [],
+                                  "incomplete checkpoint: it lacks group_size"),
+    "per-example into a folder": (lambda tmp, ckpt: ckpt, ["--per-example", "."], "is a folder: give a file name"),
 }
 
 
 @pytest.mark.parametrize("case", CERTIFY_CASES, ids=list(CERTIFY_CASES))
-def test_certify_bad_input(case, small_checkpoint, run_script, mnist_root, tmp_path):
+def test_certify_bad_input(case, small_checkpoint, original_demo, run_script, mnist_root, tmp_path):
     make_path, flags, fragment = CERTIFY_CASES[case]
     run = run_script("certify.py", make_path(tmp_path, small_checkpoint), *flags, "--data-dir", mnist_root)
     assert_one_line_failure(run, fragment)
@@ -216,5 +273,5 @@ def test_certify_output_that_cannot_be_written_is_one_line(small_checkpoint, run
     blocker.write_text("not a folder")
     run = run_script("certify.py", small_checkpoint, "--data-dir", mnist_root, "--limit", "50",
                      "--per-example", blocker / "radii.csv")
-    assert_one_line_failure(run, f"cannot write {blocker / 'radii.csv'}")
+    assert_one_line_failure(run, f"{blocker / 'radii.csv'} cannot be written: {blocker} is a file")
     assert sorted(tmp_path.iterdir()) == [blocker]

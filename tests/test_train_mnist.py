@@ -83,6 +83,9 @@ TRAIN_CASES = {
     "dry run resumed": (["--dry-run", "--resume"], "--dry-run saves nothing, so it cannot be resumed"),
     "unknown recipe": (["--recipe", "nowhere"], "no recipe"),
     "resume with nothing to resume": (["--resume"], "nothing to resume"),
+    "resume and overwrite": (["--resume", "--overwrite"], "drop one of the two"),
+    "empty checkpoint name": (["--save-fn", ""], "--save-fn must be a file name"),
+    "checkpoint name with a folder": (["--save-fn", "sub/model.p"], "--save-fn must be a file name"),
 }
 
 
@@ -90,11 +93,11 @@ TRAIN_CASES = {
 def test_train_bad_arguments(case, run_script, mnist_root, tmp_path):
     flags, fragment = TRAIN_CASES[case]
     out = tmp_path / "out"
-    run = run_script("train_mnist.py", *flags, "--data-dir", mnist_root, "--save-dir", out)
+    run = run_script("train_mnist.py", *flags, "--data-dir", mnist_root, "--save-dir", out, cwd=tmp_path)
     assert_one_line_failure(run, fragment)
     if fragment.startswith("error: "):
         assert run.stderr.strip() == fragment
-    assert files_under(out) == []
+    assert sorted(tmp_path.iterdir()) == []  # not even an empty folder
 
 
 RECIPE_FILE_CASES = {
@@ -153,16 +156,48 @@ def test_train_missing_data_names_the_four_files_and_the_folder(run_script, tmp_
     run = run_script("train_mnist.py", "--data-dir", nowhere, "--save-dir", tmp_path / "out")
     assert_one_line_failure(run, "t10k-labels-idx1-ubyte.gz")
     assert all(f"{name}.gz" in run.stderr for pair in FILES.values() for name in pair)
-    assert str(nowhere / "MNIST" / "raw") in run.stderr
-    assert files_under(tmp_path / "out") == []
+    assert str(nowhere / "MNIST" / "raw") in run.stderr and "$MNIST_ROOT" in run.stderr
+    assert sorted(tmp_path.iterdir()) == []  # the failed download left no folder behind
 
 
-def test_train_output_folder_that_cannot_be_written(run_script, mnist_root, tmp_path):
+def test_a_data_file_replaced_by_a_folder_or_emptied_is_named(run_script, mnist_root, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_root / "MNIST" / "raw", raw)
+    labels = raw / f"{FILES['test'][1]}.gz"
+    labels.unlink()
+    labels.mkdir()
+    run = run_script("train_mnist.py", *FAST, "--data-dir", tmp_path, "--save-dir", tmp_path / "out")
+    assert_one_line_failure(run, f"{labels} is a folder, not an MNIST file")
+    labels.rmdir()
+    labels.write_bytes(b"")
+    run = run_script("train_mnist.py", *FAST, "--data-dir", tmp_path, "--save-dir", tmp_path / "out")
+    assert_one_line_failure(run, f"{labels} is empty")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file"])
+def test_train_output_folder_that_cannot_be_written(where, run_script, mnist_root, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    run = run_script("train_mnist.py", *FAST, "--data-dir", mnist_root, "--save-dir", blocker / "out")
-    assert_one_line_failure(run, f"cannot write to {blocker / 'out'}")
+    save_dir = blocker / "out" if where == "under a file" else blocker
+    run = run_script("train_mnist.py", *FAST, "--data-dir", mnist_root, "--save-dir", save_dir)
+    assert_one_line_failure(run, f"{save_dir / 'mnist_groupsort.p'} cannot be written: {blocker} is a file")
     assert files_under(tmp_path) == [blocker]
+
+
+def test_a_saved_training_state_is_never_replaced_without_saying_so(small_checkpoint, run_script, mnist_root,
+                                                                    tmp_path):
+    for name in ("mnist_groupsort.p", "mnist_groupsort.last.p"):
+        shutil.copy(small_checkpoint.with_name(name), tmp_path / name)
+    before = {path: path.read_bytes() for path in files_under(tmp_path)}
+    again = run_script("train_mnist.py", *FAST, "--epochs", "1", "--seed", "1", "--data-dir", mnist_root,
+                       "--save-dir", tmp_path)
+    assert_one_line_failure(again, "holds the training state of an earlier run: continue it with --resume")
+    assert {path: path.read_bytes() for path in files_under(tmp_path)} == before
+    fresh = run_script("train_mnist.py", *FAST, "--epochs", "1", "--seed", "1", "--data-dir", mnist_root,
+                       "--save-dir", tmp_path, "--overwrite")
+    assert fresh.returncode == 0, fresh.stderr
+    assert (tmp_path / "mnist_groupsort.p").read_bytes() != before[tmp_path / "mnist_groupsort.p"]
 
 
 def test_same_seed_gives_identical_weights_and_metrics(small_checkpoint, run_script, mnist_root, tmp_path):
@@ -188,7 +223,7 @@ def uninterrupted(tmp_path_factory, mnist_root, run_script) -> dict[str, torch.T
     return torch.load(out / "mnist_groupsort.p", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill"])
 def test_killed_run_resumes_to_the_uninterrupted_weights(sig, uninterrupted, mnist_root, run_script, tmp_path):
     args = [sys.executable, str(REPO / "train_mnist.py"), *FAST, "--epochs", "4",
             "--data-dir", str(mnist_root), "--save-dir", str(tmp_path)]
@@ -199,8 +234,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(sig, uninterrupted, mni
         time.sleep(0.02)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode in (130, -signal.SIGKILL), "the run finished before it could be interrupted"
-    if sig == signal.SIGINT:
+    statuses = {signal.SIGINT: 130, signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGKILL: -signal.SIGKILL}
+    assert process.returncode == statuses[sig], ("the run finished before it could be interrupted", stderr)
+    if sig != signal.SIGKILL:  # a scheduler's SIGTERM is reported like Ctrl-C
         assert "interrupted: epoch" in stderr and "--resume" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "mnist_groupsort.p").exists()
 

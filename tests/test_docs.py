@@ -1,0 +1,91 @@
+"""Every command in the README and docs/usage.md runs as written, in a folder laid out as a user's clone.
+
+Each `python ...` line of a bash block is run from a working folder with `../shared` beside it and
+small checkpoints under `outputs/`. Only the cost is cut: training commands get `--dry-run`, attacks
+and radius curves run on 100 test images with a 2-step PGD. A figure written in a command's comment
+("# 97.180 / 74.130") must be what the command prints.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OFFLINE_ENV, REPO, results
+
+DOCUMENTS = ("README.md", "docs/usage.md")
+FIGURES = re.compile(r"#\s*(\d+\.\d{3}) / (\d+\.\d{3})\s*$")
+
+
+def documented_commands() -> list[tuple[str, str, str]]:
+    """(document, command, comment) for every `python` line of the documents' bash blocks, continuations joined."""
+    commands = []
+    for document in DOCUMENTS:
+        for block in re.findall(r"```bash\n(.*?)```", (REPO / document).read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                command, _, comment = line.partition(" #")
+                words = shlex.split(command)
+                program = [w for w in words if "=" not in w][:2]
+                if program[:1] == ["python"] and program[1:] != ["-m"]:
+                    commands.append((document, " ".join(words), comment))
+    return commands
+
+
+COMMANDS = documented_commands()
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory, trained, l2_trained, mnist_root, original_demo) -> Path:
+    """A working folder like a user's clone: ../shared beside it, the documented checkpoints and curves in outputs/."""
+    top = tmp_path_factory.mktemp("user")
+    work = top / "repo"
+    (work / "outputs").mkdir(parents=True)
+    (top / "shared").mkdir()
+    (top / "shared" / "mnist").symlink_to(mnist_root)
+    (top / "shared" / "original-demo").symlink_to(original_demo)
+    for name in ("mnist_groupsort.p", "mnist_relu.p"):
+        shutil.copy(trained[0], work / "outputs" / name)
+    shutil.copy(l2_trained[0], work / "outputs" / "mnist_groupsort_l2.p")
+    (work / "path" / "to").mkdir(parents=True)
+    (work / "path" / "to" / "custom.json").write_text('{"hidden": [100]}\n')
+    curve = "norm,eps,clean,global\nlinf,0,90.000,80.000\nlinf,0.1,90.000,50.000\n"
+    for name in ("curves_groupsort.csv", "curves_relu.csv"):
+        (work / "outputs" / name).write_text(curve)
+    return work
+
+
+def cheaper(words: list[str]) -> list[str]:
+    """The same command at a fraction of the cost: a dry run, or fewer test images and PGD steps."""
+    script = next(w for w in words if w.endswith(".py"))
+    if script == "train_mnist.py":
+        return [*words, "--dry-run"]
+    if script == "certify.py" and ("--attack" in words or "--eps" in words):
+        return [*words, "--limit", "100", "--pgd-steps", "2", "--pgd-restarts", "1"]
+    return words
+
+
+def test_the_documents_hold_commands_of_every_script():
+    scripts = {next(w for w in shlex.split(command) if w.endswith(".py")) for _, command, _ in COMMANDS}
+    assert scripts == {"train_mnist.py", "certify.py", "curves.py"}
+
+
+@pytest.mark.parametrize("document, command, comment", COMMANDS,
+                         ids=[f"{document}: {command[:70]}" for document, command, _ in COMMANDS])
+def test_a_documented_command_runs_as_written(document, command, comment, clone, mnist_root):
+    words = shlex.split(command)
+    inline = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-") and w.index("=") > 0
+                  and w.split("=", 1)[0].isupper())
+    words = [w for w in words if w.split("=", 1)[0] not in inline]
+    env = {**OFFLINE_ENV, "MNIST_ROOT": str(mnist_root), **inline}
+    argv = [sys.executable, *[str(REPO / w) if w.endswith(".py") else w for w in cheaper(words)[1:]]]
+    run = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (command, run.stderr)
+    figures = FIGURES.search(comment)
+    if figures:
+        assert results(run.stdout) == {"acc": float(figures[1]), "certified": float(figures[2])}
