@@ -91,6 +91,15 @@ def test_only_the_splits_asked_for_are_read(tmp_path):
     assert len(test) == 2
 
 
+def test_the_test_split_needs_no_training_files(tmp_path):
+    """certify.py reads the test split only: the two training files may be absent."""
+    write_split(tmp_path / "MNIST" / "raw", "test", 2, 2, gz=True)
+    (test,) = load_mnist(tmp_path, splits=("test",), allow_download=False)
+    assert len(test) == 2
+    with pytest.raises(DataError, match="MNIST not found"):
+        load_mnist(tmp_path, splits=("train",), allow_download=False)
+
+
 def test_genuine_mnist_matches_its_known_facts(mnist_root):
     train, test = load_mnist(mnist_root, allow_download=False)
     assert train.images.shape == (60_000, 784) and test.images.shape == (10_000, 784)
