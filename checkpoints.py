@@ -120,7 +120,8 @@ def read_payload(path: Path, device: torch.device | str = "cpu") -> Any:
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a folder, not a file") from None
     except Exception as err:  # unpickling arbitrary bytes can raise almost anything
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: truncated, damaged or not written "
+                              f"by torch.save ({type(err).__name__})") from None
 
 
 def project_config(path: Path, payload: dict[str, Any], expected: Expected) -> MLPConfig:

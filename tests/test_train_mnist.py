@@ -268,6 +268,15 @@ def test_resume_may_add_epochs_and_change_the_reported_method(small_checkpoint, 
     assert metrics["epochs"] == 2 and metrics["method"] == "pairwise"
 
 
+def test_a_truncated_training_state_is_named_and_kept(small_checkpoint, run_script, mnist_root, tmp_path):
+    state_path = tmp_path / "mnist_groupsort.last.p"
+    state_path.write_bytes(small_checkpoint.with_suffix(".last.p").read_bytes()[:5000])
+    run = run_script("train_mnist.py", *FAST, "--epochs", "2", "--data-dir", mnist_root,
+                     "--save-dir", tmp_path, "--resume")
+    assert_one_line_failure(run, f"{state_path} is not a readable PyTorch checkpoint: truncated, damaged")
+    assert files_under(tmp_path) == [state_path] and len(state_path.read_bytes()) == 5000
+
+
 def test_non_finite_loss_stops_with_status_3_and_keeps_the_last_good_state(small_checkpoint, run_script,
                                                                            mnist_root, tmp_path):
     shutil.copy(small_checkpoint.with_suffix(".last.p"), tmp_path / "mnist_groupsort.last.p")
