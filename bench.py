@@ -197,7 +197,7 @@ def main() -> None:
     cli.add_data_flag(parser)
     parser.add_argument("--epochs", type=cli.positive_int, default=3, help="timed epochs per path")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--compile", action="store_true", help="also time our path with --compile")
+    parser.add_argument("--compile", action="store_true", help="also time this project's path with --compile")
     parser.add_argument("--seeds", type=cli.positive_int, default=1,
                         help="also bound the epoch time of this many seeds trained at once (default: 1, no bound)")
     cli.add_device_flags(parser)
