@@ -55,7 +55,12 @@ class Recipe:
     method: str = "global"
 
     def __post_init__(self) -> None:
-        # A recipe file can hold any JSON type: a wrong one is refused here, not met later as a TypeError.
+        self.check_types()
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        self.check_values()
+
+    def check_types(self) -> None:
+        """A recipe file can hold any JSON type: a wrong one is refused here, not met later as a TypeError."""
         integer = lambda value: isinstance(value, int) and not isinstance(value, bool)  # noqa: E731
         if not isinstance(self.hidden, (list, tuple)) or not all(integer(width) for width in self.hidden):
             raise ConfigError(f"hidden must be a list of widths, got {self.hidden!r}")
@@ -67,7 +72,9 @@ class Recipe:
             value = getattr(self, name)
             if not (integer(value) or isinstance(value, float) or (value is None and name == "train_eps")):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+
+    def check_values(self) -> None:
+        """Choices among the known ones, sizes and rates positive, radii and weights non-negative, all finite."""
         for name, value, choices in (("activation", self.activation, ACTIVATIONS), ("loss", self.loss, LOSSES),
                                      ("norm", self.norm, lipschitz.NORMS), ("method", self.method, certificates.METHODS),
                                      ("constraint", self.constraint, CONSTRAINTS)):
