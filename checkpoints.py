@@ -152,8 +152,12 @@ def project_config(path: Path, payload: dict[str, Any], expected: Expected) -> M
 def original_config(path: Path, state: dict[str, torch.Tensor], expected: Expected) -> MLPConfig:
     """The configuration of the original demo's state_dict: widths from its shapes, the rest from `expected`.
 
-    Unset entries take the demo's values: groupsort, groups of 10, (x - 0.1307) / 1.
+    The file records no activation, so `expected` must name it (and, for GroupSort, the group size):
+    a guess would certify another function. The normalisation defaults to the demo's (x - 0.1307) / 1.
     """
+    if expected.activation is None or (expected.activation == "groupsort" and expected.group_size is None):
+        raise CheckpointError(f"{path} is the original demo's bare state_dict, which records no activation: "
+                              f"give --activation relu, or --activation groupsort --group_size 10 (the demo's)")
     if any(not isinstance(value, torch.Tensor) for value in state.values()):
         raise CheckpointError(f"{path} holds an entry that is not a tensor")
     shapes = {name: tuple(value.shape) for name, value in state.items()}
@@ -165,8 +169,7 @@ def original_config(path: Path, state: dict[str, torch.Tensor], expected: Expect
         raise CheckpointError(f"{path} has hidden width {shape_in[0]}, not {expected.hidden}")
     mean, std = expected.normalisation or (0.1307, 1.0)
     return MLPConfig(in_features=shape_in[1], hidden=(shape_in[0],), out_features=shape_out[0],
-                     activation=expected.activation or "groupsort", group_size=expected.group_size or 10,
-                     mean=mean, std=std)
+                     activation=expected.activation, group_size=expected.group_size or 10, mean=mean, std=std)
 
 
 def load_checkpoint(path: Path, expected: Expected = Expected()) -> Checkpoint:

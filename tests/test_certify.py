@@ -61,7 +61,7 @@ def test_certify_cli_accepts_the_original_demos_bare_state_dict(trained, run_scr
 
 
 @pytest.mark.parametrize("name, flags, figures", [
-    ("groupsort.p", [], {"acc": 97.18, "certified": 74.13}),
+    ("groupsort.p", ["--activation", "groupsort", "--group_size", "10"], {"acc": 97.18, "certified": 74.13}),
     ("relu.p", ["--activation", "relu"], {"acc": 93.13, "certified": 9.88}),
 ], ids=["groupsort", "relu"])
 def test_the_original_demos_own_checkpoints_certify_to_its_figures(name, flags, figures, original_demo, run_script,
@@ -221,6 +221,7 @@ def foreign_checkpoint(tmp_path):
     return path
 
 
+DEMO_FLAGS = ["--activation", "groupsort", "--group_size", "10"]  # what an original demo file needs said
 CERTIFY_CASES = {
     "missing checkpoint": (lambda tmp, ckpt: tmp / "absent.p", [], "does not exist"),
     "folder as checkpoint": (lambda tmp, ckpt: tmp, [], "is a folder"),
@@ -236,20 +237,25 @@ CERTIFY_CASES = {
                             "trained with normalisation (0.1307, 1.0), not (0.1307, 0.3081)"),
     "unknown method": (lambda tmp, ckpt: ckpt, ["--method", "best"], "argument --method: invalid choice: 'best'"),
     "unknown norm": (lambda tmp, ckpt: ckpt, ["--norm", "l7"], "argument --norm: invalid choice: 'l7'"),
-    "original demo with a NaN weight": (altered_original("inlayer.weight", with_nan), [],
+    "original demo with a NaN weight": (altered_original("inlayer.weight", with_nan), DEMO_FLAGS,
                                         "holds non-finite values (NaN or inf) in layers.0.weight"),
-    "original demo with an infinite bias": (altered_original("outlayer.bias", lambda b: b.fill_(float("inf"))), [],
+    "original demo with an infinite bias": (altered_original("outlayer.bias", lambda b: b.fill_(float("inf"))), DEMO_FLAGS,
                                             "holds non-finite values (NaN or inf) in layers.2.bias"),
-    "original demo with a 1-D weight": (altered_original("inlayer.weight", lambda w: w[0]), [],
+    "original demo with a 1-D weight": (altered_original("inlayer.weight", lambda w: w[0]), DEMO_FLAGS,
                                         "the original demo's are matrices"),
-    "original demo with another input width": (altered_original("inlayer.weight", lambda w: w[:, :700]), [],
+    "original demo with another input width": (altered_original("inlayer.weight", lambda w: w[:, :700]), DEMO_FLAGS,
                                                "takes 700 inputs, but MNIST images have 784 pixels"),
-    "original demo with mismatched layers": (altered_original("outlayer.weight", lambda w: w[:, :400]), [],
+    "original demo with mismatched layers": (altered_original("outlayer.weight", lambda w: w[:, :400]), DEMO_FLAGS,
                                              "does not fit the architecture"),
     "checkpoint without state_dict": (altered_project(lambda p: p.pop("state_dict")), [], "incomplete checkpoint"),
     "config without group_size": (altered_project(lambda p: p["config"].pop("group_size")), [],
                                   "incomplete checkpoint: it lacks group_size"),
     "per-example into a folder": (lambda tmp, ckpt: ckpt, ["--per-example", "."], "is a folder: give a file name"),
+    "original demo without its activation": (lambda tmp, ckpt: ORIGINAL_DEMO / "relu.p", [],
+                                             "records no activation: give --activation relu, or --activation "
+                                             "groupsort --group_size 10"),
+    "original demo, groupsort without its group size": (lambda tmp, ckpt: ORIGINAL_DEMO / "groupsort.p",
+                                                         ["--activation", "groupsort"], "records no activation"),
 }
 
 
@@ -264,7 +270,8 @@ def test_certify_bad_input(case, small_checkpoint, original_demo, run_script, mn
 def test_certify_original_state_dict_with_the_wrong_width(small_checkpoint, run_script, mnist_root, tmp_path):
     state = torch.load(small_checkpoint, weights_only=True)["state_dict"]
     torch.save(as_original_state_dict(state), tmp_path / "original.p")
-    run = run_script("certify.py", tmp_path / "original.p", "--hidden", "500", "--data-dir", mnist_root)
+    run = run_script("certify.py", tmp_path / "original.p", "--hidden", "500", "--activation", "relu",
+                     "--data-dir", mnist_root)
     assert_one_line_failure(run, "has hidden width 100, not (500,)")
 
 

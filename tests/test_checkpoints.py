@@ -94,7 +94,7 @@ def test_a_checkpoint_that_contradicts_what_is_asked_is_refused(tmp_path, expect
         load_checkpoint(tmp_path / "m.p", expected)
 
 
-def test_the_original_demos_state_dict_is_read_with_the_demos_defaults(tmp_path):
+def test_the_original_demos_state_dict_needs_its_activation_and_group_size(tmp_path):
     config = MLPConfig(in_features=784, hidden=(30,), out_features=10, group_size=10)
     model = small_model(config=config)
     state = model.state_dict()
@@ -102,16 +102,19 @@ def test_the_original_demos_state_dict_is_read_with_the_demos_defaults(tmp_path)
                 "outlayer.weight": state["layers.2.weight"], "outlayer.bias": state["layers.2.bias"]},
                tmp_path / "original.p")
     assert set(ORIGINAL_KEYS) == {"inlayer.weight", "inlayer.bias", "outlayer.weight", "outlayer.bias"}
-    loaded = load_checkpoint(tmp_path / "original.p")
+    for expected in (Expected(), Expected(group_size=10), Expected(activation="groupsort")):
+        with pytest.raises(CheckpointError, match="records no activation: give --activation relu, or"):
+            load_checkpoint(tmp_path / "original.p", expected)
+    loaded = load_checkpoint(tmp_path / "original.p", Expected(activation="groupsort", group_size=10))
     assert loaded.original and loaded.metrics == {} and loaded.model.config == config
     x = torch.rand(5, 784)
     assert torch.equal(loaded.model(x), model(x))
     relu = load_checkpoint(tmp_path / "original.p", Expected(activation="relu"))
     assert relu.model.config.activation == "relu" and not torch.equal(relu.model(x), model(x))
     with pytest.raises(CheckpointError, match=r"has hidden width 30, not \(500,\)"):
-        load_checkpoint(tmp_path / "original.p", Expected(hidden=(500,)))
+        load_checkpoint(tmp_path / "original.p", Expected(activation="relu", hidden=(500,)))
     with pytest.raises(CheckpointError, match="group size 7 does not divide the layer width 30"):
-        load_checkpoint(tmp_path / "original.p", Expected(group_size=7))
+        load_checkpoint(tmp_path / "original.p", Expected(activation="groupsort", group_size=7))
 
 
 def test_non_finite_weights_and_incomplete_configs_are_refused(tmp_path):
