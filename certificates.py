@@ -186,6 +186,15 @@ def percent(mask: torch.Tensor) -> float:
     return 100.0 * mask.sum().item() / max(1, mask.numel())
 
 
+def method_thresholds(model: LipschitzMLP, norm: str, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The thresholds of each Lipschitz method among `methods`, from one computation of the model's bounds."""
+    lipschitz_methods = [m for m in methods if m in LIPSCHITZ_METHODS]
+    if not lipschitz_methods:
+        return {}
+    bounds = model.logit_bounds(norm)
+    return {m: thresholds(bounds, m) for m in lipschitz_methods}
+
+
 @torch.no_grad()
 def certify_split(
     model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...], batch_size: int = EVAL_BATCH
@@ -197,9 +206,7 @@ def certify_split(
     check_methods(methods)
     was_training = model.training
     model.eval()
-    lipschitz_methods = [m for m in methods if m in LIPSCHITZ_METHODS]
-    bounds = model.logit_bounds(ball.norm) if lipschitz_methods else None
-    limits = {m: thresholds(bounds, m) for m in lipschitz_methods}
+    limits = method_thresholds(model, ball.norm, methods)
     masks: dict[str, list[torch.Tensor]] = {"clean": [], **{m: [] for m in methods}}
     for x, y in split.batches(batch_size):
         logits = model(x)
@@ -230,9 +237,7 @@ def certified_radii(
     check_methods(methods)
     was_training = model.training
     model.eval()
-    lipschitz_methods = [m for m in methods if m in LIPSCHITZ_METHODS]
-    bounds = model.logit_bounds(norm) if lipschitz_methods else None
-    limits = {m: thresholds(bounds, m) for m in lipschitz_methods}
+    limits = method_thresholds(model, norm, methods)
     widest = Ball(norm, domain_diameter(model.config.in_features, norm), domain)
     columns: dict[str, list[torch.Tensor]] = {"prediction": [], "top2_margin": [], **{m: [] for m in methods}}
     for x, y in split.batches(batch_size):

@@ -15,16 +15,22 @@ from mnist_data import PIXEL_RANGE
 from nets import ball_vertices, norms, random_directions, random_nets, seeds
 
 
-@given(st.integers(1, 6), st.integers(1, 6), seeds)
-@settings(max_examples=60)
-def test_interval_of_a_linear_layer_holds_every_point_and_is_attained(fan_in, fan_out, seed):
+def random_layer_and_box(fan_in: int, fan_out: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """A float64 layer (weight, bias), a random box lower <= upper (one row), and 500 of the box's corners."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
     bias = torch.randn(fan_out, generator=g, dtype=torch.float64)
     lower = torch.randn(1, fan_in, generator=g, dtype=torch.float64)
     upper = lower + torch.rand(1, fan_in, generator=g, dtype=torch.float64)
-    low, high = ibp.interval_linear(weight, bias, lower, upper)
     corners = torch.where(torch.rand(500, fan_in, generator=g) < 0.5, lower, upper)
+    return weight, bias, lower, upper, corners
+
+
+@given(st.integers(1, 6), st.integers(1, 6), seeds)
+@settings(max_examples=60)
+def test_interval_of_a_linear_layer_holds_every_point_and_is_attained(fan_in, fan_out, seed):
+    weight, bias, lower, upper, corners = random_layer_and_box(fan_in, fan_out, seed)
+    low, high = ibp.interval_linear(weight, bias, lower, upper)
     out = corners @ weight.T + bias
     assert (low <= out + REL).all() and (out <= high + REL).all()
     corner = torch.where(weight < 0, upper, lower)  # for each row, the corner where it is smallest
@@ -34,13 +40,8 @@ def test_interval_of_a_linear_layer_holds_every_point_and_is_attained(fan_in, fa
 @given(st.integers(1, 6), st.integers(2, 5), seeds)
 @settings(max_examples=60)
 def test_gap_interval_holds_every_point_is_attained_and_beats_subtracting_intervals(fan_in, fan_out, seed):
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
-    bias = torch.randn(fan_out, generator=g, dtype=torch.float64)
-    lower = torch.randn(1, fan_in, generator=g, dtype=torch.float64)
-    upper = lower + torch.rand(1, fan_in, generator=g, dtype=torch.float64)
+    weight, bias, lower, upper, corners = random_layer_and_box(fan_in, fan_out, seed)
     gap_lower = ibp.interval_gap_lower(weight, bias, lower, upper)[0]
-    corners = torch.where(torch.rand(500, fan_in, generator=g) < 0.5, lower, upper)
     out = corners @ weight.T + bias
     assert (gap_lower <= (out[:, :, None] - out[:, None, :]) + REL).all()
     rows = weight[:, None] - weight[None]  # the worst corner of each gap's row attains the bound
