@@ -8,10 +8,13 @@ exact range over the p-ball, and the last layer is folded into the gaps.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 import lipschitz
+import rounding
 from lipschitz import Ball
 from models import LipschitzMLP
 
@@ -65,23 +68,138 @@ def gap_lower_bounds(model: LipschitzMLP, x: torch.Tensor, ball: Ball) -> torch.
     The input box is the L-inf box of the ball (cut to its domain), normalised
     as the model normalises. The first layer's interval is also cut to the
     exact range over the p-ball, w . x +- eps ||w||_q / std. With no hidden
-    layer, the gaps' exact range over the p-ball is used as well.
+    layer, the gaps' exact range over the p-ball is used as well. Computed in
+    the model's precision and sound in exact arithmetic (for training);
+    certificates take `certified_gap_lower_bounds`.
     """
     x = x.flatten(1)
-    lower, upper = (model.normalise(end) for end in ball.box(x))
+    return _gap_lower(model, x, ball, hidden_box(model, x, ball))
+
+
+@dataclass(frozen=True)
+class HiddenBox:
+    """IBP's box lower <= h <= upper of h, the input of the last Linear layer, over a ball; with
+    `hidden_box(..., runs_in)` also rounding-error bounds (see there) and a bound on |h|."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    errors: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None
+
+
+def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype | None = None) -> HiddenBox:
+    """IBP's box of h over the ball around each row of x (n, in_features).
+
+    With `runs_in`, also `errors` of shape (2, n, units): errors[0] bounds, for
+    every x' in the ball, how far h as the network computes it in `runs_in`
+    (float32) can be from h in exact arithmetic; errors[1] bounds how far this
+    function's own box, computed in the model's precision (float64), can be
+    from IBP's box in exact arithmetic. Both are carried as in forward error
+    analysis: first the normalisation's (`rounding.normalisation_error`), then
+    per Linear layer |W| e plus the new rounding: gamma_{n+1} (|W| M + |b|) for
+    the network (`rounding.linear_error`), gamma_{n+8} (|W| M + |b| + the ball
+    term) for the box's centre, radius, products and cut. M bounds |h| and its
+    computed values: max(|lower|, |upper|) + both errors. An activation rounds
+    nothing (a sort, a max) and passes an error bound by its per-unit bound
+    rule: each output moves by at most the largest move in its group.
+    """
+    f64 = torch.float64
+    if runs_in is not None and model.layers[0].weight.dtype != f64:
+        raise TypeError("rounding errors are bounded for a float64 computation: pass the model's float64 copy")
+    ends = ball.box(x)
+    lower, upper = (model.normalise(end) for end in ends)
     center, radius = model.normalise(x), ball.radii(x) / model.config.std
+    errors = magnitude = None
+    if runs_in is not None:
+        mean, std = model.config.mean, model.config.std
+        u = rounding.unit_roundoff(f64)
+        slack = u * (ends[0].abs() + ends[1].abs())  # the box ends' own rounding
+        distance = (torch.maximum((ends[0] - mean).abs(), (ends[1] - mean).abs()) + slack) * (1 + 4 * u)
+        errors = torch.stack([rounding.normalisation_error(distance, mean, std, runs_in),
+                              rounding.normalisation_error(distance, mean, std, f64) + slack / std])
+        magnitude = distance / std * (1 + 2 * u) + errors.sum(dim=0)
     for index, layer in enumerate(model.layers[:-1]):
         if isinstance(layer, nn.Linear):
             lower, upper = interval_linear(layer.weight, layer.bias, lower, upper)
+            ball_term = 0.0
             if index == 0:
                 exact = ball_range(layer.weight, layer.bias, center, radius, ball.norm)
                 lower, upper = torch.maximum(lower, exact[0]), torch.minimum(upper, exact[1])
+                upper = torch.maximum(upper, lower)  # two nearly equal ranges can cross by rounding: never invert
+                ball_term = radius[:, None] * lipschitz.lp_dual_norm(layer.weight, ball.norm)
+            if errors is not None:
+                errors = torch.stack([rounding.linear_error(layer.weight, layer.bias, magnitude, errors[0], runs_in),
+                                      _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
         else:
             lower, upper = layer.propagate_interval(lower, upper)
+            if errors is not None:
+                errors = layer.propagate_bound(errors)
+        if errors is not None:
+            magnitude = torch.maximum(lower.abs(), upper.abs()) + errors.sum(dim=0)
+    return HiddenBox(lower, upper, errors, magnitude)
+
+
+def _box_error(
+    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor,
+    ball_term: torch.Tensor | float,
+) -> torch.Tensor:
+    """Per unit, how far `interval_linear` (and the first layer's cut) computed in float64 can be from its
+    exact value, given ends within `error` of exact ones: |W| error (the interval map moves each end by at most
+    that), plus gamma_{n+8} of the magnitudes for the centre, radius, two products, the difference and the cut."""
+    f64 = torch.float64
+    count = weight.shape[1] + 8
+    absolute = weight.abs()
+    fresh = rounding.gamma(count, f64) * (magnitude @ absolute.T + bias.abs() + ball_term)
+    return error @ absolute.T + fresh + count * rounding.underflow(f64)
+
+
+def _gap_lower(model: LipschitzMLP, x: torch.Tensor, ball: Ball, box: HiddenBox) -> torch.Tensor:
+    """IBP's lower bounds of every gap from the box of h, the last layer folded into the gaps."""
     last = model.layers[-1]
-    gap_lower = interval_gap_lower(last.weight, last.bias, lower, upper)
+    gap_lower = interval_gap_lower(last.weight, last.bias, box.lower, box.upper)
     if len(model.layers) == 1:  # no hidden layer: the gaps' range over the ball is exact
         rows = lipschitz.pair_difference_rows(last.weight)
         offsets = last.bias[:, None] - last.bias[None, :]
+        center, radius = model.normalise(x), ball.radii(x) / model.config.std
         gap_lower = torch.maximum(gap_lower, ball_range(rows, offsets, center, radius, ball.norm)[0])
     return gap_lower
+
+
+def certified_gap_lower_bounds(
+    model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Lower bounds of f^_i(x') - f^_j(x') over the ball, f^ the logits as the network computes them in
+    `runs_in`, in any batch and summation order: (n, out, out). `model` is the network's float64 copy.
+
+    IBP's lower bound computed in float64, minus three allowances: this
+    computation's rounding (|W_i - W_j| errors[1] + gamma_{n+8} (|W_i - W_j| M
+    + |b_i - b_j|), as in `hidden_box`), the network's float32 error of each
+    logit (`rounding.linear_error` of the last layer), and the rounding of the
+    subtraction itself (gamma_3 of the magnitudes). A bound > 0 proves that the
+    float32 network ranks i above j everywhere in the ball.
+    """
+    f64 = torch.float64
+    x = x.flatten(1)
+    box = hidden_box(model, x, ball, runs_in)
+    last = model.layers[-1]
+    gap_lower = _gap_lower(model, x, ball, box)
+    rows = lipschitz.pair_difference_rows(last.weight).flatten(0, 1)
+    offsets = (last.bias[:, None] - last.bias[None, :]).flatten()
+    out = last.out_features
+    ball_term = 0.0
+    if len(model.layers) == 1:  # the gaps' range over the ball was used: its spread is rounded too
+        ball_term = ball.radii(x)[:, None] / model.config.std * lipschitz.lp_dual_norm(rows, ball.norm)
+    own = _box_error(rows, offsets, box.magnitude, box.errors[1], ball_term).unflatten(1, (out, out))
+    logit_error = rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
+    allowance = own + logit_error[:, :, None] + logit_error[:, None, :]
+    return gap_lower - allowance - rounding.gamma(3, f64) * (gap_lower.abs() + allowance)
+
+
+def logit_errors(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per example and logit, a bound on |f^(x') - f(x')| over the ball plus |f~(x) - f(x)|: f the exact
+    logits, f^ the network's in `runs_in` (any batch, any order), f~ the float64 forward pass of the
+    network's float64 copy `model` at x. The Lipschitz methods subtract it from each gap (n, out)."""
+    box = hidden_box(model, x.flatten(1), ball, runs_in)
+    last = model.layers[-1]
+    return (rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
+            + rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[1], torch.float64))

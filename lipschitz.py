@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+import rounding
 from errors import ConfigError
 
 NORMS = ("linf", "l2", "l1")
@@ -120,20 +121,63 @@ def lp_dual_norm(rows: torch.Tensor, norm: str) -> torch.Tensor:
 def lp_operator_norm(weight: torch.Tensor, norm: str) -> torch.Tensor:
     """||W||_{p->p}: the largest row L1 norm (linf), the largest singular value (l2), the largest column L1 norm (l1).
 
-    Exact (torch.linalg.matrix_norm; in l2 a full SVD), so an upper bound fit
-    for certificates. Differentiable.
+    torch.linalg.matrix_norm: exact up to rounding, in l2 a computed SVD, whose
+    largest singular value can fall a relative 1e-7 below the true one in
+    float32. Differentiable, for training; certificates take
+    `operator_norm_upper_bound`.
     """
     check_norm(norm)
     return torch.linalg.matrix_norm(weight, ord=_OPERATOR_ORD[norm])
+
+
+def l2_spectral_norm_upper_bound(weight: torch.Tensor) -> torch.Tensor:
+    """An upper bound of the largest singular value of `weight`, proved in float64 arithmetic.
+
+    sigma^2 is the largest eigenvalue of the Gram matrix A (W W^T or W^T W, the
+    smaller). With V the computed eigenvectors of the computed A^, nearly
+    orthogonal, Ostrowski's theorem gives lambda_max(A) <= lambda_max(C) / lambda_min(G),
+    C = V^T A V and G = V^T V, and Gershgorin's discs bound both: C's largest
+    absolute row sum from above, 1 - G's largest off-identity row sum from
+    below. The rounding of A^, of the products and of the sums is bounded with
+    gamma_k (`rounding`) through the matrices' 1- and inf-norms, and added; the
+    float64 eigensolver's own accuracy is never assumed. The result exceeds the
+    true norm by a relative 1e-8 or so: an SVD would be as tight, but only an
+    estimate, which can fall below. Not differentiable: for certificates.
+    """
+    w = weight.detach().to(torch.float64)
+    w = w if w.shape[0] <= w.shape[1] else w.T
+    size, inner = w.shape
+    if size == 0 or inner == 0:
+        return w.new_zeros(())
+    f64 = torch.float64
+    gram = w @ w.T
+    _, vectors = torch.linalg.eigh(gram)
+    rotated = vectors.T @ (gram @ vectors)
+    overlap = vectors.T @ vectors - torch.eye(size, dtype=f64, device=w.device)
+
+    def row_sum(m: torch.Tensor) -> torch.Tensor:  # the inf-norm
+        return m.abs().sum(dim=1).max()
+
+    v_one, v_inf = vectors.abs().sum(dim=0).max(), row_sum(vectors)
+    gram_error = rounding.gamma(inner, f64) * v_one * w.abs().sum(dim=0).max() * row_sum(w) * v_inf
+    product_error = rounding.gamma(2 * size, f64) * v_one * row_sum(gram) * v_inf
+    overlap_error = rounding.gamma(size, f64) * v_one * v_inf
+    steps = rounding.gamma(4 * size + inner + 16, f64)  # the rounding of these bounds themselves
+    top = (row_sum(rotated) + gram_error + product_error) * (1 + steps)
+    bottom = 1 - (row_sum(overlap) + overlap_error) * (1 + steps) - 4 * rounding.unit_roundoff(f64)
+    if bottom <= 0.5:
+        raise ArithmeticError("the eigenvectors are too far from orthogonal to bound the spectral norm")
+    return (top / bottom).sqrt() * (1 + 4 * rounding.unit_roundoff(f64))
 
 
 def l2_spectral_norm_estimate(weight: torch.Tensor, iterations: int = 20) -> torch.Tensor:
     """A cheap power-iteration ESTIMATE of the largest singular value, for the training penalty only.
 
     Power iteration converges from below, so this is at most the true spectral
-    norm: it must never be used in a certificate (use `lp_operator_norm`).
-    The iteration runs without gradient from a fixed start; the result
-    ||W v|| is differentiable in W, the usual spectral-normalisation gradient.
+    norm: it must never be used in a certificate (use
+    `l2_spectral_norm_upper_bound`). The iteration runs without gradient from a
+    fixed start; the result ||W v|| is differentiable in W, the usual
+    spectral-normalisation gradient.
     """
     with torch.no_grad():
         v = torch.ones(weight.shape[1], dtype=weight.dtype, device=weight.device)
@@ -147,6 +191,18 @@ def operator_norm_estimate(weight: torch.Tensor, norm: str) -> torch.Tensor:
     """`lp_operator_norm`, with the l2 spectral norm replaced by its power-iteration estimate (training only)."""
     if norm == "l2":
         return l2_spectral_norm_estimate(weight)
+    return lp_operator_norm(weight, norm)
+
+
+def operator_norm_upper_bound(weight: torch.Tensor, norm: str) -> torch.Tensor:
+    """`lp_operator_norm` for certificates: in l2 the proved `l2_spectral_norm_upper_bound`, not an SVD.
+
+    In linf and l1 the norm is a maximum of sums of absolute values, which
+    rounding moves by a relative gamma_n at most; the caller inflates the
+    bounds built from it (see `models.LipschitzMLP.certified_logit_bounds`).
+    """
+    if norm == "l2":
+        return l2_spectral_norm_upper_bound(weight).to(weight.dtype)
     return lp_operator_norm(weight, norm)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 import lipschitz
+import rounding
 from errors import ConfigError
 from groupsort import ACTIVATIONS, make_activation
 from lipschitz import LogitBounds
@@ -106,12 +108,35 @@ class LipschitzMLP(nn.Module):
         penalty is built from `logits`. With `estimate`, l2 spectral norms are
         power-iteration estimates (an SVD per batch would dominate a training
         step); an estimate can fall below the true norm, so such bounds are for
-        the penalty only, never for a certificate. In linf it changes nothing.
-        Without `per_pair`, the rows W_i - W_j are skipped (a training step that
-        does not need them saves their cost) and `differences` holds the
-        looser but still sound L_i + L_j.
+        the penalty only. In linf it changes nothing. Without `per_pair`, the
+        rows W_i - W_j are skipped (a training step that does not need them
+        saves their cost) and `differences` holds the looser but still sound
+        L_i + L_j. Computed in the weights' precision: certificates take
+        `certified_logit_bounds`.
         """
         operator_norm = lipschitz.operator_norm_estimate if estimate else lipschitz.lp_operator_norm
+        return self._logit_bounds(norm, operator_norm, per_pair)
+
+    @torch.no_grad()
+    def certified_logit_bounds(self, norm: str) -> LogitBounds:
+        """`logit_bounds` that hold despite rounding, for certificates: float64 upper bounds of the
+        Lipschitz constants of the network with the stored weights in exact arithmetic.
+
+        The float32 weights are exact in float64. The l2 spectral norms are
+        proved upper bounds (`lipschitz.l2_spectral_norm_upper_bound`). Every
+        other step is a sum, product, maximum, minimum or norm of nonnegative
+        numbers: along the chain through the layers there are at most
+        sum_l (fan_in_l + 8) + 8 roundings, so each computed bound is at least
+        the exact one times (1 - gamma_K), and multiplying by 1 + 2 gamma_K
+        restores an upper bound.
+        """
+        exact = self if self.layers[0].weight.dtype == torch.float64 else copy.deepcopy(self).double()
+        bounds = exact._logit_bounds(norm, lipschitz.operator_norm_upper_bound, per_pair=True)
+        chain = sum(layer.in_features + 8 for layer in exact.linear_layers()) + 8
+        factor = 1 + 2 * rounding.gamma(chain, torch.float64)
+        return LogitBounds(norm, bounds.logits * factor, bounds.differences * factor, bounds.output * factor)
+
+    def _logit_bounds(self, norm: str, operator_norm: lipschitz.OperatorNorm, per_pair: bool) -> LogitBounds:
         unit, whole = self.hidden_bounds(norm, operator_norm)
         last = self.layers[-1].weight
         logits = lipschitz.lp_row_bounds(last, unit, whole, norm)

