@@ -30,7 +30,7 @@ import torch
 import certificates
 import cli
 import lipschitz
-from certificates import METHODS, Accuracy, percent
+from certificates import METHODS, RADIUS_DIGITS, Accuracy, percent
 from checkpoints import Expected, load_checkpoint, write_csv
 from lipschitz import NORM_NAMES, Ball
 from mnist_data import PIXEL_RANGE, Split, load_mnist
@@ -91,7 +91,7 @@ def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, d
              f"clean {rows[0].clean:.3f}{where}",
              f"{'eps':<8}" + "".join(f"{m:>10}" for m in methods) + (f"{'pgd':>10}{'broken':>8}" if attacked else "")]
     for row in rows:
-        line = f"{row.eps:<8g}" + "".join(f"{row.certified[m]:>10.3f}" for m in methods)
+        line = f"{row.eps!r:<8}" + "".join(f"{row.certified[m]:>10.3f}" for m in methods)
         if attacked:
             line += f"{row.robust:>10.3f}{sum(row.broken.values()):>8d}"
         lines.append(line)
@@ -101,7 +101,7 @@ def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, d
 def one_radius_table(row: Row, methods: tuple[str, ...], norm: str, examples: int, where: str) -> str:
     """A row per method at one radius: clean, certified and, when attacked, PGD's figures."""
     attacked = row.robust is not None
-    lines = [f"{NORM_NAMES[norm]} radius {row.eps:g}, {examples} test examples{where}",
+    lines = [f"{NORM_NAMES[norm]} radius {row.eps!r}, {examples} test examples{where}",
              f"{'method':<10}{'clean (%)':>11}{'certified (%)':>15}"
              + (f"{'pgd robust (%)':>16}{'broken by pgd':>15}" if attacked else "")]
     for method in methods:
@@ -114,10 +114,13 @@ def one_radius_table(row: Row, methods: tuple[str, ...], norm: str, examples: in
 
 def write_per_example(path: Path, split: Split, radii: dict[str, torch.Tensor], methods: tuple[str, ...],
                       norm: str) -> None:
-    """One row per example: index, label, prediction, top-2 margin, radius per method (in `norm`, pixels)."""
+    """One row per example: index, label, prediction, top-2 margin, radius per method (in `norm`, pixels).
+
+    The radii are already rounded down to RADIUS_DIGITS significant digits, which write them exactly.
+    """
     columns = [radii["prediction"].tolist(), radii["top2_margin"].tolist(), *(radii[m].tolist() for m in methods)]
     header = ["index", "label", "prediction", "top2_margin", *(f"{norm}_radius_{m}" for m in methods)]
-    rows = ([index, label, prediction, f"{margin:.6g}", *(f"{r:.6g}" for r in radius)]
+    rows = ([index, label, prediction, f"{margin:.6g}", *(f"{r:.{RADIUS_DIGITS}g}" for r in radius)]
             for index, (label, prediction, margin, *radius) in enumerate(zip(split.labels.tolist(), *columns)))
     write_csv(path, [header, *rows])
 

@@ -60,7 +60,7 @@ def write_csv(path: Path, curve: Curve) -> None:
         values = [curve.clean[i], *(v[i] for v in curve.certified.values())]
         if curve.robust is not None:
             values.append(curve.robust[i])
-        rows.append([curve.norm, f"{eps:g}", *(f"{v:.3f}" for v in values)])
+        rows.append([curve.norm, repr(eps), *(f"{v:.3f}" for v in values)])
     checkpoints.write_csv(path, rows)
 
 

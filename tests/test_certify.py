@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import attacks
+import certificates
 import certify
 import cli
 from certificates import LIPSCHITZ_METHODS, METHODS, certified_radii
-from checkpoints import load_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
 from conftest import L2_RADIUS, ORIGINAL_DEMO, assert_one_line_failure, results
 from lipschitz import Ball
 from mnist_data import PIXEL_RANGE, Split, load_mnist
@@ -113,12 +114,33 @@ def test_certified_never_exceeds_robust_which_never_exceeds_clean(l2_trained, di
     assert row.certified["global"] <= row.certified["pairwise"] <= row.certified["margin"]
     assert row.certified["margin"] > 0
     table = certify.table([row], METHODS, norm, len(digits))
-    assert table.splitlines()[0].startswith(f"{'L-inf' if norm == 'linf' else 'L2'} radius {RADIUS[norm]:g}, "
+    assert table.splitlines()[0].startswith(f"{'L-inf' if norm == 'linf' else 'L2'} radius {RADIUS[norm]!r}, "
                                             f"{SLICE} test examples")
     assert len(table.splitlines()) == 2 + len(METHODS)
 
 
 # The command line.
+
+@pytest.mark.parametrize("shift", [1e5, 1e7])
+def test_certify_cli_breaks_no_certificate_of_a_net_with_huge_output_biases(shift, small_checkpoint, run_script,
+                                                                           mnist_root, tmp_path):
+    """A constant added to every output bias changes no gap in exact arithmetic, but float32 logits near 1e5
+    round to multiples of 1/128, and near 1e7 to whole numbers: there the rule checked in float32 (before
+    rounding was bounded) certified digits that PGD broke. Near 1e5 every method still certifies some;
+    near 1e7, where a sum of 101 terms can be off by 50, none."""
+    checkpoint = load_checkpoint(small_checkpoint)
+    with torch.no_grad():
+        checkpoint.model.layers[-1].bias.add_(shift)
+    save_checkpoint(tmp_path / "shifted.p", checkpoint.model, checkpoint.metrics)
+    run = run_script("certify.py", tmp_path / "shifted.p", "--data-dir", mnist_root, "--method", "all",
+                     "--cert_magnitude", "0.02", "--attack", "pgd", "--pgd-steps", "10", "--pgd-restarts", "2",
+                     "--limit", "200")
+    assert run.returncode == 0, run.stderr
+    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()[2:]}
+    assert set(rows) == set(METHODS)
+    assert all(rows[m][4] == "0" for m in METHODS)  # broken by pgd
+    assert all((float(rows[m][2]) > 0) == (shift < 1e6) for m in METHODS)
+
 
 def test_certify_cli_table_curves_and_per_example_radii(l2_trained, run_script, mnist_root, tmp_path):
     path, _ = l2_trained
@@ -129,7 +151,7 @@ def test_certify_cli_table_curves_and_per_example_radii(l2_trained, run_script, 
     assert "L-inf certified accuracy (%) by radius, 100 test examples" in run.stdout
     with (tmp_path / "curve.csv").open() as stream:
         rows = list(csv.DictReader(stream))
-    assert [row["eps"] for row in rows] == ["0", "0.05", "0.1"]
+    assert [row["eps"] for row in rows] == ["0.0", "0.05", "0.1"]
     assert list(rows[0]) == ["norm", "eps", "clean", *METHODS, "pgd"]
     for column in (*METHODS, "pgd"):
         values = [float(row[column]) for row in rows]
@@ -145,6 +167,14 @@ def test_certify_cli_table_curves_and_per_example_radii(l2_trained, run_script, 
         assert float(row["linf_radius_global"]) <= float(row["linf_radius_pairwise"]) <= float(row["linf_radius_margin"])
         correct = row["label"] == row["prediction"]
         assert all((float(row[f"linf_radius_{m}"]) > 0) <= correct for m in METHODS)
+    # every radius as written certifies its example when fed back as eps
+    model = load_checkpoint(path).model
+    (test,) = load_mnist(mnist_root, splits=("test",), allow_download=False)
+    for method in METHODS:
+        written = torch.tensor([float(row[f"linf_radius_{method}"]) for row in radii], dtype=torch.float64)
+        assert (written > 0).sum() > 20
+        ball = Ball("linf", written, PIXEL_RANGE if method == "ibp" else None)
+        assert certificates.certify_split(model, test.head(100), ball, (method,))[method][written > 0].all()
     # curves.py draws several saved curves side by side
     plot = run_script("curves.py", tmp_path / "curve.csv", tmp_path / "curve.csv", "--titles", "a", "b",
                       "--out", tmp_path / "both.png")

@@ -97,3 +97,51 @@ def test_gap_lower_bounds_at_radius_zero_are_the_gaps(model, norm, seed):
         logits = model(x)
         lower = ibp.gap_lower_bounds(model, x, Ball(norm, 0.0))
     assert torch.allclose(lower, logits[:, :, None] - logits[:, None, :], atol=1e-9)
+
+
+def hidden(model, x: torch.Tensor) -> torch.Tensor:
+    """h, the input of the last Linear layer, as the model computes it in its own precision."""
+    with torch.no_grad():
+        return model.layers[:-1](model.normalise(x))
+
+
+@given(random_nets(), norms, st.booleans(), st.sampled_from([0.0, 1e4]), seeds)
+@settings(max_examples=60, deadline=None)
+def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, norm, pixels, shift, seed):
+    """At sampled float32 points of the ball: h computed in float32 is within errors[0] of h in float64
+    (exact but for some 1e-13 relative), which lies in the float64 box widened by errors[1]."""
+    domain = PIXEL_RANGE if pixels else None
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            layer.bias.add_(shift)
+    g = torch.Generator().manual_seed(seed)
+    n, d = 8, model.config.in_features
+    x = torch.rand(n, d, generator=g).double()
+    eps = torch.rand(n, generator=g, dtype=torch.float64)
+    box = ibp.hidden_box(model, x, Ball(norm, eps, domain), torch.float32)
+    points = x[:, None] + eps[:, None, None] * random_directions(n * 16, d, norm, g).view(n, 16, d)
+    points = torch.cat([points, ball_vertices(x, eps, norm), x[:, None]], dim=1)
+    if domain is not None:
+        points = points.clamp(*domain)
+    points = points.float().double()  # the float32 inputs, nudged back inside the ball where rounding left it
+    inside = lipschitz.lp_vector_norm(points - x[:, None], norm) <= eps[:, None]
+    points = torch.where(inside[..., None], points, x[:, None])
+    exact = hidden(model, points.flatten(0, 1)).view(n, points.shape[1], -1)
+    computed = hidden(model.float(), points.float().flatten(0, 1)).double().view_as(exact)
+    slack = 1e-12 * (1 + exact.abs())
+    assert ((computed - exact).abs() <= box.errors[0][:, None] + slack).all()
+    assert (exact >= box.lower[:, None] - box.errors[1][:, None] - slack).all()
+    assert (exact <= box.upper[:, None] + box.errors[1][:, None] + slack).all()
+    assert (exact.abs() <= box.magnitude[:, None] + slack).all()
+
+
+@given(random_nets(), norms, st.sampled_from([1e-300, 1e-20, 1e-15, 1e-9]), seeds)
+@settings(max_examples=40, deadline=None)
+def test_intervals_never_invert_at_tiny_radii(model, norm, eps, seed):
+    """The first layer's box is cut to the ball's exact range; at tiny radii both are nearly a point and
+    rounding can cross them: the cut box is kept as a (possibly single-point) interval."""
+    x = torch.rand(16, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for precision in (torch.float64, torch.float32):
+        net = model.to(precision)
+        box = ibp.hidden_box(net, x.to(precision), Ball(norm, eps, PIXEL_RANGE))
+        assert (box.lower <= box.upper).all()
