@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_TESTS = ["tests/test_lipschitz.py", "tests/test_groupsort.py", "tests/test_models.py", "tests/test_ibp.py",
-              "tests/test_certificates.py"]
+FAST_TESTS = ["tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_groupsort.py", "tests/test_models.py",
+              "tests/test_ibp.py", "tests/test_certificates.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
 MUTANTS = [
@@ -64,14 +64,27 @@ MUTANTS = [
      "torch.minimum(0.98 * (bounds.logits[:, None] + bounds.logits[None, :]), shared)", "pairwise threshold"),
     ("certificates.py", "torch.minimum(bounds.differences, pairwise)", "torch.minimum(0.98 * bounds.differences, pairwise)",
      "margin threshold"),
-    ("certificates.py", "(label_gaps > eps * limits)", "(label_gaps >= eps * limits)",
+    ("certificates.py", "beaten = (label_gaps > drop) | ~others", "beaten = (label_gaps >= drop) | ~others",
      "a tie certified (>= for >)"),
-    ("certificates.py", "label_gaps / limits,", "1.02 * label_gaps / limits,", "Lipschitz radius 2 % too large"),
-    ("certificates.py", "proved = ((rows > 0) | ~others)", "proved = ((rows >= 0) | ~others)",
+    ("certificates.py", "usable / (limits * scale),", "1.02 * usable / (limits * scale),",
+     "Lipschitz radius 2 % too large"),
+    ("certificates.py", "return ((rows > 0) | ~others).all(dim=1)", "return ((rows >= 0) | ~others).all(dim=1)",
      "IBP certifies a zero lower bound"),
     ("certificates.py", "low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)\n    return low",
      "low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)\n    return high",
      "IBP radius: the bisection's upper end"),
+    # Sound in floating point: every allowance for rounding is needed.
+    ("rounding.py", "fresh = gamma(fan_in + 1, dtype)", "fresh = gamma(2, dtype)",
+     "a dot product's rounding bounded as if it had two terms"),
+    ("ibp.py", "return (rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)",
+     "return 0 * (rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)",
+     "the Lipschitz methods without the float32 allowance"),
+    ("ibp.py", "return gap_lower - allowance - rounding", "return gap_lower - 0 * allowance - rounding",
+     "IBP without the float32 allowance"),
+    ("lipschitz.py", "return (top / bottom).sqrt() * (1 + 4 * rounding.unit_roundoff(f64))",
+     "return (top / bottom).sqrt() * (1 - 1e-9)", "spectral norm a relative 1e-9 below its upper bound"),
+    ("certificates.py", "if float(written) > value:", "if False:", "radii rounded to nearest, not down"),
+    ("ibp.py", "upper = torch.maximum(upper, lower)  # two", "pass  # two", "intervals that invert"),
 ]
 
 

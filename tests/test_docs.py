@@ -89,3 +89,20 @@ def test_a_documented_command_runs_as_written(document, command, comment, clone,
     figures = FIGURES.search(comment)
     if figures:
         assert results(run.stdout) == {"acc": float(figures[1]), "certified": float(figures[2])}
+
+
+def test_modules_import_only_the_modules_above_them_in_the_readme_layout():
+    """The README's layout table is the import order: one concept per file, imports only downward."""
+    import ast
+
+    layout = re.findall(r"^\| `(\w+)\.py` \|", (REPO / "README.md").read_text(), flags=re.M)
+    modules = {path.stem for path in REPO.glob("*.py")}
+    assert set(layout) == modules
+    for position, name in enumerate(layout):
+        imported = set()
+        for node in ast.walk(ast.parse((REPO / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        assert imported & modules <= set(layout[:position]), f"{name}.py imports a module below it"
