@@ -8,8 +8,10 @@ prints the same two lines as the end of `train_mnist.py`. Beside them:
     python certify.py CKPT --norm l2 --cert_magnitude 1.58    # another input norm
     python certify.py CKPT --method all --eps 0 0.05 0.1      # radius curves: CSV and PNG
     python certify.py CKPT --method all --per-example r.csv   # certified radius of every example
+    python certify.py CKPT --method exact --limit 100         # exact verification (MILP on HiGHS)
 
-The methods are those of `certificates.py`; this script only evaluates and reports.
+The methods are those of `certificates.py` and, for lp, exact and best, of `milp.py`;
+this script only evaluates and reports.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import certificates
 import cli
 import lipschitz
+import milp
 from certificates import METHODS, RADIUS_DIGITS, Accuracy, percent
 from checkpoints import Expected, load_checkpoint, write_csv
 from lipschitz import NORM_NAMES, Ball
@@ -50,6 +53,7 @@ class Row:
     certified: dict[str, float]
     robust: float | None = None  # PGD's empirical robust accuracy
     broken: dict[str, int] | None = None  # certified examples that PGD broke: must be 0
+    counterexamples: list | None = None  # PGD's, re-checked in float32 (grids.Counterexample)
 
 
 def measure(
@@ -74,9 +78,24 @@ def measure(
     if attack == "none":
         return Row(ball.eps, percent(masks["clean"]), certified)
     model.eval()
-    broken, _ = attacks.pgd(model, split.images, split.labels, ball, steps, restarts, seed=seed)
+    broken, found = attacks.pgd(model, split.images, split.labels, ball, steps, restarts, seed=seed)
     return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken),
-               {m: int((masks[m] & broken).sum()) for m in methods})
+               {m: int((masks[m] & broken).sum()) for m in methods}, pgd_counterexamples(model, split, broken, found))
+
+
+def pgd_counterexamples(model: LipschitzMLP, split: Split, broken: torch.Tensor, found: torch.Tensor,
+                        count: int = 8) -> list:
+    """The first `count` points PGD found where the float32 network predicts another class (ties excluded)."""
+    import grids
+
+    index = broken.nonzero().flatten()
+    with torch.no_grad():
+        predicted = model(found[index]).argmax(dim=1)
+    flipped = index[predicted != split.labels[index]][:count]
+    with torch.no_grad():
+        predictions = model(found[flipped]).argmax(dim=1).tolist()
+    return [grids.Counterexample(i, int(split.labels[i]), split.images[i], found[i], p, "pgd")
+            for i, p in zip(flipped.tolist(), predictions)]
 
 
 def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, domain: str = "pixels") -> str:
@@ -131,8 +150,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint from train_mnist.py or the original demo")
     parser.add_argument("--cert_magnitude", "--cert-magnitude", type=cli.nonnegative_float, default=None,
                         help="radius in pixel units, in --norm (default: 0.1)")
-    parser.add_argument("--method", choices=(*METHODS, "all"), default="global",
-                        help="certificate rule; all prints a table of every rule (default: %(default)s)")
+    parser.add_argument("--method", choices=(*METHODS, "all", *milp.METHODS), default="global",
+                        help="certificate rule; all prints a table of every rule; lp, exact and best verify "
+                             "with HiGHS, L-inf only (default: %(default)s)")
+    parser.add_argument("--time-limit", type=cli.positive_float, default=60.0, metavar="SECONDS",
+                        help="lp, exact, best: time limit per example (default: %(default)s)")
+    parser.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE.png",
+                        help="draw up to 8 counterexamples found by PGD (--attack pgd) or by exact/best")
     parser.add_argument("--norm", choices=lipschitz.NORMS, default="linf",
                         help="input norm of the ball (default: %(default)s)")
     parser.add_argument("--eps", type=cli.nonnegative_float, nargs="+", default=None, metavar="EPS",
@@ -164,7 +188,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise cli.UsageError("give one radius with --cert_magnitude or several with --eps, not both")
     if args.cert_magnitude is None:
         args.cert_magnitude = 0.1
-    outputs = [("--per-example", args.per_example)]
+    if args.method in milp.METHODS and (args.norm != "linf" or args.eps is not None):
+        raise cli.UsageError(f"--method {args.method} verifies one L-inf radius: give --norm linf and "
+                             "--cert_magnitude, not --eps")
+    if args.save_adversarial is not None and args.attack == "none" and args.method not in ("exact", "best"):
+        raise cli.UsageError("--save-adversarial draws counterexamples: add --attack pgd, or use --method exact "
+                             "or best")
+    outputs = [("--per-example", args.per_example), ("--save-adversarial", args.save_adversarial)]
     if args.eps is not None:
         outputs += [("--curves", args.curves), ("--curves", args.curves.with_suffix(".png"))]
     for flag, path in outputs:
@@ -191,6 +221,49 @@ def write_curves(args: argparse.Namespace, rows: list[Row], methods: tuple[str, 
     print(f"wrote {args.curves} and {args.curves.with_suffix('.png')}")
 
 
+def verify(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Ball) -> None:
+    """lp, exact or best: a verdict per example, a table of their counts, and the files asked for."""
+    import grids
+
+    verdicts = milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps,
+                                 args.pgd_restarts, args.seed, progress=sys.stderr.isatty())
+    print(verdict_table(verdicts, args.method, ball, len(test), args.domain, args.time_limit))
+    if args.per_example is not None:
+        write_csv(args.per_example, [["index", "label", "verdict", "decided_by", "seconds", "predicted"],
+                                     *([i, int(y), v.status, v.decided_by, f"{v.seconds:.4f}",
+                                        "" if v.predicted is None else v.predicted]
+                                       for i, (y, v) in enumerate(zip(test.labels.tolist(), verdicts)))])
+        print(f"wrote {args.per_example}")
+    if args.save_adversarial is not None:
+        found = [grids.Counterexample(i, int(test.labels[i]), test.images[i].cpu(), v.counterexample, v.predicted,
+                                      v.decided_by)
+                 for i, v in enumerate(verdicts) if v.counterexample is not None and v.decided_by != "clean"][:8]
+        draw(args.save_adversarial, found, args.cert_magnitude)
+
+
+def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain: str, time_limit: float) -> str:
+    """Counts and percentages of each verdict, and the time per example."""
+    where = "within the pixel range [0, 1]" if domain == "pixels" else "in the whole ball"
+    seconds = [v.seconds for v in verdicts]
+    lines = [f"L-inf radius {ball.eps!r}, {examples} test examples {where}; {method}, "
+             f"time limit {time_limit:g} s per example",
+             f"{'verdict':<16}{'examples':>10}{'(%)':>10}"]
+    for status in milp.VERDICTS:
+        count = sum(v.status == status for v in verdicts)
+        lines.append(f"{status:<16}{count:>10d}{100 * count / max(1, examples):>10.2f}")
+    decided = {stage: sum(v.decided_by == stage for v in verdicts) for stage in ("clean", "ibp", "pgd", "lp", "milp")}
+    lines.append("decided by: " + ", ".join(f"{stage} {count}" for stage, count in decided.items() if count))
+    lines.append(f"seconds per example: mean {sum(seconds) / max(1, examples):.3f}, max {max(seconds, default=0):.3f}")
+    return "\n".join(lines)
+
+
+def draw(path: Path, counterexamples: list, eps: float) -> None:
+    import grids
+
+    grids.draw(path, counterexamples, eps)
+    print(f"wrote {path} ({len(counterexamples)} counterexamples)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = cli.pick_device(args.device, args.no_cuda)
@@ -202,8 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         raise cli.UsageError(f"{args.checkpoint} takes {checkpoint.model.config.in_features} inputs, "
                              f"but MNIST images have {test.images.shape[1]} pixels")
     model, test = checkpoint.model.to(device), test.to(device)
-    methods = METHODS if args.method == "all" else (args.method,)
     ball = Ball(args.norm, args.cert_magnitude, DOMAINS[args.domain])
+    if args.method in milp.METHODS:
+        verify(args, model, test, ball)
+        return
+    methods = METHODS if args.method == "all" else (args.method,)
     if args.eps is None and args.method != "all" and args.attack == "none":
         masks = certificates.certify_split(model, test, ball, methods)
         print(Accuracy(percent(masks["clean"]), percent(masks[args.method])).lines())
@@ -218,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         radii = certificates.certified_radii(model, test, methods, args.norm, ball.domain)
         write_per_example(args.per_example, test.to("cpu"), {k: v.cpu() for k, v in radii.items()}, methods, args.norm)
         print(f"wrote {args.per_example}")
+    if args.save_adversarial is not None:
+        draw(args.save_adversarial, rows[0].counterexamples or [], args.cert_magnitude)
     broken = sum(sum(row.broken.values()) for row in rows if row.broken)
     if broken:
         print(f"error: pgd broke {broken} certified examples: a certificate is unsound", file=sys.stderr)

@@ -85,6 +85,8 @@ class HiddenBox:
     upper: torch.Tensor
     errors: torch.Tensor | None = None
     magnitude: torch.Tensor | None = None
+    pre_activations: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], ...] = ()
+    """(lower, upper, errors) of every hidden Linear layer's output, the activations' inputs"""
 
 
 def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype | None = None) -> HiddenBox:
@@ -110,6 +112,7 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
     lower, upper = (model.normalise(end) for end in ends)
     center, radius = model.normalise(x), ball.radii(x) / model.config.std
     errors = magnitude = None
+    pre_activations: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     if runs_in is not None:
         mean, std = model.config.mean, model.config.std
         u = rounding.unit_roundoff(f64)
@@ -130,13 +133,14 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
             if errors is not None:
                 errors = torch.stack([rounding.linear_error(layer.weight, layer.bias, magnitude, errors[0], runs_in),
                                       _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
+            pre_activations.append((lower, upper, errors))
         else:
             lower, upper = layer.propagate_interval(lower, upper)
             if errors is not None:
                 errors = layer.propagate_bound(errors)
         if errors is not None:
             magnitude = torch.maximum(lower.abs(), upper.abs()) + errors.sum(dim=0)
-    return HiddenBox(lower, upper, errors, magnitude)
+    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations))
 
 
 def _box_error(

@@ -1,0 +1,49 @@
+"""A picture of counterexamples: for each, the original digit, the perturbed one, and the perturbation magnified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from checkpoints import atomic_write
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """A test digit, an input in its ball that the float32 network misclassifies, and how it was found."""
+
+    index: int
+    label: int
+    original: torch.Tensor
+    perturbed: torch.Tensor
+    predicted: int
+    found_by: str
+
+
+def draw(path: Path, examples: list[Counterexample], eps: float) -> None:
+    """One row per counterexample: original (label), perturbed (prediction), perturbation scaled to +-eps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = max(1, len(examples))
+    figure, axes = plt.subplots(rows, 3, figsize=(6.0, 2.0 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for row, example in zip(axes, examples):
+        original, perturbed = (image.reshape(28, 28).cpu().numpy() for image in (example.original, example.perturbed))
+        row[0].imshow(original, cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(f"#{example.index}: label {example.label}", fontsize=9)
+        row[1].imshow(perturbed, cmap="gray", vmin=0, vmax=1)
+        row[1].set_title(f"predicted {example.predicted} ({example.found_by})", fontsize=9)
+        row[2].imshow(perturbed - original, cmap="seismic", vmin=-eps, vmax=eps)
+        row[2].set_title(f"perturbation, ±{eps:g}", fontsize=9)
+    if not examples:
+        axes[0, 1].set_title("no counterexample found")
+    figure.tight_layout()
+    atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=100))
+    plt.close(figure)

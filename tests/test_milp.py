@@ -1,0 +1,121 @@
+"""Exact verification and its relaxation: the sorting network sorts, exact agrees with brute force on tiny
+inputs, every counterexample flips the float32 network, and certified ⊆ lp ⊆ exact-robust ⊆ PGD-robust."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attacks
+import milp
+from certificates import METHODS, certify_split
+from errors import ConfigError
+from lipschitz import Ball
+from mnist_data import PIXEL_RANGE, Split
+from models import LipschitzMLP, MLPConfig
+from nets import seeds
+
+
+@pytest.mark.parametrize("size", range(1, 13))
+def test_the_sorting_network_sorts_every_zero_one_input_and_random_reals(size):
+    """By the 0-1 principle a comparator network that sorts every 0-1 input sorts everything."""
+    pairs = milp.sorting_network(size)
+    assert all(0 <= i < j < size for i, j in pairs)
+
+    def run(values: list[float]) -> list[float]:
+        values = list(values)
+        for i, j in pairs:
+            values[i], values[j] = min(values[i], values[j]), max(values[i], values[j])
+        return values
+
+    for bits in itertools.product((0, 1), repeat=size):
+        assert run(list(bits)) == sorted(bits)
+    reals = torch.randn(50, size, generator=torch.Generator().manual_seed(size)).tolist()
+    assert all(run(row) == sorted(row) for row in reals)
+
+
+@st.composite
+def tiny_nets(draw, in_features: int | None = None) -> LipschitzMLP:
+    """Small float32 nets of either activation, one or two hidden layers, not L1-normalised."""
+    activation = draw(st.sampled_from(["groupsort", "relu"]))
+    group_size = draw(st.sampled_from([2, 3, 4])) if activation == "groupsort" else 1
+    hidden = tuple(group_size * draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 2))))
+    config = MLPConfig(in_features=in_features or draw(st.integers(1, 6)), hidden=hidden,
+                       out_features=draw(st.integers(2, 4)), activation=activation, group_size=group_size,
+                       mean=0.3)
+    torch.manual_seed(draw(seeds))
+    model = LipschitzMLP(config)
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            layer.weight.mul_(torch.empty_like(layer.weight).uniform_(0.5, 3.0))
+            layer.bias.normal_()
+    return model.eval()
+
+
+def grid(x: torch.Tensor, eps: float, steps: int = 81) -> torch.Tensor:
+    """Every point of a regular grid over the 2-D box around x cut to [0, 1], corners included (float32)."""
+    axes = [torch.linspace(max(0.0, v - eps), min(1.0, v + eps), steps, dtype=torch.float64) for v in x.tolist()]
+    return torch.cartesian_prod(*axes).float()
+
+
+@given(tiny_nets(in_features=2), st.floats(0.02, 0.4), seeds)
+@settings(max_examples=40, deadline=None)
+def test_exact_agrees_with_brute_force_over_a_two_pixel_box(model, eps, seed):
+    """A flip anywhere on a fine grid of the box means a counterexample; a robust verdict means no grid point
+    flips; a counterexample lies in the box and flips the float32 network."""
+    x = torch.rand(6, 2, generator=torch.Generator().manual_seed(seed))
+    ball = Ball("linf", eps, PIXEL_RANGE)
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    for point, label in zip(x, labels.tolist()):
+        verdict = milp.verify(model, point, label, ball, time_limit=30)
+        assert verdict.status in ("robust", "counterexample")  # tiny programs are always settled
+        with torch.no_grad():
+            grid_flips = (model(grid(point, eps)).argmax(dim=1) != label).any()
+        if grid_flips:
+            assert verdict.status == "counterexample"
+        if verdict.status == "counterexample":
+            found = verdict.counterexample
+            assert ((found - point).abs() <= eps).all() and ((found >= 0) & (found <= 1)).all()
+            with torch.no_grad():
+                assert model(found[None]).argmax().item() == verdict.predicted != label
+
+
+@given(tiny_nets(), st.floats(0.01, 0.3), seeds)
+@settings(max_examples=30, deadline=None)
+def test_certified_within_lp_within_exact_robust_within_pgd_robust(model, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(12, model.config.in_features, generator=g)
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    labels[:2] = (labels[:2] + 1) % model.config.out_features  # two wrong labels
+    split, ball = Split(x, labels), Ball("linf", eps, PIXEL_RANGE)
+    certified = certify_split(model, split, ball, METHODS)
+    lp = [v.status == "robust" for v in milp.verify_split(model, split, ball, "lp", progress=False)]
+    exact = milp.verify_split(model, split, ball, "exact", progress=False)
+    best = milp.verify_split(model, split, ball, "best", pgd_steps=20, pgd_restarts=2, progress=False)
+    broken, _ = attacks.pgd(model, x, labels, ball, steps=30, restarts=3, seed=seed)
+    for i in range(len(x)):
+        robust = exact[i].status == "robust"
+        assert exact[i].status in ("robust", "counterexample")
+        assert all(certified[m][i] <= lp[i] for m in METHODS)  # lp certifies a superset of every method
+        assert lp[i] <= robust <= (not broken[i])
+        assert (best[i].status == "robust") == robust
+        for verdict in (exact[i], best[i]):
+            if verdict.status == "counterexample":
+                with torch.no_grad():
+                    assert model(verdict.counterexample[None]).argmax().item() != labels[i]
+                assert (verdict.counterexample - x[i]).abs().max() <= eps
+
+
+def test_verification_refuses_other_norms_and_methods():
+    model = LipschitzMLP(MLPConfig(in_features=4, hidden=(4,), out_features=2, group_size=2))
+    split = Split(torch.rand(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ConfigError, match="L-inf balls only"):
+        milp.verify_split(model, split, Ball("l2", 0.1), "exact", progress=False)
+    with pytest.raises(ConfigError, match="unknown verification method 'crown'"):
+        milp.verify_split(model, split, Ball("linf", 0.1), "crown", progress=False)
