@@ -142,6 +142,37 @@ def test_certify_cli_breaks_no_certificate_of_a_net_with_huge_output_biases(shif
     assert all((float(rows[m][2]) > 0) == (shift < 1e6) for m in METHODS)
 
 
+def test_certify_cli_exact_and_best_verdicts_csv_and_counterexample_grid(small_checkpoint, run_script, mnist_root,
+                                                                         tmp_path):
+    """The small GroupSort net at L-inf 0.03 on 30 digits: every verdict is counted, the CSV has one row per
+    digit, each counterexample digit is one that PGD or the program found, and both grids are PNGs."""
+    verdicts = {}
+    for method in ("exact", "best"):
+        csv_path, png = tmp_path / f"{method}.csv", tmp_path / f"{method}.png"
+        run = run_script("certify.py", small_checkpoint, "--data-dir", mnist_root, "--method", method,
+                         "--cert_magnitude", "0.03", "--limit", "30", "--time-limit", "2", "--pgd-steps", "10",
+                         "--pgd-restarts", "1", "--per-example", csv_path, "--save-adversarial", png)
+        assert run.returncode == 0, run.stderr
+        lines = run.stdout.splitlines()
+        assert lines[0].startswith(f"L-inf radius 0.03, 30 test examples within the pixel range [0, 1]; {method}")
+        counts = {line.split()[0]: int(line.split()[1]) for line in lines[2:6]}
+        assert list(counts) == list(milp_verdicts()) and sum(counts.values()) == 30
+        with csv_path.open() as stream:
+            rows = list(csv.DictReader(stream))
+        assert [int(r["index"]) for r in rows] == list(range(30))
+        assert {r["verdict"] for r in rows} <= set(counts) and counts["robust"] > 10
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        verdicts[method] = [r["verdict"] for r in rows]
+    settled = [i for i in range(30) if "timeout" not in (verdicts["exact"][i], verdicts["best"][i])]
+    assert all(verdicts["exact"][i] == verdicts["best"][i] for i in settled)
+
+
+def milp_verdicts() -> tuple[str, ...]:
+    import milp
+
+    return milp.VERDICTS
+
+
 def test_certify_cli_table_curves_and_per_example_radii(l2_trained, run_script, mnist_root, tmp_path):
     path, _ = l2_trained
     run = run_script("certify.py", path, "--data-dir", mnist_root, "--method", "all", "--eps", "0", "0.05", "0.1",
@@ -268,7 +299,14 @@ CERTIFY_CASES = {
     "negative radius": (lambda tmp, ckpt: ckpt, ["--cert_magnitude", "-1"], "must be >= 0.0"),
     "wrong normalisation": (lambda tmp, ckpt: ckpt, ["--std", "0.3081"],
                             "trained with normalisation (0.1307, 1.0), not (0.1307, 0.3081)"),
-    "unknown method": (lambda tmp, ckpt: ckpt, ["--method", "best"], "argument --method: invalid choice: 'best'"),
+    "unknown method": (lambda tmp, ckpt: ckpt, ["--method", "crown"], "argument --method: invalid choice: 'crown'"),
+    "exact in L2": (lambda tmp, ckpt: ckpt, ["--method", "exact", "--norm", "l2"],
+                    "--method exact verifies one L-inf radius: give --norm linf"),
+    "exact over several radii": (lambda tmp, ckpt: ckpt, ["--method", "lp", "--eps", "0.1", "0.2"],
+                                 "--method lp verifies one L-inf radius"),
+    "a grid with nothing to draw": (lambda tmp, ckpt: ckpt, ["--save-adversarial", "x.png"],
+                                    "--save-adversarial draws counterexamples: add --attack pgd"),
+    "zero time limit": (lambda tmp, ckpt: ckpt, ["--method", "exact", "--time-limit", "0"], "must be > 0"),
     "unknown norm": (lambda tmp, ckpt: ckpt, ["--norm", "l7"], "argument --norm: invalid choice: 'l7'"),
     "original demo with a NaN weight": (altered_original("inlayer.weight", with_nan), DEMO_FLAGS,
                                         "holds non-finite values (NaN or inf) in layers.0.weight"),
