@@ -259,10 +259,6 @@ def float32_inside(values: np.ndarray, lower: torch.Tensor, upper: torch.Tensor)
     return torch.maximum(torch.minimum(torch.from_numpy(values).float(), high32), low32)
 
 
-def _status(solver: highspy.Highs) -> highspy.HighsModelStatus:
-    return solver.getModelStatus()
-
-
 @torch.no_grad()
 def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: bool = False,
            time_limit: float = 60.0) -> Verdict:
@@ -313,9 +309,9 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
         threshold = objective(relaxation, rival)
         relaxation.setOptionValue("time_limit", max(time_limit - elapsed(), 1e-3))
         relaxation.run()
-        if _status(relaxation) == highspy.HighsModelStatus.kOptimal and relaxation.getObjectiveValue() > threshold:
+        if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal and relaxation.getObjectiveValue() > threshold:
             continue
-        if _status(relaxation) == highspy.HighsModelStatus.kTimeLimit:
+        if relaxation.getModelStatus() == highspy.HighsModelStatus.kTimeLimit:
             return Verdict("timeout", "lp", elapsed())
         hard.append(rival)
     if not hard:
@@ -334,7 +330,7 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
         solver.setOptionValue("objective_target", -threshold)
         solver.setOptionValue("time_limit", max(time_limit - elapsed(), 1e-3))
         solver.run()
-        status, solution = _status(solver), solver.getSolution()
+        status, solution = solver.getModelStatus(), solver.getSolution()
         solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))
         if status == highspy.HighsModelStatus.kInfeasible:
             continue  # no input brings the gap within the threshold
