@@ -91,11 +91,9 @@ def pgd_counterexamples(model: LipschitzMLP, split: Split, broken: torch.Tensor,
     index = broken.nonzero().flatten()
     with torch.no_grad():
         predicted = model(found[index]).argmax(dim=1)
-    flipped = index[predicted != split.labels[index]][:count]
-    with torch.no_grad():
-        predictions = model(found[flipped]).argmax(dim=1).tolist()
+    flipped = predicted != split.labels[index]
     return [grids.Counterexample(i, int(split.labels[i]), split.images[i], found[i], p, "pgd")
-            for i, p in zip(flipped.tolist(), predictions)]
+            for i, p in zip(index[flipped][:count].tolist(), predicted[flipped][:count].tolist())]
 
 
 def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, domain: str = "pixels") -> str:
