@@ -186,9 +186,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise cli.UsageError("give one radius with --cert_magnitude or several with --eps, not both")
     if args.cert_magnitude is None:
         args.cert_magnitude = 0.1
-    if args.method in milp.METHODS and (args.norm != "linf" or args.eps is not None):
-        raise cli.UsageError(f"--method {args.method} verifies one L-inf radius: give --norm linf and "
-                             "--cert_magnitude, not --eps")
+    if args.method in milp.METHODS and args.norm != "linf":
+        raise cli.UsageError(f"--method {args.method} verifies L-inf balls only (an L2 ball is not linear): "
+                             "give --norm linf")
+    if args.method in milp.METHODS and args.eps is not None:
+        raise cli.UsageError(f"--method {args.method} verifies one radius: give --cert_magnitude, not --eps")
     if args.save_adversarial is not None and args.attack == "none" and args.method not in ("exact", "best"):
         raise cli.UsageError("--save-adversarial draws counterexamples: add --attack pgd, or use --method exact "
                              "or best")
