@@ -31,6 +31,7 @@ import torch
 
 import certificates
 import cli
+import grids
 import lipschitz
 import milp
 from certificates import METHODS, RADIUS_DIGITS, Accuracy, percent
@@ -53,7 +54,7 @@ class Row:
     certified: dict[str, float]
     robust: float | None = None  # PGD's empirical robust accuracy
     broken: dict[str, int] | None = None  # certified examples that PGD broke: must be 0
-    counterexamples: list | None = None  # PGD's, re-checked in float32 (grids.Counterexample)
+    counterexamples: list[grids.Counterexample] | None = None  # PGD's, re-checked in float32
 
 
 def measure(
@@ -79,21 +80,17 @@ def measure(
         return Row(ball.eps, percent(masks["clean"]), certified)
     model.eval()
     broken, found = attacks.pgd(model, split.images, split.labels, ball, steps, restarts, seed=seed)
-    return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken),
-               {m: int((masks[m] & broken).sum()) for m in methods}, pgd_counterexamples(model, split, broken, found))
+    broken_certified = {m: int((masks[m] & broken).sum()) for m in methods}
+    return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken), broken_certified,
+               pgd_counterexamples(model, split, ball, broken, found))
 
 
-def pgd_counterexamples(model: LipschitzMLP, split: Split, broken: torch.Tensor, found: torch.Tensor,
-                        count: int = 8) -> list:
-    """The first `count` points PGD found where the float32 network predicts another class (ties excluded)."""
-    import grids
-
-    index = broken.nonzero().flatten()
-    with torch.no_grad():
-        predicted = model(found[index]).argmax(dim=1)
-    flipped = predicted != split.labels[index]
-    return [grids.Counterexample(i, int(split.labels[i]), split.images[i], found[i], p, "pgd")
-            for i, p in zip(index[flipped][:count].tolist(), predicted[flipped][:count].tolist())]
+def pgd_counterexamples(model: LipschitzMLP, split: Split, ball: Ball, broken: torch.Tensor, found: torch.Tensor,
+                        count: int = 8) -> list[grids.Counterexample]:
+    """The first `count` of PGD's points where the float32 network predicts another class (`milp`)."""
+    flipped = milp.pgd_counterexamples(model, split, ball, broken, found, limit=count)
+    return [grids.Counterexample(i, int(split.labels[i]), split.images[i].cpu(), v.counterexample, v.predicted, "pgd")
+            for i, v in flipped.items()]
 
 
 def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, domain: str = "pixels") -> str:
@@ -223,8 +220,6 @@ def write_curves(args: argparse.Namespace, rows: list[Row], methods: tuple[str, 
 
 def verify(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Ball) -> None:
     """lp, exact or best: a verdict per example, a table of their counts, and the files asked for."""
-    import grids
-
     verdicts = milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps,
                                  args.pgd_restarts, args.seed, progress=sys.stderr.isatty())
     print(verdict_table(verdicts, args.method, ball, len(test), args.domain, args.time_limit))
@@ -257,9 +252,7 @@ def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain
     return "\n".join(lines)
 
 
-def draw(path: Path, counterexamples: list, eps: float) -> None:
-    import grids
-
+def draw(path: Path, counterexamples: list[grids.Counterexample], eps: float) -> None:
     grids.draw(path, counterexamples, eps)
     print(f"wrote {path} ({len(counterexamples)} counterexamples)")
 

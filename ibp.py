@@ -150,11 +150,12 @@ def _box_error(
     """Per unit, how far `interval_linear` (and the first layer's cut) computed in float64 can be from its
     exact value, given ends within `error` of exact ones: |W| error (the interval map moves each end by at most
     that), plus gamma_{n+8} of the magnitudes for the centre, radius, two products, the difference and the cut."""
-    f64 = torch.float64
-    count = weight.shape[1] + 8
-    absolute = weight.abs()
-    fresh = rounding.gamma(count, f64) * (magnitude @ absolute.T + bias.abs() + ball_term)
-    return error @ absolute.T + fresh + count * rounding.underflow(f64)
+    return rounding.linear_error(weight, bias, magnitude, error, torch.float64, extra_roundings=7, extra=ball_term)
+
+
+def _pair_rows(last: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer folded into the gaps: rows W_i - W_j (out, out, in) and offsets b_i - b_j (out, out)."""
+    return lipschitz.pair_difference_rows(last.weight), last.bias[:, None] - last.bias[None, :]
 
 
 def _gap_lower(model: LipschitzMLP, x: torch.Tensor, ball: Ball, box: HiddenBox) -> torch.Tensor:
@@ -162,33 +163,43 @@ def _gap_lower(model: LipschitzMLP, x: torch.Tensor, ball: Ball, box: HiddenBox)
     last = model.layers[-1]
     gap_lower = interval_gap_lower(last.weight, last.bias, box.lower, box.upper)
     if len(model.layers) == 1:  # no hidden layer: the gaps' range over the ball is exact
-        rows = lipschitz.pair_difference_rows(last.weight)
-        offsets = last.bias[:, None] - last.bias[None, :]
         center, radius = model.normalise(x), ball.radii(x) / model.config.std
-        gap_lower = torch.maximum(gap_lower, ball_range(rows, offsets, center, radius, ball.norm)[0])
+        gap_lower = torch.maximum(gap_lower, ball_range(*_pair_rows(last), center, radius, ball.norm)[0])
     return gap_lower
 
 
-def certified_gap_lower_bounds(
-    model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Lower bounds of f^_i(x') - f^_j(x') over the ball, f^ the logits as the network computes them in
-    `runs_in`, in any batch and summation order: (n, out, out). `model` is the network's float64 copy.
+@dataclass(frozen=True)
+class CertifiedGaps:
+    """IBP's lower bounds of every gap computed in float64 (n, out, out), the allowance to subtract from
+    them (see `certified_gap_bounds`), and the box of h they came from."""
 
-    IBP's lower bound computed in float64, minus three allowances: this
-    computation's rounding (|W_i - W_j| errors[1] + gamma_{n+8} (|W_i - W_j| M
-    + |b_i - b_j|), as in `hidden_box`), the network's float32 error of each
-    logit (`rounding.linear_error` of the last layer), and the rounding of the
-    subtraction itself (gamma_3 of the magnitudes). A bound > 0 proves that the
-    float32 network ranks i above j everywhere in the ball.
+    lower: torch.Tensor
+    allowance: torch.Tensor
+    box: HiddenBox
+
+    def certified_lower(self) -> torch.Tensor:
+        """Sound lower bounds of the gaps of the network as it runs: lower - allowance."""
+        return self.lower - self.allowance
+
+
+def certified_gap_bounds(
+    model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32
+) -> CertifiedGaps:
+    """IBP's gap bounds over the ball for the network running in `runs_in` (`model` is its float64 copy), with
+    the allowance A such that lower - A bounds f^_i(x') - f^_j(x') from below, f^ the logits as the network
+    computes them, in any batch and summation order.
+
+    A adds three terms: this computation's rounding (|W_i - W_j| errors[1] +
+    gamma_{n+8} (|W_i - W_j| M + |b_i - b_j|), as in `hidden_box`), the
+    network's float32 error of each logit (`rounding.linear_error` of the last
+    layer), and the rounding of the subtraction lower - A itself (gamma_3 of
+    the magnitudes).
     """
-    f64 = torch.float64
     x = x.flatten(1)
     box = hidden_box(model, x, ball, runs_in)
     last = model.layers[-1]
     gap_lower = _gap_lower(model, x, ball, box)
-    rows = lipschitz.pair_difference_rows(last.weight).flatten(0, 1)
-    offsets = (last.bias[:, None] - last.bias[None, :]).flatten()
+    rows, offsets = (t.flatten(0, 1) for t in _pair_rows(last))
     out = last.out_features
     ball_term = 0.0
     if len(model.layers) == 1:  # the gaps' range over the ball was used: its spread is rounded too
@@ -196,7 +207,17 @@ def certified_gap_lower_bounds(
     own = _box_error(rows, offsets, box.magnitude, box.errors[1], ball_term).unflatten(1, (out, out))
     logit_error = rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
     allowance = own + logit_error[:, :, None] + logit_error[:, None, :]
-    return gap_lower - allowance - rounding.gamma(3, f64) * (gap_lower.abs() + allowance)
+    allowance = allowance + rounding.gamma(3, torch.float64) * (gap_lower.abs() + allowance)
+    return CertifiedGaps(gap_lower, allowance, box)
+
+
+def certified_gap_lower_bounds(
+    model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Lower bounds of f^_i(x') - f^_j(x') over the ball, f^ the logits as the network computes them in
+    `runs_in`: (n, out, out). A bound > 0 proves that the float32 network ranks i above j everywhere in
+    the ball. `model` is the network's float64 copy; see `certified_gap_bounds`."""
+    return certified_gap_bounds(model, x, ball, runs_in).certified_lower()
 
 
 def logit_errors(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32) -> torch.Tensor:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import highspy
 import numpy as np
@@ -212,11 +212,11 @@ class Network:
 
 
 @torch.no_grad()
-def encode(model: LipschitzMLP, x: torch.Tensor, ball: Ball) -> Network:
-    """The network's float64 copy `model` over the L-inf ball around one example x (1, d), as a program."""
+def encode(model: LipschitzMLP, x: torch.Tensor, ball: Ball, box: ibp.HiddenBox) -> Network:
+    """The network's float64 copy `model` over the L-inf ball around one example x (1, d), as a program;
+    `box` is `ibp.hidden_box` over that ball with rounding errors, whose intervals bound the units."""
     if ball.norm != "linf":
         raise ConfigError("exact and lp verification take L-inf balls only: the L2 ball is not linear")
-    box = ibp.hidden_box(model, x, ball, torch.float32)
     program = Program()
     lower, upper = (end[0].numpy() for end in ball.box(x))
     inputs = [Wire(program.variable(float(lo), float(hi)), float(lo), float(hi)) for lo, hi in zip(lower, upper)]
@@ -261,9 +261,10 @@ def float32_inside(values: np.ndarray, lower: torch.Tensor, upper: torch.Tensor)
 
 @torch.no_grad()
 def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: bool = False,
-           time_limit: float = 60.0) -> Verdict:
+           time_limit: float = 60.0, exact: LipschitzMLP | None = None) -> Verdict:
     """Verdict for one float32 example x (d,) with `label`: exact, or with `relax` the linear relaxation,
-    whose verdicts are only robust or undecided.
+    whose verdicts are only robust or undecided. `exact` is the model's float64 copy, made here when
+    not given.
 
     A rival class j that IBP already proves is skipped; then the relaxation is
     tried on each remaining j, and the mixed-integer program only where it
@@ -277,18 +278,18 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     def elapsed() -> float:
         return time.perf_counter() - start
 
-    exact = certificates.float64_copy(model)
+    exact = certificates.float64_copy(model) if exact is None else exact
     x32 = x.float()[None]
     predicted = int(model(x32).argmax(dim=1))
     if predicted != label:
         return Verdict("counterexample", "clean", elapsed(), x32[0], predicted)
     x64 = x32.double()
-    lower_gaps = ibp.certified_gap_lower_bounds(exact, x64, ball)[0, label]
-    allowance = ibp.gap_lower_bounds(exact, x64, ball)[0, label] - lower_gaps  # A_yj and the test's rounding
+    gaps = ibp.certified_gap_bounds(exact, x64, ball)
+    lower_gaps, allowance = gaps.certified_lower()[0, label], gaps.allowance[0, label]
     rivals = [j for j in lower_gaps.argsort().tolist() if j != label and lower_gaps[j] <= 0]
     if not rivals:
         return Verdict("robust", "ibp", elapsed())
-    network = encode(exact, x64, ball)
+    network = encode(exact, x64, ball, gaps.box)
     last = exact.layers[-1]
     weight, bias = last.weight.detach().numpy(), last.bias.detach().numpy()
     live = [(k, w.column) for k, w in enumerate(network.hidden) if w.column is not None]
@@ -349,6 +350,24 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
 METHODS = ("lp", "exact", "best")
 
 
+@torch.no_grad()
+def pgd_counterexamples(model: LipschitzMLP, split: Split, ball: Ball, broken: torch.Tensor,
+                        found: torch.Tensor, limit: int | None = None) -> dict[int, Verdict]:
+    """PGD's points (`attacks.pgd`) for the `broken` examples, rounded to float32 inside the exact box of the
+    ball and kept, by index, where the float32 network predicts another class (a tie is not a flip); the
+    first `limit` of them when given."""
+    counterexamples: dict[int, Verdict] = {}
+    for index in broken.nonzero().flatten().tolist():
+        if limit is not None and len(counterexamples) == limit:
+            break
+        lower, upper = (end[0].cpu() for end in ball.box(split.images[index : index + 1].double()))
+        point = float32_inside(found[index].double().cpu().numpy(), lower, upper)
+        predicted = int(model(point[None].to(split.images.device)).argmax(dim=1))
+        if predicted != int(split.labels[index]):
+            counterexamples[index] = Verdict("counterexample", "pgd", 0.0, point, predicted)
+    return counterexamples
+
+
 def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, time_limit: float = 60.0,
                  pgd_steps: int = 50, pgd_restarts: int = 5, seed: int = 0, progress: bool = True) -> list[Verdict]:
     """Every example's verdict under `method`, with a progress bar (examples done, verdict counts, time left).
@@ -364,23 +383,19 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
     if ball.norm != "linf":
         raise ConfigError("exact and lp verification take L-inf balls only: the L2 ball is not linear")
     model, split = copy.deepcopy(model).cpu().eval(), split.to("cpu")
+    exact = certificates.float64_copy(model)
     ibp_seconds = 0.0
     proved = torch.zeros(len(split), dtype=torch.bool)
     attacked: dict[int, Verdict] = {}
     if method == "best":
         start = time.perf_counter()
-        proved = certificates.certify_split(model, split, ball, ("ibp",))["ibp"].cpu()
+        proved = certificates.certify_split(model, split, ball, ("ibp",))["ibp"]
         ibp_seconds = (time.perf_counter() - start) / max(1, len(split))
         start = time.perf_counter()
         broken, found = attacks.pgd(model, split.images, split.labels, ball, pgd_steps, pgd_restarts, seed=seed)
-        pgd_seconds = (time.perf_counter() - start) / max(1, len(split))
-        for index in (broken & ~proved.to(broken.device)).nonzero().flatten().tolist():
-            lower, upper = (end[0] for end in ball.box(split.images[index : index + 1].double()))
-            point = float32_inside(found[index].double().cpu().numpy(), lower.cpu(), upper.cpu())
-            with torch.no_grad():
-                predicted = int(model(point[None].to(split.images.device)).argmax(dim=1))
-            if predicted != int(split.labels[index]):
-                attacked[index] = Verdict("counterexample", "pgd", ibp_seconds + pgd_seconds, point, predicted)
+        seconds = ibp_seconds + (time.perf_counter() - start) / max(1, len(split))
+        attacked = {index: replace(verdict, seconds=seconds)
+                    for index, verdict in pgd_counterexamples(model, split, ball, broken & ~proved, found).items()}
     verdicts: list[Verdict] = []
     counts = dict.fromkeys(VERDICTS, 0)
     bar = tqdm(total=len(split), disable=not progress, unit="example", desc=method, leave=False)
@@ -391,7 +406,7 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
             verdict = attacked[index]
         else:
             verdict = verify(model, split.images[index], int(split.labels[index]), ball, relax=method == "lp",
-                             time_limit=time_limit)
+                             time_limit=time_limit, exact=exact)
         verdicts.append(verdict)
         counts[verdict.status] += 1
         bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)

@@ -39,17 +39,21 @@ def underflow(dtype: torch.dtype) -> float:
 
 
 def linear_error(
-    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, dtype: torch.dtype
+    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, dtype: torch.dtype,
+    extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Per unit, a bound on |fl(W h^ + b) - (W h + b)| when |h^ - h| <= error and |h^|, |h| <= magnitude.
 
     |W h^ - W h| <= |W| error (the error carried in), and the rounding of the
     new dot products in `dtype`: gamma_{n+1} (|W| magnitude + |b|), plus n + 1
-    underflows. Rows of `error` and `magnitude` are examples.
+    underflows. A computation with `extra_roundings` more steps on the way
+    (an interval's centre and radius, say) and an `extra` magnitude among its
+    terms gets gamma_{n+1+extra_roundings} (|W| magnitude + |b| + extra). Rows
+    of `error` and `magnitude` are examples.
     """
-    fan_in = weight.shape[1]
+    count = weight.shape[1] + 1 + extra_roundings
     absolute = weight.abs()
-    fresh = gamma(fan_in + 1, dtype) * (magnitude @ absolute.T + bias.abs()) + (fan_in + 1) * underflow(dtype)
+    fresh = gamma(count, dtype) * (magnitude @ absolute.T + bias.abs() + extra) + count * underflow(dtype)
     return error @ absolute.T + fresh
 
 

@@ -58,17 +58,7 @@ def certifies(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, eps, method
 
 def assert_nothing_breaks(model, x, y, eps, norm, domain, seed):
     """A strong PGD, then random points on the sphere (and every L1 vertex), all within `domain`."""
-    broken, found = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=30, restarts=3, seed=seed)
-    assert not broken.any(), f"PGD broke a certified example at {found[broken][0].tolist()}"
-    g = torch.Generator().manual_seed(seed)
-    n, d = x.shape
-    sphere = x[:, None] + eps[:, None, None] * random_directions(n * 64, d, norm, g).view(n, 64, d)
-    points = torch.cat([sphere, ball_vertices(x, eps, norm)], dim=1)
-    if domain is not None:
-        points = points.clamp(*domain)
-    with torch.no_grad():
-        loss = attacks.attack_loss(model(points.flatten(0, 1)), y.repeat_interleave(points.shape[1]))
-    assert (loss < 0).all(), "a sampled point in a certified ball ties or beats the label"
+    assert not breaks(model, x, y, eps, norm, domain, seed, steps=30, restarts=3, points=64).any()
 
 
 @given(random_nets(), norms, st.sampled_from(METHODS), st.booleans(), seeds)
@@ -451,24 +441,27 @@ def float32_nets(draw) -> LipschitzMLP:
     return model
 
 
-def float32_breaks(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str,
-                   domain: tuple[float, float] | None, seed: int) -> torch.Tensor:
-    """Per example: some float32 input in the ball (PGD's, random points on the sphere, the L1 vertices)
-    that the float32 network, evaluated alone or in a batch, does not predict as y."""
-    broken, _ = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=20, restarts=2, seed=seed)
+def breaks(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str,
+           domain: tuple[float, float] | None, seed: int, steps: int = 20, restarts: int = 2,
+           points: int = 32) -> torch.Tensor:
+    """Per example: some input of x's precision in the ball (PGD's, `points` random points on the sphere, the
+    L1 vertices) where the network, evaluated alone or in a batch, ranks another class level with y or above."""
+    broken, _ = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=steps, restarts=restarts, seed=seed)
     g = torch.Generator().manual_seed(seed)
     n, d = x.shape
     x64, eps64 = x.double(), eps.double()
-    points = x64[:, None] + eps64[:, None, None] * random_directions(n * 32, d, norm, g).view(n, 32, d)
-    points = torch.cat([points, ball_vertices(x64, eps64, norm), x64[:, None]], dim=1)
+    around = x64[:, None] + eps64[:, None, None] * random_directions(n * points, d, norm, g).view(n, points, d)
+    around = torch.cat([around, ball_vertices(x64, eps64, norm), x64[:, None]], dim=1)
     if domain is not None:
-        points = points.clamp(*domain)
-    inside = lipschitz.lp_vector_norm(points - x64[:, None], norm) <= eps64[:, None]
-    points = torch.where(inside[..., None], points, x64[:, None]).float()  # float32 rounding may step outside
+        around = around.clamp(*domain)
+    around = around.to(x.dtype).double()  # the inputs the network takes; rounding may step outside the ball
+    inside = lipschitz.lp_vector_norm(around - x64[:, None], norm) <= eps64[:, None]
+    around = torch.where(inside[..., None], around, x64[:, None]).to(x.dtype)
+    count = around.shape[1]
     with torch.no_grad():
-        batched = model(points.flatten(0, 1)).argmax(dim=1).view(n, -1)
-        alone = torch.stack([model(points[:, k]).argmax(dim=1) for k in range(points.shape[1])], dim=1)
-    return broken | (batched != y[:, None]).any(dim=1) | (alone != y[:, None]).any(dim=1)
+        batched = attacks.attack_loss(model(around.flatten(0, 1)), y.repeat_interleave(count)).view(n, count)
+        alone = torch.stack([attacks.attack_loss(model(around[:, k]), y) for k in range(count)], dim=1)
+    return broken | (batched >= 0).any(dim=1) | (alone >= 0).any(dim=1)
 
 
 @given(float32_nets(), norms, seeds)
@@ -489,7 +482,7 @@ def test_float32_certificates_hold_for_the_float32_network_at_their_own_radius(m
         assert certify_split(model, split, Ball(norm, radius, domain), (method,))[method][radius > 0].all()
         keep = radius > 0
         if keep.any():
-            assert not float32_breaks(model, x[keep], y[keep], radius[keep], norm, domain, seed).any()
+            assert not breaks(model, x[keep], y[keep], radius[keep], norm, domain, seed).any()
 
 
 def test_a_large_output_bias_breaks_the_exact_arithmetic_rule_but_not_the_certificate():
@@ -511,7 +504,7 @@ def test_a_large_output_bias_breaks_the_exact_arithmetic_rule_but_not_the_certif
     assert plain.sum() > 300 and sound.sum() >= plain.sum() - 4
     with torch.no_grad():
         model.layers[-1].bias.add_(1e6)
-    naive, broken = plain_rule(), float32_breaks(model, x, y, torch.full((400,), eps), "linf", None, seed=0)
+    naive, broken = plain_rule(), breaks(model, x, y, torch.full((400,), eps), "linf", None, seed=0)
     assert naive.sum() > 300 and (naive & broken).any()
     assert not (certify_split(model, split, Ball("linf", eps), ("margin",))["margin"] & broken).any()
 

@@ -119,3 +119,29 @@ def test_verification_refuses_other_norms_and_methods():
         milp.verify_split(model, split, Ball("l2", 0.1), "exact", progress=False)
     with pytest.raises(ConfigError, match="unknown verification method 'crown'"):
         milp.verify_split(model, split, Ball("linf", 0.1), "crown", progress=False)
+
+
+@given(tiny_nets(), st.sampled_from([1e3, 1e5]), st.floats(0.01, 0.3), seeds)
+@settings(max_examples=20, deadline=None)
+def test_verdicts_hold_in_float32_for_nets_with_large_output_biases(model, shift, eps, seed):
+    """A constant on every output bias changes no gap in exact arithmetic but coarsens the float32 logits: a
+    robust verdict must still survive PGD in float32, and a counterexample must still flip the float32 net;
+    a digit whose gap lies within the rounding allowance may stay undecided."""
+    with torch.no_grad():
+        model.layers[-1].bias.add_(shift)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(12, model.config.in_features, generator=g)
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    split, ball = Split(x, labels), Ball("linf", eps, PIXEL_RANGE)
+    certified = certify_split(model, split, ball, METHODS)
+    lp = [v.status == "robust" for v in milp.verify_split(model, split, ball, "lp", progress=False)]
+    exact = milp.verify_split(model, split, ball, "exact", progress=False)
+    broken, _ = attacks.pgd(model, x, labels, ball, steps=30, restarts=3, seed=seed)
+    for i, verdict in enumerate(exact):
+        assert verdict.status != "timeout"
+        assert all(certified[m][i] <= lp[i] for m in METHODS)
+        assert lp[i] <= (verdict.status == "robust") <= (not broken[i])
+        if verdict.status == "counterexample":
+            with torch.no_grad():
+                assert model(verdict.counterexample[None]).argmax().item() != labels[i]
