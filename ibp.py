@@ -87,9 +87,13 @@ class HiddenBox:
     magnitude: torch.Tensor | None = None
     pre_activations: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], ...] = ()
     """(lower, upper, errors) of every hidden Linear layer's output, the activations' inputs"""
+    differences: tuple[torch.Tensor | None, ...] = ()
+    """with `hidden_box(..., differences=True)`, per hidden Linear layer followed by a GroupSort, upper
+    bounds of h_a - h_b for every two units a, b of a group, (n, groups, size, size); None for others"""
 
 
-def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype | None = None) -> HiddenBox:
+def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype | None = None,
+               differences: bool = False) -> HiddenBox:
     """IBP's box of h over the ball around each row of x (n, in_features).
 
     With `runs_in`, also `errors` of shape (2, n, units): errors[0] bounds, for
@@ -104,6 +108,9 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
     computed values: max(|lower|, |upper|) + both errors. An activation rounds
     nothing (a sort, a max) and passes an error bound by its per-unit bound
     rule: each output moves by at most the largest move in its group.
+
+    With `differences`, also IBP's bounds of the differences of the units
+    that a GroupSort compares (see `group_difference_upper`).
     """
     f64 = torch.float64
     if runs_in is not None and model.layers[0].weight.dtype != f64:
@@ -113,6 +120,7 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
     center, radius = model.normalise(x), ball.radii(x) / model.config.std
     errors = magnitude = None
     pre_activations: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    pair_bounds: list[torch.Tensor | None] = []
     if runs_in is not None:
         mean, std = model.config.mean, model.config.std
         u = rounding.unit_roundoff(f64)
@@ -123,6 +131,10 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
         magnitude = distance / std * (1 + 2 * u) + errors.sum(dim=0)
     for index, layer in enumerate(model.layers[:-1]):
         if isinstance(layer, nn.Linear):
+            if differences:
+                group = getattr(model.layers[index + 1], "group_size", 1)
+                pair_bounds.append(None if group < 2 else group_difference_upper(
+                    layer.weight, layer.bias, lower, upper, group, magnitude, None if errors is None else errors[1]))
             lower, upper = interval_linear(layer.weight, layer.bias, lower, upper)
             ball_term = 0.0
             if index == 0:
@@ -140,7 +152,30 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
                 errors = layer.propagate_bound(errors)
         if errors is not None:
             magnitude = torch.maximum(lower.abs(), upper.abs()) + errors.sum(dim=0)
-    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations))
+    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations), tuple(pair_bounds))
+
+
+def group_difference_upper(
+    weight: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, group_size: int,
+    magnitude: torch.Tensor | None = None, error: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Upper bounds of z_a - z_b, z = W h + b, for every two units a, b of each group of `group_size`
+    consecutive units, over the box lower <= h <= upper: (n, groups, size, size).
+
+    IBP on the rows W_a - W_b: never looser than U_a - L_b from the units'
+    own intervals, and exact over the box for the first layer, where z is
+    affine in the input. With `error` (errors[1] of `hidden_box` at h) and
+    `magnitude`, each bound is raised by its float64 rounding (`_box_error`),
+    so that it holds in exact arithmetic.
+    """
+    groups = weight.unflatten(0, (-1, group_size))
+    rows = (groups[:, :, None, :] - groups[:, None, :, :]).flatten(0, 2)
+    offsets = bias.unflatten(0, (-1, group_size))
+    offsets = (offsets[:, :, None] - offsets[:, None, :]).flatten()
+    bound = interval_linear(rows, offsets, lower, upper)[1]
+    if error is not None:
+        bound = bound + _box_error(rows, offsets, magnitude, error, 0.0)
+    return bound.unflatten(1, (-1, group_size, group_size))
 
 
 def _box_error(
@@ -183,7 +218,8 @@ class CertifiedGaps:
 
 
 def certified_gap_bounds(
-    model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32
+    model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32,
+    differences: bool = False,
 ) -> CertifiedGaps:
     """IBP's gap bounds over the ball for the network running in `runs_in` (`model` is its float64 copy), with
     the allowance A such that lower - A bounds f^_i(x') - f^_j(x') from below, f^ the logits as the network
@@ -193,10 +229,10 @@ def certified_gap_bounds(
     gamma_{n+8} (|W_i - W_j| M + |b_i - b_j|), as in `hidden_box`), the
     network's float32 error of each logit (`rounding.linear_error` of the last
     layer), and the rounding of the subtraction lower - A itself (gamma_3 of
-    the magnitudes).
+    the magnitudes). `differences` is passed to `hidden_box`.
     """
     x = x.flatten(1)
-    box = hidden_box(model, x, ball, runs_in)
+    box = hidden_box(model, x, ball, runs_in, differences)
     last = model.layers[-1]
     gap_lower = _gap_lower(model, x, ball, box)
     rows, offsets = (t.flatten(0, 1) for t in _pair_rows(last))
