@@ -85,6 +85,16 @@ MUTANTS = [
      "return (top / bottom).sqrt() * (1 - 1e-9)", "spectral norm a relative 1e-9 below its upper bound"),
     ("certificates.py", "if float(written) > value:", "if False:", "radii rounded to nearest, not down"),
     ("ibp.py", "upper = torch.maximum(upper, lower)  # two", "pass  # two", "intervals that invert"),
+    # Exact verification: the bounds of what GroupSort compares.
+    ("ibp.py", "bound = interval_linear(rows, offsets, lower, upper)[1]",
+     "bound = interval_linear(rows, offsets, lower + 0.02 * (upper - lower), upper)[1]",
+     "bounds of the differences within a group, from a box 2 % too small"),
+    ("milp.py", "bound[i], bound[j] = np.minimum(p[0], p[1]), np.maximum(p[0], p[1])",
+     "bound[i], bound[j] = np.maximum(p[0], p[1]), np.minimum(p[0], p[1])",
+     "a compare-exchange's difference bounds: min and max rows swapped"),
+    ("milp.py", "bound[:, i], bound[:, j] = np.maximum(q[:, 0], q[:, 1]), np.minimum(q[:, 0], q[:, 1])",
+     "bound[:, i], bound[:, j] = np.minimum(q[:, 0], q[:, 1]), np.maximum(q[:, 0], q[:, 1])",
+     "a compare-exchange's difference bounds: min and max columns swapped"),
 ]
 
 

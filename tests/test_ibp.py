@@ -118,7 +118,7 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     n, d = 8, model.config.in_features
     x = torch.rand(n, d, generator=g).double()
     eps = torch.rand(n, generator=g, dtype=torch.float64)
-    box = ibp.hidden_box(model, x, Ball(norm, eps, domain), torch.float32)
+    box = ibp.hidden_box(model, x, Ball(norm, eps, domain), torch.float32, differences=True)
     points = x[:, None] + eps[:, None, None] * random_directions(n * 16, d, norm, g).view(n, 16, d)
     points = torch.cat([points, ball_vertices(x, eps, norm), x[:, None]], dim=1)
     if domain is not None:
@@ -127,12 +127,38 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     inside = lipschitz.lp_vector_norm(points - x[:, None], norm) <= eps[:, None]
     points = torch.where(inside[..., None], points, x[:, None])
     exact = hidden(model, points.flatten(0, 1)).view(n, points.shape[1], -1)
+    check_group_differences(model, box, points)
     computed = hidden(model.float(), points.float().flatten(0, 1)).double().view_as(exact)
     slack = 1e-12 * (1 + exact.abs())
     assert ((computed - exact).abs() <= box.errors[0][:, None] + slack).all()
     assert (exact >= box.lower[:, None] - box.errors[1][:, None] - slack).all()
     assert (exact <= box.upper[:, None] + box.errors[1][:, None] + slack).all()
     assert (exact.abs() <= box.magnitude[:, None] + slack).all()
+
+
+def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor) -> None:
+    """Every GroupSort's inputs z at the points (n, k, d): z_a - z_b <= the box's bound for a, b in a group,
+    and the bound is never above U_a - L_b from the units' own intervals (widened by their errors)."""
+    z, depth = model.normalise(points.flatten(0, 1)), 0
+    n, k = points.shape[:2]
+    with torch.no_grad():
+        for index, layer in enumerate(model.layers[:-1]):
+            z = layer(z)
+            if not isinstance(layer, torch.nn.Linear):
+                continue
+            bound = box.differences[depth]
+            lower, upper, errors = box.pre_activations[depth]
+            depth += 1
+            if bound is None:
+                assert not hasattr(model.layers[index + 1], "group_size") or model.layers[index + 1].group_size == 1
+                continue
+            size = bound.shape[-1]
+            groups = z.view(n, k, -1, size)
+            seen = groups[..., :, None] - groups[..., None, :]  # (n, k, groups, size, size)
+            assert (seen <= bound[:, None] + 1e-12 * (1 + groups.abs().amax())).all()
+            high, low = (upper + errors[1]).view(n, -1, size), (lower - errors[1]).view(n, -1, size)
+            own = high[..., :, None] - low[..., None, :]
+            assert (bound <= own + 1e-9 * (1 + own.abs())).all()
 
 
 @given(random_nets(), norms, st.sampled_from([1e-300, 1e-20, 1e-15, 1e-9]), seeds)
