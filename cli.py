@@ -68,6 +68,14 @@ positive_float = _number(float, 0.0, strict=True)
 nonnegative_float = _number(float, 0.0, strict=False)
 
 
+def unit_float(text: str) -> float:
+    """A number in [0, 1]."""
+    value = nonnegative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text} must be <= 1")
+    return value
+
+
 def widths(text: str) -> tuple[int, ...]:
     """Hidden widths: '500' or '1024,1024'."""
     try:
@@ -76,6 +84,19 @@ def widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
+    return values
+
+
+def epochs(text: str) -> tuple[int, ...]:
+    """Epochs: '50,55', or 'none' for no epoch."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"epochs must be >= 1, got {text!r}")
     return values
 
 

@@ -2,8 +2,9 @@
 
 A box lower <= h <= upper is carried layer by layer. A Linear layer has its
 rule here (`interval_linear`); each activation carries its own
-(`propagate_interval` in `groupsort`). The first layer's box is also cut to the
-exact range over the p-ball, and the last layer is folded into the gaps.
+(`propagate_interval` in `groupsort`). In L2 and L1 the first layer's box is also
+cut to the exact range over the p-ball (in L-inf the box is already exact), and
+the last layer is folded into the gaps.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def gap_lower_bounds(model: LipschitzMLP, x: torch.Tensor, ball: Ball) -> torch.
     """Lower bounds of f_i(x') - f_j(x') over every x' in the ball around each row of x: (n, out, out).
 
     The input box is the L-inf box of the ball (cut to its domain), normalised
-    as the model normalises. The first layer's interval is also cut to the
-    exact range over the p-ball, w . x +- eps ||w||_q / std. With no hidden
+    as the model normalises. In L2 and L1 the first layer's interval is also
+    cut to the exact range over the p-ball, w . x +- eps ||w||_q / std. With no hidden
     layer, the gaps' exact range over the p-ball is used as well. Computed in
     the model's precision and sound in exact arithmetic (for training);
     certificates take `certified_gap_lower_bounds`.
@@ -137,7 +138,7 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
                     layer.weight, layer.bias, lower, upper, group, magnitude, None if errors is None else errors[1]))
             lower, upper = interval_linear(layer.weight, layer.bias, lower, upper)
             ball_term = 0.0
-            if index == 0:
+            if index == 0 and ball.norm != "linf":  # in L-inf the box is the ball cut to its domain: exact
                 exact = ball_range(layer.weight, layer.bias, center, radius, ball.norm)
                 lower, upper = torch.maximum(lower, exact[0]), torch.minimum(upper, exact[1])
                 upper = torch.maximum(upper, lower)  # two nearly equal ranges can cross by rounding: never invert

@@ -45,22 +45,43 @@ class BatchLoss(NamedTuple):
 LossFn = Callable[..., BatchLoss]  # batch_loss, or batch_loss under torch.compile
 
 
+RAMP_SHAPES = ("linear", "smooth")
+
+
+def ramp_share(fraction: float, shape: str, mid: float = 0.25, power: float = 4.0) -> float:
+    """How far a ramp has gone, in [0, 1], at `fraction` of its length: linear, or smooth (auto_LiRPA's
+    SmoothedScheduler: a * t^power up to `mid`, then the straight line that continues it with the same
+    slope and ends at 1, which fixes a)."""
+    fraction = min(1.0, max(0.0, fraction))
+    if shape == "linear":
+        return fraction
+    scale = 1.0 / (mid ** power + power * mid ** (power - 1) * (1.0 - mid))
+    if fraction <= mid:
+        return scale * fraction ** power
+    return min(1.0, scale * (mid ** power + power * mid ** (power - 1) * (fraction - mid)))
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Where training stands: the radius to train at now, and the weight of the clean loss.
 
-    The radius ramps linearly from 0 to eps over the first `ramp` epochs
-    (`progress` counts epochs, fractions included); the clean weight falls from
-    1 to 0.5 alongside (Gowal et al. 2018). Without a ramp both start at their end.
+    After `warmup` epochs at radius 0, the radius ramps from 0 to eps over
+    `ramp` epochs (`progress` counts epochs, fractions included), linearly or
+    smoothly (`ramp_share`); the clean weight falls from 1 to `final_clean`
+    alongside (1 to 0.5: Gowal et al. 2018). Without a ramp both start at their end.
     """
 
     eps: float
     clean_weight: float
 
     @classmethod
-    def at(cls, progress: float, eps: float, ramp: float) -> Schedule:
-        share = 1.0 if ramp <= 0 else min(1.0, progress / ramp)
-        return cls(eps * share, 1.0 - 0.5 * share)
+    def at(cls, progress: float, eps: float, ramp: float, warmup: float = 0.0, shape: str = "linear",
+           final_clean: float = 0.5) -> Schedule:
+        if ramp <= 0:
+            share = 1.0 if progress >= warmup else 0.0
+        else:
+            share = ramp_share((progress - warmup) / ramp, shape)
+        return cls(eps * share, 1.0 - (1.0 - final_clean) * share)
 
 
 def worst_case_logits(gap_lower: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

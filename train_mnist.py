@@ -38,7 +38,7 @@ from lipschitz import Ball
 from groupsort import ACTIVATIONS
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 from models import LipschitzMLP
-from objectives import LOSSES
+from objectives import LOSSES, RAMP_SHAPES
 from training import CONSTRAINTS, NonFiniteError, Recipe, Run, recipe_path, train_epoch
 
 DRY_RUN_BATCHES = 3
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
     flag("--batch-size", cli.positive_int, D.batch_size, "training batch size")
     flag("--lr", cli.positive_float, D.lr, "Adam learning rate")
     flag("--gamma", cli.positive_float, D.gamma, "learning-rate decay per epoch")
+    flag("--lr-drops", cli.epochs, "none", "multiply the learning rate by --lr-drop-factor after these epochs, e.g. 50,55")
+    flag("--lr-drop-factor", cli.positive_float, D.lr_drop_factor, "learning-rate factor of each drop")
+    flag("--grad-clip", cli.nonnegative_float, D.grad_clip, "clip the gradient to this L2 norm (0: no clipping)")
     flag("--epochs", cli.positive_int, D.epochs, "training epochs")
     flag("--lc_penalty", cli.nonnegative_float, D.lc_penalty, "weight of the soft-max logit-bound penalty")
     flag("--cert_magnitude", cli.nonnegative_float, D.cert_magnitude,
@@ -66,7 +69,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
     flag("--method", certificates.METHODS, D.method, "certificate rule of the final report, see certify.py")
     flag("--loss", LOSSES, D.loss, "training objective, see objectives.py")
     flag("--train-eps", cli.nonnegative_float, "--cert_magnitude", "radius the lmt, hinge and ibp losses train at")
+    flag("--warmup-epochs", cli.nonnegative_float, D.warmup_epochs, "epochs at training radius 0 before the ramp")
     flag("--ramp-epochs", cli.nonnegative_float, D.ramp_epochs, "ramp the training radius up from 0 over this many epochs")
+    flag("--ramp-shape", RAMP_SHAPES, D.ramp_shape, "linear, or smooth: polynomial, then linear (auto_LiRPA)")
+    flag("--final-clean-weight", cli.unit_float, D.final_clean_weight,
+         "weight of the clean cross-entropy in the ibp loss once the radius is reached")
     flag("--hinge-target", cli.positive_float, D.hinge_target, "target certified gap of the hinge loss")
     flag("--constraint", CONSTRAINTS, D.constraint, "linf-proj: after every step, project each weight row onto "
          "the L1 ball, so every layer's L-inf operator norm stays <= --constraint-radius")

@@ -21,7 +21,7 @@ from errors import ConfigError, Failure
 from groupsort import ACTIVATIONS
 from mnist_data import Split
 from models import LipschitzMLP, MLPConfig
-from objectives import LOSSES, LossFn, Schedule, batch_loss
+from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 CONSTRAINTS = ("none", "linf-proj")
@@ -35,18 +35,25 @@ class Recipe:
     hidden: tuple[int, ...] = (500,)
     activation: str = "groupsort"
     group_size: int = 10
-    # the optimisation: Adam, the learning rate times gamma after every epoch
+    # the optimisation: Adam, the learning rate times gamma after every epoch and times lr_drop_factor
+    # after each epoch listed in lr_drops; gradients clipped to grad_clip in L2 norm (0: not clipped)
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
     gamma: float = 0.985
+    lr_drops: tuple[int, ...] = ()
+    lr_drop_factor: float = 0.2
+    grad_clip: float = 0.0
     seed: int = 0
     # the objective (see objectives.py)
     loss: str = "ce"
     lc_penalty: float = 0.01
     norm: str = "linf"
     train_eps: float | None = None  # None: the certificate's radius, cert_magnitude
+    warmup_epochs: float = 0.0  # at radius 0, before the ramp
     ramp_epochs: float = 0.0
+    ramp_shape: str = "linear"
+    final_clean_weight: float = 0.5  # of the ibp loss's clean part, reached with the radius
     hinge_target: float = 1.0
     constraint: str = "none"
     constraint_radius: float = 1.0
@@ -57,6 +64,7 @@ class Recipe:
     def __post_init__(self) -> None:
         self.check_types()
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "lr_drops", tuple(self.lr_drops))
         self.check_values()
 
     def check_types(self) -> None:
@@ -64,11 +72,13 @@ class Recipe:
         integer = lambda value: isinstance(value, int) and not isinstance(value, bool)  # noqa: E731
         if not isinstance(self.hidden, (list, tuple)) or not all(integer(width) for width in self.hidden):
             raise ConfigError(f"hidden must be a list of widths, got {self.hidden!r}")
+        if not isinstance(self.lr_drops, (list, tuple)) or not all(integer(epoch) for epoch in self.lr_drops):
+            raise ConfigError(f"lr_drops must be a list of epochs, got {self.lr_drops!r}")
         for name in ("group_size", "epochs", "batch_size", "seed"):
             if not integer(getattr(self, name)):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("lr", "gamma", "lc_penalty", "train_eps", "ramp_epochs", "hinge_target", "constraint_radius",
-                     "cert_magnitude"):
+                     "cert_magnitude", "lr_drop_factor", "grad_clip", "warmup_epochs", "final_clean_weight"):
             value = getattr(self, name)
             if not (integer(value) or isinstance(value, float) or (value is None and name == "train_eps")):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -77,19 +87,24 @@ class Recipe:
         """Choices among the known ones, sizes and rates positive, radii and weights non-negative, all finite."""
         for name, value, choices in (("activation", self.activation, ACTIVATIONS), ("loss", self.loss, LOSSES),
                                      ("norm", self.norm, lipschitz.NORMS), ("method", self.method, certificates.METHODS),
-                                     ("constraint", self.constraint, CONSTRAINTS)):
+                                     ("constraint", self.constraint, CONSTRAINTS),
+                                     ("ramp_shape", self.ramp_shape, RAMP_SHAPES)):
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
         numbers = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "gamma": self.gamma,
                    "group_size": self.group_size, "hinge_target": self.hinge_target,
-                   "constraint_radius": self.constraint_radius}
+                   "constraint_radius": self.constraint_radius, "lr_drop_factor": self.lr_drop_factor}
         for name, value in numbers.items():
             if not value > 0 or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("lc_penalty", "cert_magnitude", "ramp_epochs", "train_eps"):
+        for name in ("lc_penalty", "cert_magnitude", "ramp_epochs", "train_eps", "grad_clip", "warmup_epochs"):
             value = getattr(self, name)
             if value is not None and (not value >= 0 or not math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.final_clean_weight <= 1:
+            raise ConfigError(f"final_clean_weight must be in [0, 1], got {self.final_clean_weight}")
+        if any(epoch < 1 for epoch in self.lr_drops):
+            raise ConfigError(f"lr_drops must be epochs >= 1, got {list(self.lr_drops)}")
 
     @property
     def eps(self) -> float:
@@ -100,7 +115,12 @@ class Recipe:
         return MLPConfig(hidden=self.hidden, activation=self.activation, group_size=self.group_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "hidden": list(self.hidden)}
+        return {**asdict(self), "hidden": list(self.hidden), "lr_drops": list(self.lr_drops)}
+
+    def schedule(self, progress: float) -> Schedule:
+        """The radius and clean weight after `progress` epochs (fractions included)."""
+        return Schedule.at(progress, self.eps, self.ramp_epochs, self.warmup_epochs, self.ramp_shape,
+                           self.final_clean_weight)
 
     @classmethod
     def build(cls, file: Path | None = None, **overrides: Any) -> Recipe:
@@ -172,7 +192,10 @@ class Run:
         model = LipschitzMLP(config or recipe.model_config()).to(device)
         # fused: one kernel for all parameters; the step is a large share of this small model's time
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=recipe.gamma)
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, recipe.gamma)
+        if recipe.lr_drops:  # both multiply the rate in place, one after the other
+            drops = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.lr_drops), recipe.lr_drop_factor)
+            scheduler = torch.optim.lr_scheduler.ChainedScheduler([scheduler, drops], optimizer)
         generator = torch.Generator(device=device).manual_seed(recipe.seed)
         return cls(recipe, model, optimizer, scheduler, generator, compiled(batch_loss) if compile else batch_loss)
 
@@ -216,6 +239,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
                                                       schedule, recipe.hinge_target)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if recipe.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), recipe.grad_clip)
     run.optimizer.step()
     if recipe.constraint == "linf-proj":
         for layer in run.model.linear_layers():
@@ -237,7 +262,7 @@ def train_epoch(run: Run, train: Split, max_batches: int | None = None) -> Epoch
     batches = order.split(recipe.batch_size)[:max_batches]
     totals = torch.zeros(4, device=train.labels.device)
     for number, index in enumerate(batches):
-        schedule = Schedule.at(run.epoch + number / len(batches), recipe.eps, recipe.ramp_epochs)
+        schedule = recipe.schedule(run.epoch + number / len(batches))
         totals += train_step(run, train.images[index], train.labels[index], schedule)
     with torch.no_grad():
         max_logit_bound = run.model.logit_bounds(recipe.norm).logits.max()

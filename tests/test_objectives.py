@@ -15,7 +15,7 @@ from lipschitz import Ball, soft_max_penalty
 from mnist_data import PIXEL_RANGE
 from models import LipschitzMLP, MLPConfig
 from nets import seeds
-from objectives import LOSSES, BatchLoss, Schedule, batch_loss, worst_case_logits
+from objectives import LOSSES, BatchLoss, Schedule, batch_loss, ramp_share, worst_case_logits
 
 
 def small_model(seed: int = 0) -> LipschitzMLP:
@@ -28,6 +28,24 @@ def test_schedule_ramps_the_radius_and_the_clean_weight():
     assert Schedule.at(2.0, 0.2, ramp=4) == Schedule(pytest.approx(0.1), 0.75)
     assert Schedule.at(9.0, 0.2, ramp=4) == Schedule(0.2, 0.5)
     assert Schedule.at(0.0, 0.2, ramp=0) == Schedule(0.2, 0.5)
+
+
+def test_warmup_holds_the_radius_at_zero_then_the_ramp_starts_and_ends_at_the_final_clean_weight():
+    assert Schedule.at(1.5, 0.2, ramp=4, warmup=2) == Schedule(0.0, 1.0)
+    assert Schedule.at(4.0, 0.2, ramp=4, warmup=2) == Schedule(pytest.approx(0.1), 0.75)
+    assert Schedule.at(6.0, 0.2, ramp=4, warmup=2, final_clean=0.0) == Schedule(0.2, 0.0)
+    assert Schedule.at(1.0, 0.2, ramp=0, warmup=2) == Schedule(0.0, 1.0)
+    assert Schedule.at(2.0, 0.2, ramp=0, warmup=2) == Schedule(0.2, 0.5)
+
+
+def test_the_smooth_ramp_rises_from_0_to_1_slower_than_the_line_and_without_a_jump():
+    fractions = torch.linspace(0, 1, 1001).tolist()
+    shares = [ramp_share(f, "smooth") for f in fractions]
+    assert shares[0] == 0.0 and shares[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(shares, shares[1:]))
+    assert all(s <= f + 1e-12 for s, f in zip(shares, fractions))
+    assert max(b - a for a, b in zip(shares, shares[1:])) < 2e-3  # slope at most 4/3 (Lipschitz, no jump)
+    assert ramp_share(0.5, "linear") == 0.5 and ramp_share(1.5, "smooth") == 1.0
 
 
 @given(seeds, st.floats(0.0, 0.3))

@@ -112,6 +112,12 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"hidden": 500}, "hidden must be a list of widths, got 500"),
     ({"hidden": "500"}, "hidden must be a list of widths, got '500'"),
     ({"eps": 0.1}, "unknown entries ['eps']"),
+    ({"lr_drops": 50}, "lr_drops must be a list of epochs, got 50"),
+    ({"lr_drops": [0, 5]}, "lr_drops must be epochs >= 1"),
+    ({"ramp_shape": "cosine"}, "unknown ramp_shape 'cosine'"),
+    ({"final_clean_weight": 1.5}, "final_clean_weight must be in [0, 1]"),
+    ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
+    ({"warmup_epochs": "two"}, "warmup_epochs must be a number"),
 ])
 def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
     path = write_recipe(tmp_path, entries)
@@ -172,9 +178,10 @@ def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():
     assert not torch.equal(first.model.linear_layers()[0].weight, other.model.linear_layers()[0].weight)
 
 
-def test_a_restored_run_continues_bit_for_bit():
+@pytest.mark.parametrize("drops", [(), (1,)])
+def test_a_restored_run_continues_bit_for_bit(drops):
     """Two epochs straight equal one epoch, its state saved and restored into a fresh run, then another."""
-    recipe = Recipe(batch_size=16, lr=0.01)
+    recipe = Recipe(batch_size=16, lr=0.01, lr_drops=drops)
     split = small_split(n=80)
     straight = Run.start(recipe, torch.device("cpu"), config=SMALL)
     for _ in range(2):
@@ -194,6 +201,28 @@ def test_a_restored_run_continues_bit_for_bit():
     train_epoch(resumed, split)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no step taken: rates only
+def test_the_learning_rate_decays_every_epoch_and_drops_after_the_listed_epochs():
+    run = Run.start(Recipe(lr=0.1, gamma=0.9, lr_drops=(2, 3), lr_drop_factor=0.5), torch.device("cpu"), config=SMALL)
+    rates = []
+    for _ in range(5):
+        rates.append(run.optimizer.param_groups[0]["lr"])
+        run.scheduler.step()
+    expected = [0.1 * 0.9 ** k * 0.5 ** sum(k >= d for d in (2, 3)) for k in range(5)]
+    assert rates == pytest.approx(expected, rel=1e-12)
+    plain = Run.start(Recipe(), torch.device("cpu"), config=SMALL)
+    assert type(plain.scheduler) is torch.optim.lr_scheduler.ExponentialLR  # the demo's, bit for bit
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_gradient_clipping_bounds_the_norm_of_the_step_gradient(clip):
+    run = Run.start(Recipe(loss="ibp", grad_clip=clip), torch.device("cpu"), config=SMALL)
+    split = small_split()
+    train_step(run, split.images, split.labels)
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in run.model.parameters()]))
+    assert (norm <= clip * (1 + 1e-6)) == (clip > 0)
 
 
 # --compile.
