@@ -11,9 +11,11 @@ hidden state the network can reach from it, exactly:
 - ReLU: a unit that the bounds fix is the identity or zero; an unstable one
   gets the usual big-M encoding with one binary (Tjeng, Xiao & Tedrake 2019);
 - GroupSort: each group is sorted by a sorting network (Batcher's odd-even
-  merge), every compare-exchange being a max (one binary, big-M from the
-  wires' bounds) and a min (the sum minus the max); a comparison that the
-  bounds decide needs no binary and no variable.
+  merge), every compare-exchange being a max (one binary) and a min (the sum
+  minus the max). Its big-M constants are upper bounds of the differences of
+  the two wires: IBP's for two units of a group (`ibp.group_difference_upper`,
+  exact for the first layer), carried through the network (`Program.sort`);
+  a comparison that they decide needs no binary and no variable.
 
 Verdicts, per example: *robust* when for every j the program with the extra
 row f_y - f_j <= A_yj + SOLVER_MARGIN is infeasible, A_yj the float32 rounding
