@@ -164,8 +164,10 @@ def group_difference_upper(
     consecutive units, over the box lower <= h <= upper: (n, groups, size, size).
 
     IBP on the rows W_a - W_b: never looser than U_a - L_b from the units'
-    own intervals, and exact over the box for the first layer, where z is
-    affine in the input. With `error` (errors[1] of `hidden_box` at h) and
+    intervals over the same box, and exact over the box for the first layer,
+    where z is affine in the input. (In L2 and L1 the first layer's unit
+    intervals are also cut to the ball, so there U_a - L_b can be the smaller:
+    `milp` takes the smaller of the two.) With `error` (errors[1] of `hidden_box` at h) and
     `magnitude`, each bound is raised by its float64 rounding (`_box_error`),
     so that it holds in exact arithmetic.
     """

@@ -127,7 +127,7 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     inside = lipschitz.lp_vector_norm(points - x[:, None], norm) <= eps[:, None]
     points = torch.where(inside[..., None], points, x[:, None])
     exact = hidden(model, points.flatten(0, 1)).view(n, points.shape[1], -1)
-    check_group_differences(model, box, points)
+    check_group_differences(model, box, points, norm)
     computed = hidden(model.float(), points.float().flatten(0, 1)).double().view_as(exact)
     slack = 1e-12 * (1 + exact.abs())
     assert ((computed - exact).abs() <= box.errors[0][:, None] + slack).all()
@@ -136,9 +136,10 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     assert (exact.abs() <= box.magnitude[:, None] + slack).all()
 
 
-def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor) -> None:
+def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor, norm: str) -> None:
     """Every GroupSort's inputs z at the points (n, k, d): z_a - z_b <= the box's bound for a, b in a group,
-    and the bound is never above U_a - L_b from the units' own intervals (widened by their errors)."""
+    and the bound is never above U_a - L_b from the units' own intervals (widened by their errors), which
+    come from the same box but in the first layer in L2 and L1, where they are also cut to the ball."""
     z, depth = model.normalise(points.flatten(0, 1)), 0
     n, k = points.shape[:2]
     with torch.no_grad():
@@ -158,7 +159,8 @@ def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor) -> 
             assert (seen <= bound[:, None] + 1e-12 * (1 + groups.abs().amax())).all()
             high, low = (upper + errors[1]).view(n, -1, size), (lower - errors[1]).view(n, -1, size)
             own = high[..., :, None] - low[..., None, :]
-            assert (bound <= own + 1e-9 * (1 + own.abs())).all()
+            if norm == "linf" or depth > 1:
+                assert (bound <= own + 1e-9 * (1 + own.abs())).all()
 
 
 @given(random_nets(), norms, st.sampled_from([1e-300, 1e-20, 1e-15, 1e-9]), seeds)
