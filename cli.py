@@ -76,13 +76,19 @@ def unit_float(text: str) -> float:
     return value
 
 
-def widths(text: str) -> tuple[int, ...]:
-    """Hidden widths: '500' or '1024,1024'."""
+def _integers(text: str, what: str) -> tuple[int, ...]:
+    """Comma-separated integers, e.g. '1024,1024'."""
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths") from None
-    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+    return values
+
+
+def widths(text: str) -> tuple[int, ...]:
+    """Hidden widths: '500' or '1024,1024'."""
+    values = _integers(text, "widths")
+    if min(values) < 1:
         raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
     return values
 
@@ -91,10 +97,7 @@ def epochs(text: str) -> tuple[int, ...]:
     """Epochs: '50,55', or 'none' for no epoch."""
     if text.strip().lower() == "none":
         return ()
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs") from None
+    values = _integers(text, "epochs")
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"epochs must be >= 1, got {text!r}")
     return values
