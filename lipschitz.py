@@ -300,3 +300,27 @@ def project_rows_l1_ball_(weight: torch.Tensor, radius: float) -> None:
     """`project_rows_l1_ball` in place: afterwards every row's L1 norm, and so the layer's
     L-inf operator norm, is at most `radius`."""
     weight.copy_(project_rows_l1_ball(weight, radius))
+
+
+def orthonormalise(weight: torch.Tensor, iterations: int) -> torch.Tensor:
+    """`iterations` steps of Bjorck and Bowie's iteration W <- W (3/2 I - 1/2 W^T W) (Anil, Lucas & Grosse 2019).
+
+    It maps each singular value s to s (3 - s^2) / 2, so it drives every one in
+    (0, sqrt 3) to 1, quadratically near 1, and keeps the singular vectors: the
+    limit is the closest matrix with orthonormal rows or columns (the polar
+    factor), whose L2 operator norm is 1. The Gram matrix is taken on the
+    smaller side. Differentiable; a certificate never assumes the limit, it
+    bounds the weights it is given (`l2_spectral_norm_upper_bound`).
+    """
+    for _ in range(iterations):
+        if weight.shape[0] <= weight.shape[1]:
+            weight = 1.5 * weight - 0.5 * (weight @ weight.T) @ weight
+        else:
+            weight = 1.5 * weight - 0.5 * weight @ (weight.T @ weight)
+    return weight
+
+
+@torch.no_grad()
+def orthonormalise_(weight: torch.Tensor, iterations: int) -> None:
+    """`orthonormalise` in place."""
+    weight.copy_(orthonormalise(weight, iterations))

@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
          "weight of the clean cross-entropy in the ibp loss once the radius is reached")
     flag("--hinge-target", cli.positive_float, D.hinge_target, "target certified gap of the hinge loss")
     flag("--constraint", CONSTRAINTS, D.constraint, "linf-proj: after every step, project each weight row onto "
-         "the L1 ball, so every layer's L-inf operator norm stays <= --constraint-radius")
+         "the L1 ball, so every layer's L-inf operator norm stays <= --constraint-radius; bjorck: start orthonormal "
+         "and take each weight back to orthonormal after every step, so every layer's L2 operator norm stays <= 1")
     flag("--constraint-radius", cli.positive_float, D.constraint_radius, "L1 radius of the rows under linf-proj")
     flag("--activation", ACTIVATIONS, D.activation, "activation")
     flag("--group_size", cli.positive_int, D.group_size, "GroupSort group size")

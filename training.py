@@ -24,7 +24,8 @@ from models import LipschitzMLP, MLPConfig
 from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-CONSTRAINTS = ("none", "linf-proj")
+CONSTRAINTS = ("none", "linf-proj", "bjorck")
+BJORCK_STEP_ITERATIONS = 1  # after each optimiser step; see `constrain_`
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class Run:
         """
         torch.manual_seed(recipe.seed)
         model = LipschitzMLP(config or recipe.model_config()).to(device)
+        constrain_(model, recipe, start=True)
         # fused: one kernel for all parameters; the step is a large share of this small model's time
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
         scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, recipe.gamma)
@@ -225,6 +227,28 @@ def compiled(loss_fn: LossFn) -> LossFn:
     return call
 
 
+@torch.no_grad()
+def constrain_(model: LipschitzMLP, recipe: Recipe, start: bool = False) -> None:
+    """Pull every Linear weight back into the recipe's constraint set after a step (or at the start).
+
+    linf-proj: each row projected onto the L1 ball of radius constraint_radius,
+    so each layer's L-inf operator norm is at most that (from the first step:
+    the demo's start has row L1 norm 1). bjorck: each weight
+    taken back towards orthonormal rows or columns by Bjorck's iteration, so
+    each layer's L2 operator norm stays near 1; at the start the weights are
+    drawn orthonormal (torch.nn.init.orthogonal_). Projection after the step,
+    not Anil et al.'s reparametrisation through 15 or more iterations in every
+    forward pass: on a CPU that alone would cost several plain steps.
+    """
+    for layer in model.linear_layers():
+        if recipe.constraint == "linf-proj" and not start:
+            lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
+        elif recipe.constraint == "bjorck" and start:
+            torch.nn.init.orthogonal_(layer.weight)
+        elif recipe.constraint == "bjorck":
+            lipschitz.orthonormalise_(layer.weight, BJORCK_STEP_ITERATIONS)
+
+
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | None = None) -> torch.Tensor:
     """One optimiser step on the recipe's objective; returns [loss, class loss, errors, certified].
 
@@ -242,9 +266,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     if recipe.grad_clip:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), recipe.grad_clip)
     run.optimizer.step()
-    if recipe.constraint == "linf-proj":
-        for layer in run.model.linear_layers():
-            lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
+    constrain_(run.model, recipe)
     with torch.no_grad():
         errors = (logits.argmax(dim=1) != y).sum()
         certified = certificates.certified(logits, y, threshold, recipe.cert_magnitude).sum()

@@ -113,6 +113,28 @@ def test_projection_leaves_rows_inside_the_ball_alone():
     assert torch.allclose(weight[1], torch.tensor([1.0, 0.0, 0.0]))
 
 
+def with_singular_values(rows: int, cols: int, values: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A float64 matrix U diag(values) V^T with random orthonormal U, V, and U, V."""
+    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, len(values), generator=g, dtype=torch.float64))
+    return u @ torch.diag(values) @ v.T, u, v
+
+
+@given(st.integers(1, 40), st.integers(1, 40), seeds)
+@settings(max_examples=60, deadline=None)
+def test_bjorck_maps_each_singular_value_s_to_s_3_minus_s2_over_2_and_converges_to_the_polar_factor(rows, cols, seed):
+    g = torch.Generator().manual_seed(seed)
+    values = 0.05 + 1.65 * torch.rand(min(rows, cols), generator=g, dtype=torch.float64)  # in (0, sqrt 3)
+    weight, u, v = with_singular_values(rows, cols, values, g)
+    once = lipschitz.orthonormalise(weight, 1)
+    assert torch.allclose(once, u @ torch.diag(values * (3 - values**2) / 2) @ v.T, atol=1e-12)
+    assert torch.linalg.matrix_norm(once, 2) <= 1 + 1e-12  # s (3 - s^2) / 2 <= 1 for every s >= 0
+    limit = lipschitz.orthonormalise(weight, 30)
+    assert torch.allclose(limit, u @ v.T, atol=1e-10)  # the closest orthonormal matrix
+    lipschitz.orthonormalise_(weight, 30)
+    assert torch.equal(weight, limit)
+
+
 def test_ball_radii_give_one_radius_per_row_in_the_inputs_dtype():
     x = torch.zeros(4, 3, dtype=torch.float64)
     assert torch.equal(Ball("l2", 0.5).radii(x), torch.full((4,), 0.5, dtype=torch.float64))

@@ -4,6 +4,7 @@ and --compile (the compiled batch loss computes what the eager one does, and fai
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -147,6 +148,24 @@ def test_constrained_training_keeps_every_layer_within_the_radius():
         assert lipschitz.lp_operator_norm(layer.weight, "linf") <= 0.5
     # with radius r per layer, every logit bound is at most r ** depth
     assert (run.model.logit_bounds("linf").logits <= 0.5 ** 3 * (1 + 1e-5)).all()
+
+
+def test_bjorck_training_starts_orthonormal_and_keeps_every_l2_layer_bound_near_one():
+    recipe, _ = train_mnist.parse_args(["--constraint", "bjorck", "--norm", "l2", "--lc_penalty", "0",
+                                        "--loss", "lmt", "--lr", "0.01", "--batch-size", "16"])
+    run = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    for layer in run.model.linear_layers():  # 8x12, 8x8, 4x8: orthonormal rows
+        w = layer.weight.double()
+        assert torch.allclose(w @ w.T, torch.eye(len(w), dtype=torch.float64), atol=1e-6)
+    before = [layer.weight.detach().clone() for layer in run.model.linear_layers()]
+    train_epoch(run, small_split())
+    for old, layer in zip(before, run.model.linear_layers()):
+        assert not torch.equal(old, layer.weight)
+        singular = torch.linalg.svdvals(layer.weight.double())
+        assert singular.max() <= 1 + 1e-5 and singular.min() >= 0.9
+    # so the certified L2 bound of every logit difference is at most sqrt 2: the margin / sqrt 2 rule
+    bounds = run.model.certified_logit_bounds("l2")
+    assert bounds.output <= 1 + 1e-5 and (bounds.differences <= math.sqrt(2) * (1 + 1e-5)).all()
 
 
 def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certified_count():
