@@ -63,6 +63,25 @@ def ball_range(
     return (middle - spread).unflatten(1, shape), (middle + spread).unflatten(1, shape)
 
 
+def lipschitz_cut(
+    lower: torch.Tensor, upper: torch.Tensor, point: torch.Tensor, error: torch.Tensor, reach: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box cut to point +- (error + reach), rounded outwards, in float64.
+
+    Sound when the exact unit at x lies within `error` of `point` (its float64
+    value there) and moves by at most `reach` (its Lipschitz bound times the
+    radius) over the ball. The cut keeps every bound of the box's rounding
+    errors: a box cut to a set that holds every exact value is still within
+    those errors of one that holds them all.
+    """
+    u = rounding.unit_roundoff(torch.float64)
+    width = (error + reach) * (1 + 4 * u)
+    slack = 4 * u * (point.abs() + width)
+    lower = torch.maximum(lower, point - width - slack)
+    upper = torch.minimum(upper, point + width + slack)
+    return lower, torch.maximum(upper, lower)  # two nearly equal ends can cross by rounding: never invert
+
+
 def gap_lower_bounds(model: LipschitzMLP, x: torch.Tensor, ball: Ball) -> torch.Tensor:
     """Lower bounds of f_i(x') - f_j(x') over every x' in the ball around each row of x: (n, out, out).
 
@@ -130,7 +149,12 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
         errors = torch.stack([rounding.normalisation_error(distance, mean, std, runs_in),
                               rounding.normalisation_error(distance, mean, std, f64) + slack / std])
         magnitude = distance / std * (1 + 2 * u) + errors.sum(dim=0)
+    cut = runs_in is not None and ball.norm != "linf" and len(model.config.hidden) > 1
+    if cut:  # the network at x itself, and every unit's certified Lipschitz bound times the radius
+        point, slopes = model.normalise(x), model.certified_unit_bounds(ball.norm)
     for index, layer in enumerate(model.layers[:-1]):
+        if cut:
+            point = layer(point)
         if isinstance(layer, nn.Linear):
             if differences:
                 group = getattr(model.layers[index + 1], "group_size", 1)
@@ -146,6 +170,8 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
             if errors is not None:
                 errors = torch.stack([rounding.linear_error(layer.weight, layer.bias, magnitude, errors[0], runs_in),
                                       _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
+            if cut and index > 0:
+                lower, upper = lipschitz_cut(lower, upper, point, errors[0], slopes[index + 1] * ball.radii(x)[:, None])
             pre_activations.append((lower, upper, errors))
         else:
             lower, upper = layer.propagate_interval(lower, upper)

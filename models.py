@@ -82,14 +82,24 @@ class LipschitzMLP(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, B) for h, the input of the last Linear layer, in the input p-norm `norm` (pixel units).
 
-        |h_j(x) - h_j(x')| <= b_j ||x - x'||_p and ||h(x) - h(x')||_p <= B ||x - x'||_p,
-        chained layer by layer: `lipschitz.lp_row_bounds` (per unit) and
+        |h_j(x) - h_j(x')| <= b_j ||x - x'||_p and ||h(x) - h(x')||_p <= B ||x - x'||_p:
+        the last of `layer_bounds`.
+        """
+        return self.layer_bounds(norm, operator_norm)[-1]
+
+    def layer_bounds(
+        self, norm: str, operator_norm: lipschitz.OperatorNorm = lipschitz.lp_operator_norm
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(b, B) of the normalised input, then of the output of every layer but the last, in order.
+
+        Chained layer by layer: `lipschitz.lp_row_bounds` (per unit) and
         `lipschitz.lp_whole_bound` (operator norms) for a Linear layer, the
         activation's own rules for the others.
         """
         lipschitz.check_norm(norm)
         first = self.layers[0].weight
         unit, whole = lipschitz.lp_input_bounds(self.config.in_features, 1 / self.config.std, first)
+        chain = [(unit, whole)]
         for layer in self.layers[:-1]:
             if isinstance(layer, nn.Linear):
                 out_unit = lipschitz.lp_row_bounds(layer.weight, unit, whole, norm)
@@ -97,7 +107,8 @@ class LipschitzMLP(nn.Module):
                 unit = out_unit
             else:
                 unit, whole = layer.propagate_bound(unit), layer.propagate_whole_bound(whole)
-        return unit, whole
+            chain.append((unit, whole))
+        return chain
 
     def logit_bounds(self, norm: str, estimate: bool = False, per_pair: bool = True) -> LogitBounds:
         """Bounds of every logit, every logit difference, and the whole output, in the p-norm `norm`.
@@ -130,11 +141,26 @@ class LipschitzMLP(nn.Module):
         the exact one times (1 - gamma_K), and multiplying by 1 + 2 gamma_K
         restores an upper bound.
         """
-        exact = self if self.layers[0].weight.dtype == torch.float64 else copy.deepcopy(self).double()
+        exact = self._float64()
         bounds = exact._logit_bounds(norm, lipschitz.operator_norm_upper_bound, per_pair=True)
-        chain = sum(layer.in_features + 8 for layer in exact.linear_layers()) + 8
-        factor = 1 + 2 * rounding.gamma(chain, torch.float64)
+        factor = exact._rounding_factor()
         return LogitBounds(norm, bounds.logits * factor, bounds.differences * factor, bounds.output * factor)
+
+    @torch.no_grad()
+    def certified_unit_bounds(self, norm: str) -> list[torch.Tensor]:
+        """The per-unit b of `layer_bounds` as float64 upper bounds that hold despite rounding (the
+        argument of `certified_logit_bounds`: each is a prefix of that chain)."""
+        exact = self._float64()
+        factor = exact._rounding_factor()
+        return [unit * factor for unit, _ in exact.layer_bounds(norm, lipschitz.operator_norm_upper_bound)]
+
+    def _float64(self) -> LipschitzMLP:
+        return self if self.layers[0].weight.dtype == torch.float64 else copy.deepcopy(self).double()
+
+    def _rounding_factor(self) -> float:
+        """1 + 2 gamma_K, K the roundings along the bound chain (see `certified_logit_bounds`)."""
+        chain = sum(layer.in_features + 8 for layer in self.linear_layers()) + 8
+        return 1 + 2 * rounding.gamma(chain, torch.float64)
 
     def _logit_bounds(self, norm: str, operator_norm: lipschitz.OperatorNorm, per_pair: bool) -> LogitBounds:
         unit, whole = self.hidden_bounds(norm, operator_norm)

@@ -12,6 +12,7 @@ import lipschitz
 from conftest import REL
 from lipschitz import Ball
 from mnist_data import PIXEL_RANGE
+from models import LipschitzMLP, MLPConfig
 from nets import ball_vertices, norms, random_directions, random_nets, seeds
 
 
@@ -138,8 +139,9 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
 
 def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor, norm: str) -> None:
     """Every GroupSort's inputs z at the points (n, k, d): z_a - z_b <= the box's bound for a, b in a group,
-    and the bound is never above U_a - L_b from the units' own intervals (widened by their errors), which
-    come from the same box but in the first layer in L2 and L1, where they are also cut to the ball."""
+    and in L-inf the bound is never above U_a - L_b from the units' own intervals (widened by their errors),
+    which come from the same box. In L2 and L1 those intervals are also cut: in the first layer to the ball,
+    deeper by the units' Lipschitz bounds (`ibp.lipschitz_cut`)."""
     z, depth = model.normalise(points.flatten(0, 1)), 0
     n, k = points.shape[:2]
     with torch.no_grad():
@@ -159,7 +161,7 @@ def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor, nor
             assert (seen <= bound[:, None] + 1e-12 * (1 + groups.abs().amax())).all()
             high, low = (upper + errors[1]).view(n, -1, size), (lower - errors[1]).view(n, -1, size)
             own = high[..., :, None] - low[..., None, :]
-            if norm == "linf" or depth > 1:
+            if norm == "linf":
                 assert (bound <= own + 1e-9 * (1 + own.abs())).all()
 
 
@@ -173,3 +175,31 @@ def test_intervals_never_invert_at_tiny_radii(model, norm, eps, seed):
         net = model.to(precision)
         box = ibp.hidden_box(net, x.to(precision), Ball(norm, eps, PIXEL_RANGE))
         assert (box.lower <= box.upper).all()
+
+
+def test_deeper_boxes_in_l2_are_cut_to_the_units_lipschitz_reach():
+    """In an orthonormal 1-Lipschitz net at a large L2 radius, plain IBP's boxes grow with each layer, while
+    each unit moves by at most its certified Lipschitz bound times the radius: the certified box is cut to
+    that reach around the unit's value at x, and so its magnitude, and its rounding allowance, stay small."""
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=64, hidden=(64, 64, 64), out_features=10, group_size=2)).double()
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            torch.nn.init.orthogonal_(layer.weight)
+    x = torch.rand(8, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ball = Ball("l2", 1.5)
+    box, plain = ibp.hidden_box(model, x, ball, torch.float32), ibp.hidden_box(model, x, ball)
+    slopes = model.certified_unit_bounds("l2")
+    depth = 0
+    for index, layer in enumerate(model.layers[:-1]):
+        if not isinstance(layer, torch.nn.Linear):
+            continue
+        (lower, upper, errors), (plain_lower, plain_upper, _) = box.pre_activations[depth], plain.pre_activations[depth]
+        depth += 1
+        if index == 0:  # cut to the ball itself, as before
+            continue
+        reach = slopes[index + 1] * 1.5
+        assert (upper - lower <= 2 * (reach + errors[0]) * (1 + 1e-9)).all()
+        assert ((upper - lower) < (plain_upper - plain_lower) / 2).all()
+    plain_magnitude = torch.maximum(plain.lower.abs(), plain.upper.abs())
+    assert (box.magnitude < plain_magnitude / 2).all()  # what the rounding allowances grow with
