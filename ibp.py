@@ -4,7 +4,8 @@ A box lower <= h <= upper is carried layer by layer. A Linear layer has its
 rule here (`interval_linear`); each activation carries its own
 (`propagate_interval` in `groupsort`). In L2 and L1 the first layer's box is also
 cut to the exact range over the p-ball (in L-inf the box is already exact), and
-the last layer is folded into the gaps.
+in certificates every deeper layer's to each unit's Lipschitz reach around its
+value at x (`lipschitz_cut`). The last layer is folded into the gaps.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class HiddenBox:
     differences: tuple[torch.Tensor | None, ...] = ()
     """with `hidden_box(..., differences=True)`, per hidden Linear layer followed by a GroupSort, upper
     bounds of h_a - h_b for every two units a, b of a group, (n, groups, size, size); None for others"""
+    spread: torch.Tensor | None = None
+    """where `hidden_box` tracks it (L2 and L1 balls, two hidden layers or more), per example (n,), a bound
+    on the L2 norm of the float32 network's error vector, whose entries errors[0] bounds one by one"""
 
 
 def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype | None = None,
@@ -128,6 +132,13 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
     computed values: max(|lower|, |upper|) + both errors. An activation rounds
     nothing (a sort, a max) and passes an error bound by its per-unit bound
     rule: each output moves by at most the largest move in its group.
+
+    In L2 and L1, with `runs_in` and two hidden layers or more, deeper layers'
+    boxes are cut to the units' certified Lipschitz reach (`lipschitz_cut`),
+    and the L2 norm of the float32 error vector is carried beside its per-unit
+    bounds (`rounding.linear_error_spread`, `HiddenBox.spread`): in wide
+    near-orthonormal layers both the boxes and the per-unit error bounds would
+    otherwise grow some sqrt(width) times per layer.
 
     With `differences`, also IBP's bounds of the differences of the units
     that a GroupSort compares (see `group_difference_upper`).
@@ -149,11 +160,13 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
         errors = torch.stack([rounding.normalisation_error(distance, mean, std, runs_in),
                               rounding.normalisation_error(distance, mean, std, f64) + slack / std])
         magnitude = distance / std * (1 + 2 * u) + errors.sum(dim=0)
-    cut = runs_in is not None and ball.norm != "linf" and len(model.config.hidden) > 1
-    if cut:  # the network at x itself, and every unit's certified Lipschitz bound times the radius
-        point, slopes = model.normalise(x), model.certified_unit_bounds(ball.norm)
+    spread = None
+    deep = runs_in is not None and ball.norm != "linf" and len(model.config.hidden) > 1
+    if deep:  # the network at x, every unit's certified Lipschitz bound, and the L2 norm of errors[0]
+        point, slopes = model.normalise(x), model.certified_slopes(ball.norm)
+        spread = torch.linalg.vector_norm(errors[0], dim=1) * (1 + rounding.gamma(x.shape[1] + 2, f64))
     for index, layer in enumerate(model.layers[:-1]):
-        if cut:
+        if deep:
             point = layer(point)
         if isinstance(layer, nn.Linear):
             if differences:
@@ -168,18 +181,26 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
                 upper = torch.maximum(upper, lower)  # two nearly equal ranges can cross by rounding: never invert
                 ball_term = radius[:, None] * lipschitz.lp_dual_norm(layer.weight, ball.norm)
             if errors is not None:
-                errors = torch.stack([rounding.linear_error(layer.weight, layer.bias, magnitude, errors[0], runs_in),
-                                      _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
-            if cut and index > 0:
-                lower, upper = lipschitz_cut(lower, upper, point, errors[0], slopes[index + 1] * ball.radii(x)[:, None])
+                if spread is None:
+                    network_error = rounding.linear_error(layer.weight, layer.bias, magnitude, errors[0], runs_in)
+                else:
+                    operator = slopes.operators[len(pre_activations)]
+                    network_error, spread = rounding.linear_error_spread(
+                        layer.weight, layer.bias, magnitude, errors[0], spread, runs_in, operator)
+                errors = torch.stack([network_error, _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
+            if deep and index > 0:
+                reach = slopes.units[index + 1] * ball.radii(x)[:, None]
+                lower, upper = lipschitz_cut(lower, upper, point, errors[0], reach)
             pre_activations.append((lower, upper, errors))
         else:
             lower, upper = layer.propagate_interval(lower, upper)
             if errors is not None:
                 errors = layer.propagate_bound(errors)
+            if spread is not None:
+                spread = layer.propagate_whole_bound(spread)  # an L2 bound: every activation here is 1-Lipschitz in L2
         if errors is not None:
             magnitude = torch.maximum(lower.abs(), upper.abs()) + errors.sum(dim=0)
-    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations), tuple(pair_bounds))
+    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations), tuple(pair_bounds), spread)
 
 
 def group_difference_upper(
@@ -270,7 +291,7 @@ def certified_gap_bounds(
     if len(model.layers) == 1:  # the gaps' range over the ball was used: its spread is rounded too
         ball_term = ball.radii(x)[:, None] / model.config.std * lipschitz.lp_dual_norm(rows, ball.norm)
     own = _box_error(rows, offsets, box.magnitude, box.errors[1], ball_term).unflatten(1, (out, out))
-    logit_error = rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
+    logit_error = network_logit_error(last, box, runs_in)
     allowance = own + logit_error[:, :, None] + logit_error[:, None, :]
     allowance = allowance + rounding.gamma(3, torch.float64) * (gap_lower.abs() + allowance)
     return CertifiedGaps(gap_lower, allowance, box)
@@ -285,11 +306,20 @@ def certified_gap_lower_bounds(
     return certified_gap_bounds(model, x, ball, runs_in).certified_lower()
 
 
+def network_logit_error(last: nn.Linear, box: HiddenBox, runs_in: torch.dtype) -> torch.Tensor:
+    """Per example and logit, a bound on how far the network's logits in `runs_in` can be from the exact
+    ones over the ball: the last layer's `rounding.linear_error`, or `linear_error_spread` where the box
+    tracks the error vector's L2 norm."""
+    if box.spread is None:
+        return rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
+    return rounding.linear_error_spread(last.weight, last.bias, box.magnitude, box.errors[0], box.spread, runs_in)[0]
+
+
 def logit_errors(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32) -> torch.Tensor:
     """Per example and logit, a bound on |f^(x') - f(x')| over the ball plus |f~(x) - f(x)|: f the exact
     logits, f^ the network's in `runs_in` (any batch, any order), f~ the float64 forward pass of the
     network's float64 copy `model` at x. The Lipschitz methods subtract it from each gap (n, out)."""
     box = hidden_box(model, x.flatten(1), ball, runs_in)
     last = model.layers[-1]
-    return (rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
+    return (network_logit_error(last, box, runs_in)
             + rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[1], torch.float64))

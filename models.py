@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -45,6 +45,13 @@ class MLPConfig:
         return {**asdict(self), "hidden": list(self.hidden)}
 
 
+class CertifiedSlopes(NamedTuple):
+    """See `LipschitzMLP.certified_slopes`."""
+
+    units: list[torch.Tensor]      # per unit, of the normalised input and of every layer's output but the last
+    operators: list[torch.Tensor]  # ||W||_2 of every Linear layer
+
+
 class LipschitzMLP(nn.Module):
     """Linear -> activation -> ... -> Linear, with Lipschitz bounds of its logits in L-inf, L2 and L1.
 
@@ -65,6 +72,7 @@ class LipschitzMLP(nn.Module):
                 layers.append(activation)
         self.layers = nn.Sequential(*layers)
         normalise_rows_l1_(self)
+        self._slopes_memo: tuple[Any, list[torch.Tensor], CertifiedSlopes] | None = None  # see certified_slopes
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (n, 784) or (n, 1, 28, 28) to the first layer's input, (x - mean) / std."""
@@ -147,12 +155,26 @@ class LipschitzMLP(nn.Module):
         return LogitBounds(norm, bounds.logits * factor, bounds.differences * factor, bounds.output * factor)
 
     @torch.no_grad()
-    def certified_unit_bounds(self, norm: str) -> list[torch.Tensor]:
-        """The per-unit b of `layer_bounds` as float64 upper bounds that hold despite rounding (the
-        argument of `certified_logit_bounds`: each is a prefix of that chain)."""
+    def certified_slopes(self, norm: str) -> CertifiedSlopes:
+        """Per layer, float64 upper bounds that hold despite rounding: every unit's Lipschitz bound in the
+        input p-norm `norm` (the b of `layer_bounds`, a prefix of the chain that `certified_logit_bounds`
+        proves) and every Linear layer's L2 operator norm.
+
+        Kept for the last weights asked about and served again only while every
+        weight is equal to them by value (one eigensolve per layer, where a
+        certificate asks once per block of examples).
+        """
         exact = self._float64()
+        weights = [layer.weight.detach().clone() for layer in exact.linear_layers()]
+        memo = self._slopes_memo
+        if memo is not None and memo[0] == (norm, self.config) and len(memo[1]) == len(weights) \
+                and all(torch.equal(a, b) for a, b in zip(memo[1], weights)):
+            return memo[2]
         factor = exact._rounding_factor()
-        return [unit * factor for unit, _ in exact.layer_bounds(norm, lipschitz.operator_norm_upper_bound)]
+        units = [unit * factor for unit, _ in exact.layer_bounds(norm, lipschitz.operator_norm_upper_bound)]
+        slopes = CertifiedSlopes(units, [lipschitz.l2_spectral_norm_upper_bound(w) for w in weights])
+        self._slopes_memo = ((norm, self.config), weights, slopes)
+        return slopes
 
     def _float64(self) -> LipschitzMLP:
         return self if self.layers[0].weight.dtype == torch.float64 else copy.deepcopy(self).double()

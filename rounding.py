@@ -44,17 +44,48 @@ def linear_error(
 ) -> torch.Tensor:
     """Per unit, a bound on |fl(W h^ + b) - (W h + b)| when |h^ - h| <= error and |h^|, |h| <= magnitude.
 
-    |W h^ - W h| <= |W| error (the error carried in), and the rounding of the
-    new dot products in `dtype`: gamma_{n+1} (|W| magnitude + |b|), plus n + 1
-    underflows. A computation with `extra_roundings` more steps on the way
-    (an interval's centre and radius, say) and an `extra` magnitude among its
-    terms gets gamma_{n+1+extra_roundings} (|W| magnitude + |b| + extra). Rows
-    of `error` and `magnitude` are examples.
+    |W h^ - W h| <= |W| error (the error carried in), plus the new rounding
+    (`fresh_error`). Rows of `error` and `magnitude` are examples.
     """
+    return error @ weight.abs().T + fresh_error(weight, bias, magnitude, dtype, extra_roundings, extra)
+
+
+def fresh_error(
+    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype,
+    extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """Per unit, a bound on |fl(W h + b) - (W h + b)| when |h| <= magnitude: the rounding of the dot
+    products in `dtype`, gamma_{n+1} (|W| magnitude + |b|), plus n + 1 underflows. A computation with
+    `extra_roundings` more steps on the way (an interval's centre and radius, say) and an `extra`
+    magnitude among its terms gets gamma_{n+1+extra_roundings} (|W| magnitude + |b| + extra)."""
     count = weight.shape[1] + 1 + extra_roundings
-    absolute = weight.abs()
-    fresh = gamma(count, dtype) * (magnitude @ absolute.T + bias.abs() + extra) + count * underflow(dtype)
-    return error @ absolute.T + fresh
+    return gamma(count, dtype) * (magnitude @ weight.abs().T + bias.abs() + extra) + count * underflow(dtype)
+
+
+def linear_error_spread(
+    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, spread: torch.Tensor,
+    dtype: torch.dtype, operator: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= spread (n,).
+
+    Per unit the carried error is min(|w| error, ||w||_2 spread) (Cauchy-Schwarz),
+    and the outgoing vector has L2 norm at most the L2 norm of the per-unit
+    bounds and, given `operator`, an upper bound of ||W||_2, at most
+    operator * spread + ||fresh||_2. In a wide layer of near-orthonormal weights the per-unit rule alone
+    grows the error by some sqrt(n) per layer; this one does not. The float64
+    norms, sums and products here are inflated by 1 + gamma_{k+4}, k the larger
+    side of W, for their own rounding.
+    Returns the per-unit bounds (n, out) and the new spread (n,).
+    """
+    grow = 1 + gamma(max(weight.shape) + 4, torch.float64)
+    fresh = fresh_error(weight, bias, magnitude, dtype)
+    rows = torch.linalg.vector_norm(weight, dim=1) * grow
+    carried = torch.minimum(error @ weight.abs().T, spread[:, None] * rows * grow)  # rows, then the product
+    unit = (carried + fresh) * grow
+    out = torch.linalg.vector_norm(unit, dim=1)
+    if operator is not None:
+        out = torch.minimum(out, operator * spread + torch.linalg.vector_norm(fresh, dim=1))
+    return unit, out * grow * grow
 
 
 def normalisation_error(distance: torch.Tensor, mean: float, std: float, dtype: torch.dtype) -> torch.Tensor:

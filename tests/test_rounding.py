@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lipschitz
 import rounding
 from errors import ConfigError
 from nets import seeds
@@ -37,6 +38,36 @@ def test_linear_error_bounds_the_float32_product_in_any_batch(fan_in, units, bat
         computed = torch.cat([torch.nn.functional.linear(shifted[i:i + rows], weight, bias)
                               for i in range(0, batch, rows)])
         assert ((computed.double() - exact).abs() <= bound).all()
+
+
+@given(st.integers(1, 300), st.integers(1, 300), seeds)
+@settings(max_examples=40, deadline=None)
+def test_linear_error_spread_bounds_each_unit_and_the_whole_error_vector(fan_in, units, seed):
+    """An orthonormal float32 layer with an incoming error vector of known L2 norm (the worst case of the
+    per-unit rule: every entry at its bound, signs along a row): each unit's error and the outgoing vector's
+    L2 norm stay within the bounds; where the layer is wide, the latter is far below the L2 norm of the
+    per-unit rule's bounds, which is what the next layer would otherwise carry."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.empty(units, fan_in)
+    torch.nn.init.orthogonal_(weight, generator=g)
+    bias = torch.randn(units, generator=g).float()
+    h = torch.rand(4, fan_in, generator=g).float()
+    error = torch.full((4, fan_in), 1e-3, dtype=torch.float64)
+    shifted = (h.double() + error * weight[0].double().sign()).float()  # aligned with the first row
+    error_in = (shifted.double() - h.double()).abs()
+    spread = torch.linalg.vector_norm(error_in, dim=1)
+    magnitude = torch.maximum(h.double().abs(), shifted.double().abs())
+    operator = lipschitz.l2_spectral_norm_upper_bound(weight)
+    unit, out = rounding.linear_error_spread(weight.double(), bias.double(), magnitude, error_in, spread,
+                                             torch.float32, operator)
+    computed = torch.nn.functional.linear(shifted, weight, bias).double()
+    moved = computed - (h.double() @ weight.double().T + bias.double())
+    assert (moved.abs() <= unit).all()
+    assert (torch.linalg.vector_norm(moved, dim=1) <= out).all()
+    per_unit = rounding.linear_error(weight.double(), bias.double(), magnitude, error_in, torch.float32)
+    assert (unit <= per_unit * (1 + 1e-12)).all()
+    if min(fan_in, units) >= 100:  # the per-unit bounds' L2 norm grows some sqrt(units) times; ||W||_2 is 1
+        assert (out < torch.linalg.vector_norm(per_unit, dim=1) / 4).all()
 
 
 @given(st.floats(0, 1, width=32), st.floats(-1, 1), st.floats(0.01, 100), seeds)
