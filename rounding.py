@@ -68,14 +68,14 @@ def linear_error_spread(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= spread (n,).
 
-    Per unit the carried error is min(|w| error, ||w||_2 spread) (Cauchy-Schwarz),
-    and the outgoing vector has L2 norm at most the L2 norm of the per-unit
-    bounds and, given `operator`, an upper bound of ||W||_2, at most
-    operator * spread + ||fresh||_2. In a wide layer of near-orthonormal weights the per-unit rule alone
-    grows the error by some sqrt(n) per layer; this one does not. The float64
-    norms, sums and products here are inflated by 1 + gamma_{k+4}, k the larger
-    side of W, for their own rounding.
-    Returns the per-unit bounds (n, out) and the new spread (n,).
+    Per unit the carried error is min(|w| error, ||w||_2 spread) (Cauchy-Schwarz).
+    The outgoing vector's L2 norm is at most that of the per-unit bounds and,
+    given `operator` (an upper bound of ||W||_2), at most operator * spread +
+    ||fresh||_2. Through wide near-orthonormal layers the per-unit rule alone
+    grows the error some sqrt(n) times per layer; the spread does not grow.
+    The float64 norms, sums and products here are inflated by 1 + gamma_{k+4},
+    k the larger side of W, for their own rounding. Returns the per-unit
+    bounds (n, out) and the new spread (n,).
     """
     grow = 1 + gamma(max(weight.shape) + 4, torch.float64)
     fresh = fresh_error(weight, bias, magnitude, dtype)

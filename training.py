@@ -233,12 +233,13 @@ def constrain_(model: LipschitzMLP, recipe: Recipe, start: bool = False) -> None
 
     linf-proj: each row projected onto the L1 ball of radius constraint_radius,
     so each layer's L-inf operator norm is at most that (from the first step:
-    the demo's start has row L1 norm 1). bjorck: each weight
-    taken back towards orthonormal rows or columns by Bjorck's iteration, so
-    each layer's L2 operator norm stays near 1; at the start the weights are
-    drawn orthonormal (torch.nn.init.orthogonal_). Projection after the step,
-    not Anil et al.'s reparametrisation through 15 or more iterations in every
-    forward pass: on a CPU that alone would cost several plain steps.
+    the demo's start has row L1 norm 1). bjorck: the weights start orthonormal
+    (torch.nn.init.orthogonal_), and after each step one Bjorck iteration takes
+    them back towards orthonormal rows or columns, leaving no singular value
+    above 1 unless the step pushed one past 2 (`lipschitz.orthonormalise`). A
+    projection after the step, not Anil et al.'s reparametrisation through 15
+    or more iterations in every forward pass, which on a CPU would cost several
+    plain steps. Certificates bound the weights as they are, either way.
     """
     for layer in model.linear_layers():
         if recipe.constraint == "linf-proj" and not start:
