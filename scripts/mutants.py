@@ -95,6 +95,13 @@ MUTANTS = [
     ("milp.py", "bound[:, i], bound[:, j] = np.maximum(q[:, 0], q[:, 1]), np.minimum(q[:, 0], q[:, 1])",
      "bound[:, i], bound[:, j] = np.minimum(q[:, 0], q[:, 1]), np.maximum(q[:, 0], q[:, 1])",
      "a compare-exchange's difference bounds: min and max columns swapped"),
+    # Deep nets in L2 and L1: the Lipschitz cut of the boxes and the error vector's L2 norm.
+    ("ibp.py", "width = (error + reach) * (1 + 4 * u)", "width = 0.98 * (error + reach) * (1 + 4 * u)",
+     "a deeper box cut 2 % inside the units' Lipschitz reach"),
+    ("rounding.py", "spread[:, None] * rows * grow)", "0.98 * spread[:, None] * rows * grow)",
+     "a unit's carried error 2 % below ||w||_2 times the error vector's L2 norm"),
+    ("rounding.py", "out = torch.minimum(out, operator * spread +", "out = torch.minimum(out, 0.98 * operator * spread +",
+     "the error vector's L2 norm 2 % below ||W||_2 times the incoming one"),
 ]
 
 

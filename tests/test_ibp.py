@@ -208,3 +208,25 @@ def test_deeper_boxes_in_l2_are_cut_to_the_units_lipschitz_reach():
     spread = box.spread[:, None]
     assert (box.errors[0] <= spread).all() and (spread < box.errors[0].sum(dim=1, keepdim=True)).all()
     assert ibp.logit_errors(model, x, ball).max() < 5e-3
+
+
+def test_the_lipschitz_cut_holds_where_a_unit_moves_by_its_whole_reach():
+    """With groups of 1 (GroupSort as the identity) and orthonormal weights the net is linear and each
+    unit's certified L2 bound, 1, is attained: moving x by r along the unit's gradient moves it by r.
+    That point must stay in the cut box, and the box's end sits right there."""
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=16, hidden=(16, 16), out_features=4, group_size=1)).double()
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            torch.nn.init.orthogonal_(layer.weight)
+    x = torch.full((1, 16), 0.5, dtype=torch.float64)
+    box = ibp.hidden_box(model, x, Ball("l2", 0.3), torch.float32)
+    lower, upper, errors = box.pre_activations[1]  # the second Linear layer's units
+    gradients = model.linear_layers()[1].weight @ model.linear_layers()[0].weight  # (16, 16), orthonormal rows
+    for unit in range(16):
+        for sign in (1.0, -1.0):
+            moved = x + sign * 0.3 * gradients[unit] / gradients[unit].norm()
+            value = model.layers[:3](model.normalise(moved))[0, unit]
+            assert lower[0, unit] - errors[1][0, unit] <= value <= upper[0, unit] + errors[1][0, unit]
+    centre = model.layers[:3](model.normalise(x))[0]
+    assert torch.allclose(upper[0] - centre, torch.full((16,), 0.3, dtype=torch.float64), atol=1e-5)

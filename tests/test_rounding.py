@@ -70,6 +70,25 @@ def test_linear_error_spread_bounds_each_unit_and_the_whole_error_vector(fan_in,
         assert (out < torch.linalg.vector_norm(per_unit, dim=1) / 4).all()
 
 
+def test_linear_error_spread_is_attained_by_an_error_along_a_row():
+    """An incoming error d = c w_0 moves unit 0 by c ||w_0||^2 = ||w_0||_2 ||d||_2: the spread rule's bound,
+    which the per-unit rule (each |d_j| <= 1e-2, far above c |w_0j|) does not give."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.empty(64, 64)
+    torch.nn.init.orthogonal_(weight, generator=g)
+    h = torch.rand(1, 64, generator=g).float()
+    shifted = (h.double() + 1e-2 * weight[0].double()).float()
+    moved_in = shifted.double() - h.double()
+    spread = torch.linalg.vector_norm(moved_in, dim=1)
+    bias = torch.zeros(64)
+    magnitude = torch.maximum(h.double().abs(), shifted.double().abs())
+    unit, _ = rounding.linear_error_spread(weight.double(), bias.double(), magnitude,
+                                           torch.full((1, 64), 1e-2, dtype=torch.float64), spread, torch.float32)
+    moved = (torch.nn.functional.linear(shifted, weight, bias).double() - h.double() @ weight.double().T)[0]
+    assert (moved.abs() <= unit[0]).all()
+    assert moved[0].abs() >= 0.99 * unit[0, 0]
+
+
 @given(st.floats(0, 1, width=32), st.floats(-1, 1), st.floats(0.01, 100), seeds)
 @settings(max_examples=100, deadline=None)
 def test_normalisation_error_bounds_float32_normalisation(pixel, mean, std, seed):
