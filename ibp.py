@@ -111,7 +111,7 @@ class HiddenBox:
     differences: tuple[torch.Tensor | None, ...] = ()
     """with `hidden_box(..., differences=True)`, per hidden Linear layer followed by a GroupSort, upper
     bounds of h_a - h_b for every two units a, b of a group, (n, groups, size, size); None for others"""
-    spread: torch.Tensor | None = None
+    error_norm: torch.Tensor | None = None
     """where `hidden_box` tracks it (L2 and L1 balls, two hidden layers or more), per example (n,), a bound
     on the L2 norm of the float32 network's error vector, whose entries errors[0] bounds one by one"""
 
@@ -136,7 +136,7 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
     In L2 and L1, with `runs_in` and two hidden layers or more, deeper layers'
     boxes are cut to the units' certified Lipschitz reach (`lipschitz_cut`),
     and the L2 norm of the float32 error vector is carried beside its per-unit
-    bounds (`rounding.linear_error_spread`, `HiddenBox.spread`): in wide
+    bounds (`rounding.linear_error_with_norm`, `HiddenBox.error_norm`): in wide
     near-orthonormal layers both the boxes and the per-unit error bounds would
     otherwise grow some sqrt(width) times per layer.
 
@@ -160,11 +160,11 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
         errors = torch.stack([rounding.normalisation_error(distance, mean, std, runs_in),
                               rounding.normalisation_error(distance, mean, std, f64) + slack / std])
         magnitude = distance / std * (1 + 2 * u) + errors.sum(dim=0)
-    spread = None
+    error_norm = None
     deep = runs_in is not None and ball.norm != "linf" and len(model.config.hidden) > 1
     if deep:  # the network at x, every unit's certified Lipschitz bound, and the L2 norm of errors[0]
         point, slopes = model.normalise(x), model.certified_slopes(ball.norm)
-        spread = torch.linalg.vector_norm(errors[0], dim=1) * (1 + rounding.gamma(x.shape[1] + 2, f64))
+        error_norm = torch.linalg.vector_norm(errors[0], dim=1) * (1 + rounding.gamma(x.shape[1] + 2, f64))
     for index, layer in enumerate(model.layers[:-1]):
         if deep:
             point = layer(point)
@@ -181,12 +181,12 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
                 upper = torch.maximum(upper, lower)  # two nearly equal ranges can cross by rounding: never invert
                 ball_term = radius[:, None] * lipschitz.lp_dual_norm(layer.weight, ball.norm)
             if errors is not None:
-                if spread is None:
+                if error_norm is None:
                     network_error = rounding.linear_error(layer.weight, layer.bias, magnitude, errors[0], runs_in)
                 else:
                     operator = slopes.operators[len(pre_activations)]
-                    network_error, spread = rounding.linear_error_spread(
-                        layer.weight, layer.bias, magnitude, errors[0], spread, runs_in, operator)
+                    network_error, error_norm = rounding.linear_error_with_norm(
+                        layer.weight, layer.bias, magnitude, errors[0], error_norm, runs_in, operator)
                 errors = torch.stack([network_error, _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
             if deep and index > 0:
                 reach = slopes.units[index + 1] * ball.radii(x)[:, None]
@@ -196,11 +196,11 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
             lower, upper = layer.propagate_interval(lower, upper)
             if errors is not None:
                 errors = layer.propagate_bound(errors)
-            if spread is not None:
-                spread = layer.propagate_whole_bound(spread)  # an L2 bound: every activation here is 1-Lipschitz in L2
+            if error_norm is not None:
+                error_norm = layer.propagate_whole_bound(error_norm)  # an L2 bound: every activation here is 1-Lipschitz in L2
         if errors is not None:
             magnitude = torch.maximum(lower.abs(), upper.abs()) + errors.sum(dim=0)
-    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations), tuple(pair_bounds), spread)
+    return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations), tuple(pair_bounds), error_norm)
 
 
 def group_difference_upper(
@@ -308,11 +308,11 @@ def certified_gap_lower_bounds(
 
 def network_logit_error(last: nn.Linear, box: HiddenBox, runs_in: torch.dtype) -> torch.Tensor:
     """Per example and logit, a bound on how far the network's logits in `runs_in` can be from the exact
-    ones over the ball: the last layer's `rounding.linear_error`, or `linear_error_spread` where the box
+    ones over the ball: the last layer's `rounding.linear_error`, or `linear_error_with_norm` where the box
     tracks the error vector's L2 norm."""
-    if box.spread is None:
+    if box.error_norm is None:
         return rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
-    return rounding.linear_error_spread(last.weight, last.bias, box.magnitude, box.errors[0], box.spread, runs_in)[0]
+    return rounding.linear_error_with_norm(last.weight, last.bias, box.magnitude, box.errors[0], box.error_norm, runs_in)[0]
 
 
 def logit_errors(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32) -> torch.Tensor:

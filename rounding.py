@@ -62,29 +62,29 @@ def fresh_error(
     return gamma(count, dtype) * (magnitude @ weight.abs().T + bias.abs() + extra) + count * underflow(dtype)
 
 
-def linear_error_spread(
-    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, spread: torch.Tensor,
+def linear_error_with_norm(
+    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, error_norm: torch.Tensor,
     dtype: torch.dtype, operator: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= spread (n,).
+    """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= error_norm (n,).
 
-    Per unit the carried error is min(|w| error, ||w||_2 spread) (Cauchy-Schwarz).
+    Per unit the carried error is min(|w| error, ||w||_2 error_norm) (Cauchy-Schwarz).
     The outgoing vector's L2 norm is at most that of the per-unit bounds and,
-    given `operator` (an upper bound of ||W||_2), at most operator * spread +
+    given `operator` (an upper bound of ||W||_2), at most operator * error_norm +
     ||fresh||_2. Through wide near-orthonormal layers the per-unit rule alone
-    grows the error some sqrt(n) times per layer; the spread does not grow.
+    grows the error some sqrt(n) times per layer; the error's L2 norm does not.
     The float64 norms, sums and products here are inflated by 1 + gamma_{k+4},
     k the larger side of W, for their own rounding. Returns the per-unit
-    bounds (n, out) and the new spread (n,).
+    bounds (n, out) and the outgoing error_norm (n,).
     """
     grow = 1 + gamma(max(weight.shape) + 4, torch.float64)
     fresh = fresh_error(weight, bias, magnitude, dtype)
     rows = torch.linalg.vector_norm(weight, dim=1) * grow
-    carried = torch.minimum(error @ weight.abs().T, spread[:, None] * rows * grow)  # rows, then the product
+    carried = torch.minimum(error @ weight.abs().T, error_norm[:, None] * rows * grow)  # rows, then the product
     unit = (carried + fresh) * grow
     out = torch.linalg.vector_norm(unit, dim=1)
     if operator is not None:
-        out = torch.minimum(out, operator * spread + torch.linalg.vector_norm(fresh, dim=1))
+        out = torch.minimum(out, operator * error_norm + torch.linalg.vector_norm(fresh, dim=1))
     return unit, out * grow * grow
 
 

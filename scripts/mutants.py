@@ -98,9 +98,9 @@ MUTANTS = [
     # Deep nets in L2 and L1: the Lipschitz cut of the boxes and the error vector's L2 norm.
     ("ibp.py", "width = (error + reach) * (1 + 4 * u)", "width = 0.98 * (error + reach) * (1 + 4 * u)",
      "a deeper box cut 2 % inside the units' Lipschitz reach"),
-    ("rounding.py", "spread[:, None] * rows * grow)", "0.98 * spread[:, None] * rows * grow)",
+    ("rounding.py", "error_norm[:, None] * rows * grow)", "0.98 * error_norm[:, None] * rows * grow)",
      "a unit's carried error 2 % below ||w||_2 times the error vector's L2 norm"),
-    ("rounding.py", "out = torch.minimum(out, operator * spread +", "out = torch.minimum(out, 0.98 * operator * spread +",
+    ("rounding.py", "out = torch.minimum(out, operator * error_norm +", "out = torch.minimum(out, 0.98 * operator * error_norm +",
      "the error vector's L2 norm 2 % below ||W||_2 times the incoming one"),
 ]
 

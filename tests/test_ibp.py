@@ -205,8 +205,8 @@ def test_deeper_boxes_in_l2_are_cut_to_the_units_lipschitz_reach():
     assert (box.magnitude < plain_magnitude / 2).all()  # what the rounding allowances grow with
     # the error vector's L2 norm, carried through the orthonormal layers, keeps the allowance from
     # growing some sqrt(64) times per layer, as the per-unit rule alone lets it
-    spread = box.spread[:, None]
-    assert (box.errors[0] <= spread).all() and (spread < box.errors[0].sum(dim=1, keepdim=True)).all()
+    norm = box.error_norm[:, None]
+    assert (box.errors[0] <= norm).all() and (norm < box.errors[0].sum(dim=1, keepdim=True)).all()
     assert ibp.logit_errors(model, x, ball).max() < 5e-3
 
 

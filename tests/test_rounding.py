@@ -42,7 +42,7 @@ def test_linear_error_bounds_the_float32_product_in_any_batch(fan_in, units, bat
 
 @given(st.integers(1, 300), st.integers(1, 300), seeds)
 @settings(max_examples=40, deadline=None)
-def test_linear_error_spread_bounds_each_unit_and_the_whole_error_vector(fan_in, units, seed):
+def test_linear_error_with_norm_bounds_each_unit_and_the_whole_error_vector(fan_in, units, seed):
     """An orthonormal float32 layer with an incoming error vector of known L2 norm (the worst case of the
     per-unit rule: every entry at its bound, signs along a row): each unit's error and the outgoing vector's
     L2 norm stay within the bounds; where the layer is wide, the latter is far below the L2 norm of the
@@ -55,10 +55,10 @@ def test_linear_error_spread_bounds_each_unit_and_the_whole_error_vector(fan_in,
     error = torch.full((4, fan_in), 1e-3, dtype=torch.float64)
     shifted = (h.double() + error * weight[0].double().sign()).float()  # aligned with the first row
     error_in = (shifted.double() - h.double()).abs()
-    spread = torch.linalg.vector_norm(error_in, dim=1)
+    error_norm = torch.linalg.vector_norm(error_in, dim=1)
     magnitude = torch.maximum(h.double().abs(), shifted.double().abs())
     operator = lipschitz.l2_spectral_norm_upper_bound(weight)
-    unit, out = rounding.linear_error_spread(weight.double(), bias.double(), magnitude, error_in, spread,
+    unit, out = rounding.linear_error_with_norm(weight.double(), bias.double(), magnitude, error_in, error_norm,
                                              torch.float32, operator)
     computed = torch.nn.functional.linear(shifted, weight, bias).double()
     moved = computed - (h.double() @ weight.double().T + bias.double())
@@ -70,8 +70,8 @@ def test_linear_error_spread_bounds_each_unit_and_the_whole_error_vector(fan_in,
         assert (out < torch.linalg.vector_norm(per_unit, dim=1) / 4).all()
 
 
-def test_linear_error_spread_is_attained_by_an_error_along_a_row():
-    """An incoming error d = c w_0 moves unit 0 by c ||w_0||^2 = ||w_0||_2 ||d||_2: the spread rule's bound,
+def test_linear_error_with_norm_is_attained_by_an_error_along_a_row():
+    """An incoming error d = c w_0 moves unit 0 by c ||w_0||^2 = ||w_0||_2 ||d||_2: the bound through the error's L2 norm,
     which the per-unit rule (each |d_j| <= 1e-2, far above c |w_0j|) does not give."""
     g = torch.Generator().manual_seed(0)
     weight = torch.empty(64, 64)
@@ -79,11 +79,11 @@ def test_linear_error_spread_is_attained_by_an_error_along_a_row():
     h = torch.rand(1, 64, generator=g).float()
     shifted = (h.double() + 1e-2 * weight[0].double()).float()
     moved_in = shifted.double() - h.double()
-    spread = torch.linalg.vector_norm(moved_in, dim=1)
+    error_norm = torch.linalg.vector_norm(moved_in, dim=1)
     bias = torch.zeros(64)
     magnitude = torch.maximum(h.double().abs(), shifted.double().abs())
-    unit, _ = rounding.linear_error_spread(weight.double(), bias.double(), magnitude,
-                                           torch.full((1, 64), 1e-2, dtype=torch.float64), spread, torch.float32)
+    unit, _ = rounding.linear_error_with_norm(weight.double(), bias.double(), magnitude,
+                                           torch.full((1, 64), 1e-2, dtype=torch.float64), error_norm, torch.float32)
     moved = (torch.nn.functional.linear(shifted, weight, bias).double() - h.double() @ weight.double().T)[0]
     assert (moved.abs() <= unit[0]).all()
     assert moved[0].abs() >= 0.99 * unit[0, 0]
