@@ -187,7 +187,8 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
                     operator = slopes.operators[len(pre_activations)]
                     network_error, error_norm = rounding.linear_error_with_norm(
                         layer.weight, layer.bias, magnitude, errors[0], error_norm, runs_in, operator)
-                errors = torch.stack([network_error, _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)])
+                box_error = _box_error(layer.weight, layer.bias, magnitude, errors[1], ball_term)
+                errors = torch.stack([network_error, box_error])
             if deep and index > 0:
                 reach = slopes.units[index + 1] * ball.radii(x)[:, None]
                 lower, upper = lipschitz_cut(lower, upper, point, errors[0], reach)
@@ -197,7 +198,7 @@ def hidden_box(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.
             if errors is not None:
                 errors = layer.propagate_bound(errors)
             if error_norm is not None:
-                error_norm = layer.propagate_whole_bound(error_norm)  # an L2 bound: every activation here is 1-Lipschitz in L2
+                error_norm = layer.propagate_whole_bound(error_norm)  # each activation is 1-Lipschitz in L2
         if errors is not None:
             magnitude = torch.maximum(lower.abs(), upper.abs()) + errors.sum(dim=0)
     return HiddenBox(lower, upper, errors, magnitude, tuple(pre_activations), tuple(pair_bounds), error_norm)
@@ -312,7 +313,8 @@ def network_logit_error(last: nn.Linear, box: HiddenBox, runs_in: torch.dtype) -
     tracks the error vector's L2 norm."""
     if box.error_norm is None:
         return rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)
-    return rounding.linear_error_with_norm(last.weight, last.bias, box.magnitude, box.errors[0], box.error_norm, runs_in)[0]
+    return rounding.linear_error_with_norm(last.weight, last.bias, box.magnitude, box.errors[0], box.error_norm,
+                                           runs_in)[0]
 
 
 def logit_errors(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32) -> torch.Tensor:
