@@ -72,7 +72,7 @@ class LipschitzMLP(nn.Module):
                 layers.append(activation)
         self.layers = nn.Sequential(*layers)
         normalise_rows_l1_(self)
-        self._slopes_memo: tuple[Any, list[torch.Tensor], CertifiedSlopes] | None = None  # see certified_slopes
+        self._spectral_memo: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # _proved_spectral_norms
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (n, 784) or (n, 1, 28, 28) to the first layer's input, (x - mean) / std."""
@@ -150,7 +150,7 @@ class LipschitzMLP(nn.Module):
         restores an upper bound.
         """
         exact = self._float64()
-        bounds = exact._logit_bounds(norm, lipschitz.operator_norm_upper_bound, per_pair=True)
+        bounds = exact._logit_bounds(norm, exact._proved_operator_norm, per_pair=True)
         factor = exact._rounding_factor()
         return LogitBounds(norm, bounds.logits * factor, bounds.differences * factor, bounds.output * factor)
 
@@ -158,23 +158,33 @@ class LipschitzMLP(nn.Module):
     def certified_slopes(self, norm: str) -> CertifiedSlopes:
         """Per layer, float64 upper bounds that hold despite rounding: every unit's Lipschitz bound in the
         input p-norm `norm` (the b of `layer_bounds`, a prefix of the chain that `certified_logit_bounds`
-        proves) and every Linear layer's L2 operator norm.
-
-        Kept for the last weights asked about and served again only while every
-        weight is equal to them by value (one eigensolve per layer, where a
-        certificate asks once per block of examples).
-        """
+        proves) and every Linear layer's L2 operator norm."""
         exact = self._float64()
-        weights = [layer.weight.detach().clone() for layer in exact.linear_layers()]
-        memo = self._slopes_memo
-        if memo is not None and memo[0] == (norm, self.config) and len(memo[1]) == len(weights) \
-                and all(torch.equal(a, b) for a, b in zip(memo[1], weights)):
-            return memo[2]
         factor = exact._rounding_factor()
-        units = [unit * factor for unit, _ in exact.layer_bounds(norm, lipschitz.operator_norm_upper_bound)]
-        slopes = CertifiedSlopes(units, [lipschitz.l2_spectral_norm_upper_bound(w) for w in weights])
-        self._slopes_memo = ((norm, self.config), weights, slopes)
-        return slopes
+        units = [unit * factor for unit, _ in exact.layer_bounds(norm, exact._proved_operator_norm)]
+        return CertifiedSlopes(units, exact._proved_spectral_norms())
+
+    def _proved_spectral_norms(self) -> list[torch.Tensor]:
+        """`lipschitz.l2_spectral_norm_upper_bound` of every Linear weight: one float64 eigensolve each, so
+        kept for the last weights and served again only while every weight equals them by value (a
+        certificate asks once per block of examples)."""
+        weights = [layer.weight.detach() for layer in self.linear_layers()]
+        memo = self._spectral_memo
+        if memo is not None and len(memo[0]) == len(weights) and all(
+                a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(memo[0], weights)):
+            return memo[1]
+        norms = [lipschitz.l2_spectral_norm_upper_bound(w) for w in weights]
+        self._spectral_memo = ([w.clone() for w in weights], norms)
+        return norms
+
+    def _proved_operator_norm(self, weight: torch.Tensor, norm: str) -> torch.Tensor:
+        """`lipschitz.operator_norm_upper_bound`, its l2 case for this model's weights from
+        `_proved_spectral_norms`."""
+        if norm == "l2":
+            for layer, bound in zip(self.linear_layers(), self._proved_spectral_norms()):
+                if layer.weight is weight:
+                    return bound.to(weight.dtype)
+        return lipschitz.operator_norm_upper_bound(weight, norm)
 
     def _float64(self) -> LipschitzMLP:
         return self if self.layers[0].weight.dtype == torch.float64 else copy.deepcopy(self).double()
