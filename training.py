@@ -25,7 +25,7 @@ from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 CONSTRAINTS = ("none", "linf-proj", "bjorck")
-BJORCK_STEP_ITERATIONS = 1  # after each optimiser step; see `constrain_`
+BJORCK_STEP_ITERATIONS = 1  # after each optimiser step, see `constrain_`
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class Run:
         """
         torch.manual_seed(recipe.seed)
         model = LipschitzMLP(config or recipe.model_config()).to(device)
-        constrain_(model, recipe, start=True)
+        start_constrained_(model, recipe)
         # fused: one kernel for all parameters; the step is a large share of this small model's time
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
         scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, recipe.gamma)
@@ -228,24 +228,31 @@ def compiled(loss_fn: LossFn) -> LossFn:
 
 
 @torch.no_grad()
-def constrain_(model: LipschitzMLP, recipe: Recipe, start: bool = False) -> None:
-    """Pull every Linear weight back into the recipe's constraint set after a step (or at the start).
+def start_constrained_(model: LipschitzMLP, recipe: Recipe) -> None:
+    """Start a fresh model in the recipe's constraint set. bjorck: orthonormal weights
+    (torch.nn.init.orthogonal_). linf-proj acts from the first step on, as it always has: the
+    demo's start has row L1 norm 1, inside the set for a radius of 1 or more."""
+    if recipe.constraint == "bjorck":
+        for layer in model.linear_layers():
+            torch.nn.init.orthogonal_(layer.weight)
+
+
+@torch.no_grad()
+def constrain_(model: LipschitzMLP, recipe: Recipe) -> None:
+    """Pull every Linear weight back into the recipe's constraint set after a step.
 
     linf-proj: each row projected onto the L1 ball of radius constraint_radius,
-    so each layer's L-inf operator norm is at most that (from the first step:
-    the demo's start has row L1 norm 1). bjorck: the weights start orthonormal
-    (torch.nn.init.orthogonal_), and after each step one Bjorck iteration takes
-    them back towards orthonormal rows or columns, leaving no singular value
-    above 1 unless the step pushed one past 2 (`lipschitz.orthonormalise`). A
-    projection after the step, not Anil et al.'s reparametrisation through 15
-    or more iterations in every forward pass, which on a CPU would cost several
-    plain steps. Certificates bound the weights as they are, either way.
+    so each layer's L-inf operator norm is at most that. bjorck: one Bjorck
+    iteration takes each weight back towards orthonormal rows or columns,
+    leaving no singular value above 1 unless the step pushed one past 2
+    (`lipschitz.orthonormalise`). A projection after the step, not Anil et
+    al.'s reparametrisation through 15 or more iterations in every forward
+    pass, which on a CPU would cost several plain steps. Certificates bound
+    the weights as they are, either way.
     """
     for layer in model.linear_layers():
-        if recipe.constraint == "linf-proj" and not start:
+        if recipe.constraint == "linf-proj":
             lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
-        elif recipe.constraint == "bjorck" and start:
-            torch.nn.init.orthogonal_(layer.weight)
         elif recipe.constraint == "bjorck":
             lipschitz.orthonormalise_(layer.weight, BJORCK_STEP_ITERATIONS)
 
