@@ -239,14 +239,15 @@ def test_certified_bounds_are_float64_upper_bounds_close_to_the_plain_ones(model
 
 
 def test_certified_slopes_follow_the_weights_they_are_asked_about():
-    """Remembered between calls, but never served for changed weights: scaling a layer in place, or
-    asking in another norm, gives new bounds, each above the exact operator norms."""
+    """The proved spectral norms are remembered between calls, but never served for changed weights:
+    scaling a layer in place, or asking in another norm, gives new bounds, each above the exact ones."""
     torch.manual_seed(0)
     model = LipschitzMLP(MLPConfig(in_features=20, hidden=(16, 16), out_features=4, group_size=2)).double()
     first = model.certified_slopes("l2")
     assert model.certified_slopes("l2").operators is first.operators  # the eigensolves are kept
     for operator, layer in zip(first.operators, model.linear_layers()):
-        assert torch.linalg.matrix_norm(layer.weight, 2) <= operator <= torch.linalg.matrix_norm(layer.weight, 2) * (1 + 1e-6)
+        svd = torch.linalg.matrix_norm(layer.weight, 2)
+        assert svd <= operator <= svd * (1 + 1e-6)
     plain = model.layer_bounds("l2")[-1][0]  # with SVD norms, not proved: the certified ones sit just above
     assert (plain <= first.units[-1] * (1 + 1e-12)).all() and (first.units[-1] <= plain * (1 + 1e-6)).all()
     with torch.no_grad():
