@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -204,6 +204,81 @@ class LipschitzMLP(nn.Module):
             differences = logits[:, None] + logits[None, :]
         output = lipschitz.lp_whole_bound(last, logits, whole, norm, operator_norm)
         return LogitBounds(norm, logits, differences, output)
+
+
+class BatchNormMLP(nn.Module):
+    """A LipschitzMLP trained with batch normalisation after every hidden Linear layer, and only ever
+    used folded into those layers.
+
+    Batch norm maps each pre-activation z to s (z - mean) + beta, s = gamma / sqrt(var + eps): an
+    affine map, so BN(W h + b) = (s W) h + s (b - mean) + beta is one Linear layer. In a training
+    step (mean, var) are the batch's, as in torch.nn.BatchNorm1d, and the folded layers carry the
+    gradients (`call_folded`); `folded` takes the running statistics and gives the plain
+    LipschitzMLP that is evaluated, saved and certified, so every bound is of the network that runs.
+    """
+
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.mlp = LipschitzMLP(config)
+        self.norms = nn.ModuleList(nn.BatchNorm1d(width) for width in config.hidden)
+
+    def folded_parameters(self, batch: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The hidden Linear layers' folded weights and biases, by the MLP's parameter names: from the
+        statistics of the pixel batch `batch` (updating the running ones as BatchNorm1d does in
+        training), or from the running statistics without one."""
+        h = None if batch is None else self.mlp.normalise(batch)
+        norms = iter(self.norms)
+        folded: dict[str, torch.Tensor] = {}
+        for index, layer in enumerate(self.mlp.layers[:-1]):
+            if not isinstance(layer, nn.Linear):
+                h = None if h is None else layer(h)
+                continue
+            norm = next(norms)
+            if h is None:
+                mean, var = norm.running_mean, norm.running_var
+            else:
+                z = nn.functional.linear(h, layer.weight, layer.bias)
+                mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
+                _update_running_statistics(norm, mean.detach(), var.detach(), len(z))
+            scale = norm.weight * torch.rsqrt(var + norm.eps)
+            folded[f"layers.{index}.weight"] = scale[:, None] * layer.weight
+            folded[f"layers.{index}.bias"] = scale * (layer.bias - mean) + norm.bias
+            if h is not None:
+                h = scale * (z - mean) + norm.bias
+        return folded
+
+    def call_folded(self, fn: Callable[..., Any], batch: torch.Tensor, *args: Any) -> Any:
+        """fn(mlp, batch, *args) with the MLP's hidden Linear layers folded with `batch`'s statistics."""
+        folded = {f"mlp.{name}": value for name, value in self.folded_parameters(batch).items()}
+        return torch.func.functional_call(_Apply(self.mlp), folded, (fn, batch, *args))
+
+    @torch.no_grad()
+    def folded(self) -> LipschitzMLP:
+        """The plain MLP this network computes with its running statistics (a copy)."""
+        plain = copy.deepcopy(self.mlp)
+        for name, value in self.folded_parameters().items():
+            plain.get_parameter(name).copy_(value)
+        return plain
+
+
+class _Apply(nn.Module):
+    """fn(mlp, *args) as a module's forward, so that torch.func.functional_call can swap mlp's parameters."""
+
+    def __init__(self, mlp: LipschitzMLP) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.mlp, *args)
+
+
+@torch.no_grad()
+def _update_running_statistics(norm: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """What BatchNorm1d does in training: exponential averages with its momentum, the variance unbiased."""
+    momentum = norm.momentum if norm.momentum is not None else 1 / (int(norm.num_batches_tracked) + 1)
+    norm.running_mean.lerp_(mean, momentum)
+    norm.running_var.lerp_(var * n / max(n - 1, 1), momentum)
+    norm.num_batches_tracked += 1
 
 
 @torch.no_grad()

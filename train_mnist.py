@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
     flag("--activation", ACTIVATIONS, D.activation, "activation")
     flag("--group_size", cli.positive_int, D.group_size, "GroupSort group size")
     flag("--hidden", cli.widths, "500", "hidden widths, e.g. 500 or 1024,1024")
+    recipe.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="train with batch norm after every hidden Linear layer, folded into it for evaluation, "
+                             "saving and certificates (default: off)")
     flag("--seed", int, D.seed, "random seed")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                         help="train one model per seed, one after another, and report mean ± std")
@@ -143,7 +146,7 @@ def metrics(run: Run, accuracy: Accuracy, device: torch.device, compiled: bool) 
     return {
         "clean_accuracy": accuracy.clean,
         "certified_accuracy": accuracy.certified,
-        "max_logit_bound": run.model.logit_bounds(run.recipe.norm).logits.max().item(),
+        "max_logit_bound": run.network().logit_bounds(run.recipe.norm).logits.max().item(),
         **run.recipe.to_dict(),
         "seconds_per_epoch_median": statistics.median(run.epoch_seconds),
         "train_seconds": sum(run.epoch_seconds),
@@ -170,13 +173,14 @@ def train_one(recipe: Recipe, args: argparse.Namespace, save_path: Path, data: t
         saved = f"epoch {run.epoch} is saved in {state_path}" if run.epoch else "no epoch finished"
         print(f"\ninterrupted: {saved}; continue with the same command and --resume", file=sys.stderr)
         sys.exit(getattr(stop, "status", 130))
-    accuracy = certificates.evaluate(run.model, test, Ball(recipe.norm, recipe.cert_magnitude, PIXEL_RANGE),
+    network = run.network()
+    accuracy = certificates.evaluate(network, test, Ball(recipe.norm, recipe.cert_magnitude, PIXEL_RANGE),
                                      recipe.method)
     print(accuracy.lines())
     if args.dry_run:
         print("dry run: nothing saved")
         return accuracy
-    checkpoints.save_checkpoint(save_path, run.model, metrics(run, accuracy, device, args.compile))
+    checkpoints.save_checkpoint(save_path, network, metrics(run, accuracy, device, args.compile))
     print(f"saved {save_path}")
     return accuracy
 

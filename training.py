@@ -20,7 +20,7 @@ from checkpoints import TrainingState
 from errors import ConfigError, Failure
 from groupsort import ACTIVATIONS
 from mnist_data import Split
-from models import LipschitzMLP, MLPConfig
+from models import BatchNormMLP, LipschitzMLP, MLPConfig
 from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -36,6 +36,7 @@ class Recipe:
     hidden: tuple[int, ...] = (500,)
     activation: str = "groupsort"
     group_size: int = 10
+    batch_norm: bool = False  # after every hidden Linear layer in training, folded into it (models.BatchNormMLP)
     # the optimisation: Adam, the learning rate times gamma after every epoch and times lr_drop_factor
     # after each epoch listed in lr_drops; gradients clipped to grad_clip in L2 norm (0: not clipped)
     epochs: int = 100
@@ -75,6 +76,8 @@ class Recipe:
             raise ConfigError(f"hidden must be a list of widths, got {self.hidden!r}")
         if not isinstance(self.lr_drops, (list, tuple)) or not all(integer(epoch) for epoch in self.lr_drops):
             raise ConfigError(f"lr_drops must be a list of epochs, got {self.lr_drops!r}")
+        if not isinstance(self.batch_norm, bool):
+            raise ConfigError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         for name in ("group_size", "epochs", "batch_size", "seed"):
             if not integer(getattr(self, name)):
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
@@ -104,6 +107,9 @@ class Recipe:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.final_clean_weight <= 1:
             raise ConfigError(f"final_clean_weight must be in [0, 1], got {self.final_clean_weight}")
+        if self.batch_norm and self.constraint != "none":
+            raise ConfigError(f"batch_norm rescales every hidden layer, so constraint {self.constraint} would not "
+                              "hold: use one of the two")
         if any(epoch < 1 for epoch in self.lr_drops):
             raise ConfigError(f"lr_drops must be epochs >= 1, got {list(self.lr_drops)}")
 
@@ -174,7 +180,7 @@ class Run:
     """Everything a training run carries from one epoch to the next."""
 
     recipe: Recipe
-    model: LipschitzMLP
+    model: LipschitzMLP | BatchNormMLP  # what trains; `network()` is what it computes
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
@@ -190,7 +196,8 @@ class Run:
         data path normalises in its loader, so its model must not).
         """
         torch.manual_seed(recipe.seed)
-        model = LipschitzMLP(config or recipe.model_config()).to(device)
+        config = config or recipe.model_config()
+        model = (BatchNormMLP(config) if recipe.batch_norm else LipschitzMLP(config)).to(device)
         start_constrained_(model, recipe)
         # fused: one kernel for all parameters; the step is a large share of this small model's time
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
@@ -200,6 +207,10 @@ class Run:
             scheduler = torch.optim.lr_scheduler.ChainedScheduler([scheduler, drops], optimizer)
         generator = torch.Generator(device=device).manual_seed(recipe.seed)
         return cls(recipe, model, optimizer, scheduler, generator, compiled(batch_loss) if compile else batch_loss)
+
+    def network(self) -> LipschitzMLP:
+        """The plain MLP the run has trained: with batch norm, folded with the running statistics (a copy)."""
+        return self.model.folded() if isinstance(self.model, BatchNormMLP) else self.model
 
     def state(self) -> TrainingState:
         return TrainingState(self.recipe.to_dict(), self.epoch, list(self.epoch_seconds), self.model.state_dict(),
@@ -228,7 +239,7 @@ def compiled(loss_fn: LossFn) -> LossFn:
 
 
 @torch.no_grad()
-def start_constrained_(model: LipschitzMLP, recipe: Recipe) -> None:
+def start_constrained_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
     """Start a fresh model in the recipe's constraint set. bjorck: orthonormal weights
     (torch.nn.init.orthogonal_). linf-proj acts from the first step on, as it always has: the
     demo's start has row L1 norm 1, inside the set for a radius of 1 or more."""
@@ -238,7 +249,7 @@ def start_constrained_(model: LipschitzMLP, recipe: Recipe) -> None:
 
 
 @torch.no_grad()
-def constrain_(model: LipschitzMLP, recipe: Recipe) -> None:
+def constrain_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
     """Pull every Linear weight back into the recipe's constraint set after a step.
 
     linf-proj: each row projected onto the L1 ball of radius constraint_radius,
@@ -248,8 +259,10 @@ def constrain_(model: LipschitzMLP, recipe: Recipe) -> None:
     (`lipschitz.orthonormalise`). A projection after the step, not Anil et
     al.'s reparametrisation through 15 or more iterations in every forward
     pass, which on a CPU would cost several plain steps. Certificates bound
-    the weights as they are, either way.
+    the weights as they are, either way. None (the only choice with batch norm): nothing to do.
     """
+    if recipe.constraint == "none":
+        return
     for layer in model.linear_layers():
         if recipe.constraint == "linf-proj":
             lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
@@ -267,8 +280,11 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     """
     recipe = run.recipe
     schedule = schedule or Schedule.at(1.0, recipe.eps, 0.0)
-    loss, class_loss, logits, threshold = run.loss_fn(run.model, x, y, recipe.loss, recipe.norm, recipe.lc_penalty,
-                                                      schedule, recipe.hinge_target)
+    args = (x, y, recipe.loss, recipe.norm, recipe.lc_penalty, schedule, recipe.hinge_target)
+    if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics
+        loss, class_loss, logits, threshold = run.model.call_folded(run.loss_fn, *args)
+    else:
+        loss, class_loss, logits, threshold = run.loss_fn(run.model, *args)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if recipe.grad_clip:
@@ -295,7 +311,7 @@ def train_epoch(run: Run, train: Split, max_batches: int | None = None) -> Epoch
         schedule = recipe.schedule(run.epoch + number / len(batches))
         totals += train_step(run, train.images[index], train.labels[index], schedule)
     with torch.no_grad():
-        max_logit_bound = run.model.logit_bounds(recipe.norm).logits.max()
+        max_logit_bound = run.network().logit_bounds(recipe.norm).logits.max()
     loss_sum, class_sum, errors, certified, max_logit_bound = torch.cat([totals, max_logit_bound[None]]).tolist()
     seen = sum(len(index) for index in batches)
     return EpochStats(loss_sum / len(batches), class_sum / len(batches), errors / seen,

@@ -3,6 +3,7 @@ any net, are exact where the net allows it, and are the demo's own numbers in L-
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from certificates import LIPSCHITZ_METHODS, thresholds
 from checkpoints import load_checkpoint
 from conftest import REL
 from groupsort import GroupSort
-from models import LipschitzMLP, MLPConfig
+from models import BatchNormMLP, LipschitzMLP, MLPConfig
 from nets import input_jacobian, net_from_weights, norms, random_directions, random_nets, seeds
 
 MATRIX_ORD = {"linf": math.inf, "l2": 2, "l1": 1}
@@ -256,3 +257,32 @@ def test_certified_slopes_follow_the_weights_they_are_asked_about():
     assert second.operators[1] == pytest.approx(2 * first.operators[1].item(), rel=1e-9)
     assert (second.units[-1] > first.units[-1]).any()
     assert not torch.equal(model.certified_slopes("l1").units[-1], second.units[-1])
+
+
+@pytest.mark.parametrize("activation", ["groupsort", "relu"])
+def test_batch_norm_folds_into_the_linear_layers_exactly(activation):
+    """Folded with the running statistics, the MLP computes torch's batch-normed network in eval mode;
+    folded with a batch, in training mode (float64, so only the order of the arithmetic differs)."""
+    torch.manual_seed(3)
+    model = BatchNormMLP(MLPConfig(hidden=(20, 10), activation=activation, group_size=5)).double()
+    with torch.no_grad():
+        for norm in model.norms:
+            norm.weight.uniform_(-2, 2), norm.bias.normal_()
+            norm.running_mean.normal_(), norm.running_var.uniform_(0.1, 3)
+    layers = model.mlp.layers
+    reference = nn.Sequential(layers[0], copy.deepcopy(model.norms[0]), layers[1], layers[2],
+                              copy.deepcopy(model.norms[1]), layers[3], layers[4])
+    x = torch.rand(32, 784, dtype=torch.float64)
+    folded = model.folded()
+    assert type(folded) is LipschitzMLP and all(not p.requires_grad or p.grad is None for p in folded.parameters())
+    reference.eval()
+    assert torch.allclose(folded(x), reference(model.mlp.normalise(x)), rtol=1e-12, atol=1e-12)
+    reference.train()
+    trained = model.call_folded(lambda mlp, batch: mlp(batch), x)
+    assert torch.allclose(trained, reference(model.mlp.normalise(x)), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(trained, folded(x))  # the batch's statistics are not the running ones
+    for norm, reference_norm in zip(model.norms, (reference[1], reference[4])):  # updated as BatchNorm1d does
+        assert torch.allclose(norm.running_mean, reference_norm.running_mean, rtol=1e-12, atol=1e-15)
+        assert torch.allclose(norm.running_var, reference_norm.running_var, rtol=1e-12, atol=1e-15)
+        assert norm.num_batches_tracked == reference_norm.num_batches_tracked == 1
+    assert torch.equal(model.mlp.layers[0].weight, layers[0].weight)  # the folding changed a copy only

@@ -54,6 +54,24 @@ def test_l2_training_certifies_and_records_its_norm_and_method(l2_trained, run_s
     assert results(run.stdout) == trained
 
 
+def test_batch_norm_training_saves_the_folded_network_and_certify_reproduces_its_results(run_script, mnist_root,
+                                                                                         tmp_path):
+    """The checkpoint holds the plain MLP that batch norm folded into (no batch-norm state), and
+    certify.py, reading it as any other, prints the numbers that training printed."""
+    run = run_script("train_mnist.py", *FAST, "--epochs", "1", "--batch-norm", "--loss", "ibp", "--lc_penalty", "0",
+                     "--method", "ibp", "--data-dir", mnist_root, "--save-dir", tmp_path)
+    assert run.returncode == 0, run.stderr
+    trained = results(run.stdout)
+    assert trained["acc"] > 50.0 and 0.0 < trained["certified"] <= trained["acc"]  # chance is 10 %
+    path = tmp_path / "mnist_groupsort.p"
+    checkpoint = torch.load(path, weights_only=True)
+    assert not any("norm" in name for name in checkpoint["state_dict"]) and json.loads(
+        path.with_suffix(".json").read_text())["batch_norm"] is True
+    certify = run_script("certify.py", path, "--data-dir", mnist_root, "--method", "ibp")
+    assert certify.returncode == 0, certify.stderr
+    assert results(certify.stdout) == trained
+
+
 def test_dry_run_trains_a_few_batches_and_writes_nothing_reading_mnist_root(run_script, mnist_root, tmp_path):
     """No --data-dir: the data comes from $MNIST_ROOT."""
     run = run_script("train_mnist.py", *FAST, "--dry-run", "--save-dir", tmp_path / "out", cwd=tmp_path,

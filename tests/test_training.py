@@ -119,6 +119,8 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"final_clean_weight": 1.5}, "final_clean_weight must be in [0, 1]"),
     ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
     ({"warmup_epochs": "two"}, "warmup_epochs must be a number"),
+    ({"batch_norm": 1}, "batch_norm must be true or false, got 1"),
+    ({"batch_norm": True, "constraint": "bjorck"}, "batch_norm rescales every hidden layer"),
 ])
 def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
     path = write_recipe(tmp_path, entries)
@@ -182,6 +184,33 @@ def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certifie
     assert all(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
 
 
+def test_a_batch_norm_step_trains_the_network_folded_with_the_batch_statistics():
+    """The step's loss is the objective of the MLP whose hidden layers carry the batch's own batch norm;
+    both the Linear layers and the norms' scales and shifts move; the trained network is a plain MLP."""
+    recipe = Recipe(lr=0.01, loss="ibp", lc_penalty=0.0, batch_norm=True)
+    run = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    split = small_split()
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    reference = run.model.mlp.layers
+    normed = torch.nn.Sequential(reference[0], torch.nn.BatchNorm1d(8), reference[1], reference[2],
+                                 torch.nn.BatchNorm1d(8), reference[3], reference[4])
+    expected = torch.nn.functional.cross_entropy(normed(run.model.mlp.normalise(split.images)), split.labels)
+    loss, class_loss, errors, certified = train_step(run, split.images, split.labels, Schedule(0.0, 1.0)).tolist()
+    assert class_loss == pytest.approx(expected.item(), rel=1e-5) and loss == pytest.approx(class_loss, rel=1e-5)
+    moved = {name for name, p in run.model.named_parameters() if not torch.equal(before[name], p)}
+    assert moved == set(before) and any(name.startswith("norms.") for name in moved)
+    for norm, reference_norm in zip(run.model.norms, (normed[1], normed[4])):  # BatchNorm1d's running statistics
+        assert torch.allclose(norm.running_mean, reference_norm.running_mean, atol=1e-6)
+        assert torch.allclose(norm.running_var, reference_norm.running_var, atol=1e-6)
+    network = run.network()
+    assert type(network) is LipschitzMLP and network.config == SMALL
+    with torch.no_grad():
+        normed.eval()
+        normed[1].load_state_dict(run.model.norms[0].state_dict())
+        normed[4].load_state_dict(run.model.norms[1].state_dict())
+        assert torch.allclose(network(split.images), normed(run.model.mlp.normalise(split.images)), atol=1e-5)
+
+
 def test_train_epoch_sees_max_batches_and_reports_means():
     run = Run.start(Recipe(batch_size=16), torch.device("cpu"), config=SMALL)
     stats = train_epoch(run, small_split(n=100), max_batches=3)
@@ -197,10 +226,10 @@ def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():
     assert not torch.equal(first.model.linear_layers()[0].weight, other.model.linear_layers()[0].weight)
 
 
-@pytest.mark.parametrize("drops", [(), (1,)])
-def test_a_restored_run_continues_bit_for_bit(drops):
+@pytest.mark.parametrize("drops, batch_norm", [((), False), ((1,), False), ((), True)])
+def test_a_restored_run_continues_bit_for_bit(drops, batch_norm):
     """Two epochs straight equal one epoch, its state saved and restored into a fresh run, then another."""
-    recipe = Recipe(batch_size=16, lr=0.01, lr_drops=drops)
+    recipe = Recipe(batch_size=16, lr=0.01, lr_drops=drops, batch_norm=batch_norm)
     split = small_split(n=80)
     straight = Run.start(recipe, torch.device("cpu"), config=SMALL)
     for _ in range(2):
@@ -218,8 +247,9 @@ def test_a_restored_run_continues_bit_for_bit(drops):
     resumed.restore(state)
     assert resumed.epoch == 1 and resumed.epoch_seconds == [1.5]
     train_epoch(resumed, split)
-    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b)
+    straight_state, resumed_state = straight.model.state_dict(), resumed.model.state_dict()
+    assert straight_state.keys() == resumed_state.keys()
+    assert all(torch.equal(straight_state[name], resumed_state[name]) for name in straight_state)  # buffers too
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no step taken: rates only
