@@ -222,15 +222,19 @@ class BatchNormMLP(nn.Module):
         self.mlp = LipschitzMLP(config)
         self.norms = nn.ModuleList(nn.BatchNorm1d(width) for width in config.hidden)
 
-    def folded_parameters(self, batch: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The hidden Linear layers' folded weights and biases, by the MLP's parameter names: from the
-        statistics of the pixel batch `batch` (updating the running ones as BatchNorm1d does in
-        training), or from the running statistics without one."""
+    def folded_parameters(
+        self, batch: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The hidden Linear layers' folded weights and biases, by the MLP's parameter names, and the
+        logits: from the statistics of the pixel batch `batch` (updating the running ones as
+        BatchNorm1d does in training), with the logits at `batch` of the network they make, computed
+        in the same pass; or from the running statistics, with no logits, without a batch."""
         h = None if batch is None else self.mlp.normalise(batch)
+        last = len(self.mlp.layers) - 1
         norms = iter(self.norms)
         folded: dict[str, torch.Tensor] = {}
-        for index, layer in enumerate(self.mlp.layers[:-1]):
-            if not isinstance(layer, nn.Linear):
+        for index, layer in enumerate(self.mlp.layers):
+            if not isinstance(layer, nn.Linear) or index == last:
                 h = None if h is None else layer(h)
                 continue
             norm = next(norms)
@@ -245,31 +249,33 @@ class BatchNormMLP(nn.Module):
             folded[f"layers.{index}.bias"] = scale * (layer.bias - mean) + norm.bias
             if h is not None:
                 h = scale * (z - mean) + norm.bias
-        return folded
+        return folded, h
 
     def call_folded(self, fn: Callable[..., Any], batch: torch.Tensor, *args: Any) -> Any:
-        """fn(mlp, batch, *args) with the MLP's hidden Linear layers folded with `batch`'s statistics."""
-        folded = {f"mlp.{name}": value for name, value in self.folded_parameters(batch).items()}
-        return torch.func.functional_call(_Apply(self.mlp), folded, (fn, batch, *args))
+        """fn(mlp, batch, *args, logits=logits) with the MLP's hidden Linear layers folded with `batch`'s
+        statistics, and their logits at `batch` (so that fn need not compute them again)."""
+        folded, logits = self.folded_parameters(batch)
+        named = {f"mlp.{name}": value for name, value in folded.items()}
+        return torch.func.functional_call(_Apply(self.mlp), named, (fn, batch, *args), {"logits": logits})
 
     @torch.no_grad()
     def folded(self) -> LipschitzMLP:
         """The plain MLP this network computes with its running statistics (a copy)."""
         plain = copy.deepcopy(self.mlp)
-        for name, value in self.folded_parameters().items():
+        for name, value in self.folded_parameters()[0].items():
             plain.get_parameter(name).copy_(value)
         return plain
 
 
 class _Apply(nn.Module):
-    """fn(mlp, *args) as a module's forward, so that torch.func.functional_call can swap mlp's parameters."""
+    """fn(mlp, *args, **kwargs) as a module's forward, so that torch.func.functional_call can swap mlp's parameters."""
 
     def __init__(self, mlp: LipschitzMLP) -> None:
         super().__init__()
         self.mlp = mlp
 
-    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(self.mlp, *args)
+    def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(self.mlp, *args, **kwargs)
 
 
 @torch.no_grad()

@@ -124,9 +124,11 @@ def batch_loss(
     lc_penalty: float,
     schedule: Schedule,
     hinge_target: float = 1.0,
+    logits: torch.Tensor | None = None,
 ) -> BatchLoss:
-    """One batch's objective `loss`, its clean cross-entropy, logits, and the global threshold."""
-    logits = model(x)
+    """One batch's objective `loss`, its clean cross-entropy, logits, and the global threshold.
+    `logits`: model(x), where the caller has computed it already (`models.BatchNormMLP.call_folded`)."""
+    logits = model(x) if logits is None else logits
     bounds = model.logit_bounds(norm, estimate=True, per_pair=loss in ("lmt", "hinge"))
     penalty = lc_penalty * lipschitz.soft_max_penalty(bounds.logits)
     clean = F.cross_entropy(logits, y)

@@ -278,8 +278,10 @@ def test_batch_norm_folds_into_the_linear_layers_exactly(activation):
     reference.eval()
     assert torch.allclose(folded(x), reference(model.mlp.normalise(x)), rtol=1e-12, atol=1e-12)
     reference.train()
-    trained = model.call_folded(lambda mlp, batch: mlp(batch), x)
-    assert torch.allclose(trained, reference(model.mlp.normalise(x)), rtol=1e-12, atol=1e-12)
+    trained, logits = model.call_folded(lambda mlp, batch, logits: (mlp(batch), logits), x)
+    expected = reference(model.mlp.normalise(x))
+    assert torch.allclose(trained, expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(logits, expected, rtol=1e-12, atol=1e-12)  # handed to fn, computed with the statistics
     assert not torch.allclose(trained, folded(x))  # the batch's statistics are not the running ones
     for norm, reference_norm in zip(model.norms, (reference[1], reference[4])):  # updated as BatchNorm1d does
         assert torch.allclose(norm.running_mean, reference_norm.running_mean, rtol=1e-12, atol=1e-15)
