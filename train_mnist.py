@@ -39,7 +39,7 @@ from groupsort import ACTIVATIONS
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 from models import LipschitzMLP
 from objectives import LOSSES, RAMP_SHAPES
-from training import CONSTRAINTS, NonFiniteError, Recipe, Run, recipe_path, train_epoch
+from training import CONSTRAINTS, PRECISIONS, NonFiniteError, Recipe, Run, recipe_path, train_epoch
 
 DRY_RUN_BATCHES = 3
 D = Recipe()  # the defaults shown by --help
@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespac
     flag("--lr-drops", cli.epochs, "none", "multiply the learning rate by --lr-drop-factor after these epochs, e.g. 50,55")
     flag("--lr-drop-factor", cli.positive_float, D.lr_drop_factor, "learning-rate factor of each drop")
     flag("--grad-clip", cli.nonnegative_float, D.grad_clip, "clip the gradient to this L2 norm (0: no clipping)")
+    flag("--precision", PRECISIONS, D.precision, "arithmetic of a training step: bfloat16 runs it under torch.autocast "
+         "(faster matrix products where the processor has them); the saved network and its certificates are float32")
     flag("--epochs", cli.positive_int, D.epochs, "training epochs")
     flag("--lc_penalty", cli.nonnegative_float, D.lc_penalty, "weight of the soft-max logit-bound penalty")
     flag("--cert_magnitude", cli.nonnegative_float, D.cert_magnitude,

@@ -25,6 +25,7 @@ from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 CONSTRAINTS = ("none", "linf-proj", "bjorck")
+PRECISIONS = ("float32", "bfloat16")  # of a training step's arithmetic, see `train_step`
 BJORCK_STEP_ITERATIONS = 1  # after each optimiser step, see `constrain_`
 
 
@@ -46,6 +47,7 @@ class Recipe:
     lr_drops: tuple[int, ...] = ()
     lr_drop_factor: float = 0.2
     grad_clip: float = 0.0
+    precision: str = "float32"
     seed: int = 0
     # the objective (see objectives.py)
     loss: str = "ce"
@@ -92,7 +94,8 @@ class Recipe:
         for name, value, choices in (("activation", self.activation, ACTIVATIONS), ("loss", self.loss, LOSSES),
                                      ("norm", self.norm, lipschitz.NORMS), ("method", self.method, certificates.METHODS),
                                      ("constraint", self.constraint, CONSTRAINTS),
-                                     ("ramp_shape", self.ramp_shape, RAMP_SHAPES)):
+                                     ("ramp_shape", self.ramp_shape, RAMP_SHAPES),
+                                     ("precision", self.precision, PRECISIONS)):
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
         numbers = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "gamma": self.gamma,
@@ -273,7 +276,10 @@ def constrain_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | None = None) -> torch.Tensor:
     """One optimiser step on the recipe's objective; returns [loss, class loss, errors, certified].
 
-    Without a schedule the losses train at the recipe's full radius.
+    Without a schedule the losses train at the recipe's full radius. With precision bfloat16 the
+    objective runs under torch.autocast: matrix products, and what follows them, in bfloat16, the
+    weights and their updates in float32. It changes how the network is trained, not what is
+    certified: evaluation and certificates take the float32 network as always.
     The certified count uses the global rule with the penalty's bounds (in l2
     their power-iteration norms make it an estimate). Nothing leaves the
     device, so a step never waits on it.
@@ -281,10 +287,11 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     recipe = run.recipe
     schedule = schedule or Schedule.at(1.0, recipe.eps, 0.0)
     args = (x, y, recipe.loss, recipe.norm, recipe.lc_penalty, schedule, recipe.hinge_target)
-    if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics
-        loss, class_loss, logits, threshold = run.model.call_folded(run.loss_fn, *args)
-    else:
-        loss, class_loss, logits, threshold = run.loss_fn(run.model, *args)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=recipe.precision == "bfloat16"):
+        if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics
+            loss, class_loss, logits, threshold = run.model.call_folded(run.loss_fn, *args)
+        else:
+            loss, class_loss, logits, threshold = run.loss_fn(run.model, *args)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if recipe.grad_clip:

@@ -19,7 +19,7 @@ from errors import ConfigError, Failure
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
 from objectives import LOSSES, Schedule, batch_loss
-from training import RECIPES, Recipe, Run, compiled, read_recipe, recipe_path, train_epoch, train_step
+from training import PRECISIONS, RECIPES, Recipe, Run, compiled, read_recipe, recipe_path, train_epoch, train_step
 
 SMALL = MLPConfig(in_features=12, hidden=(8, 8), out_features=4, group_size=2)
 
@@ -120,6 +120,7 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
     ({"warmup_epochs": "two"}, "warmup_epochs must be a number"),
     ({"batch_norm": 1}, "batch_norm must be true or false, got 1"),
+    ({"precision": "float16"}, "unknown precision 'float16'"),
     ({"batch_norm": True, "constraint": "bjorck"}, "batch_norm rescales every hidden layer"),
 ])
 def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
@@ -209,6 +210,16 @@ def test_a_batch_norm_step_trains_the_network_folded_with_the_batch_statistics()
         normed[1].load_state_dict(run.model.norms[0].state_dict())
         normed[4].load_state_dict(run.model.norms[1].state_dict())
         assert torch.allclose(network(split.images), normed(run.model.mlp.normalise(split.images)), atol=1e-5)
+
+
+def test_a_bfloat16_step_trains_the_float32_weights_on_the_same_objective_in_bfloat16():
+    split = small_split()
+    runs = {precision: Run.start(Recipe(lr=0.01, loss="ibp", precision=precision), torch.device("cpu"), config=SMALL)
+            for precision in PRECISIONS}
+    steps = {precision: train_step(run, split.images, split.labels, Schedule(0.1, 0.5)) for precision, run in runs.items()}
+    losses = [step[0].item() for step in steps.values()]
+    assert losses[0] != losses[1] and losses[0] == pytest.approx(losses[1], rel=2e-2)  # computed in bfloat16
+    assert all(parameter.dtype == torch.float32 for parameter in runs["bfloat16"].model.parameters())
 
 
 def test_train_epoch_sees_max_batches_and_reports_means():
