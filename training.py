@@ -231,9 +231,9 @@ def compiled(loss_fn: LossFn) -> LossFn:
     """`loss_fn` under torch.compile; a failure to compile stops the run with one line."""
     fast = torch.compile(loss_fn)
 
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fast(*args)
+            return fast(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as err:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise Failure(f"torch.compile failed ({reason}): run without --compile") from None

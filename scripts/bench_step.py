@@ -50,8 +50,8 @@ def step_milliseconds(run: Run, x: torch.Tensor, y: torch.Tensor, steps: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="ibp-wide", help="recipe name or JSON file (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every variant (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant and round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every variant (default: 5)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant and round (default: 30)")
     args = parser.parse_args()
     recipe = Recipe.build(recipe_path(args.recipe))
     generator = torch.Generator().manual_seed(0)
