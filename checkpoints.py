@@ -218,10 +218,14 @@ def save_training_state(path: Path, state: TrainingState) -> None:
     atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
-def load_training_state(path: Path, recipe: dict[str, Any], device: torch.device | str) -> TrainingState:
+def load_training_state(
+    path: Path, recipe: dict[str, Any], device: torch.device | str, defaults: dict[str, Any] | None = None
+) -> TrainingState:
     """The training state at `path`, refused unless it was saved by a run of the same recipe.
 
-    The recipes must agree on every entry except those in `RESUMABLE_CHANGES`.
+    The recipes must agree on every entry except those in `RESUMABLE_CHANGES`. An entry the saved
+    recipe lacks came into the project after it was saved, when the run had its default: it is
+    compared as its value in `defaults`.
     """
     if not path.exists():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
@@ -230,8 +234,9 @@ def load_training_state(path: Path, recipe: dict[str, Any], device: torch.device
         raise CheckpointError(f"cannot resume from {path}: not a training state of this version of the project")
     payload.pop("format")
     state = TrainingState(**payload)
-    differences = [f"{name} {state.recipe.get(name)} (now {value})" for name, value in recipe.items()
-                   if name not in RESUMABLE_CHANGES and state.recipe.get(name) != value]
+    saved = {**(defaults or {}), **state.recipe}
+    differences = [f"{name} {saved.get(name)} (now {value})" for name, value in recipe.items()
+                   if name not in RESUMABLE_CHANGES and saved.get(name) != value]
     if differences:
         raise CheckpointError(f"cannot resume {path}: it was trained with " + ", ".join(differences))
     return state

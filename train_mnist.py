@@ -167,7 +167,7 @@ def train_one(recipe: Recipe, args: argparse.Namespace, save_path: Path, data: t
     run = Run.start(recipe, device, args.compile)
     state_path = checkpoints.training_state_path(save_path)
     if args.resume:
-        run.restore(checkpoints.load_training_state(state_path, recipe.to_dict(), device))
+        run.restore(checkpoints.load_training_state(state_path, recipe.to_dict(), device, Recipe().to_dict()))
         print(f"resuming {state_path} after epoch {run.epoch}")
     try:
         train_epochs(run, train, state_path, args.dry_run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,21 @@ def test_a_training_state_refuses_another_recipe(tmp_path, change, message):
     with pytest.raises(CheckpointError) as error:
         load_training_state(path, other.to_dict(), "cpu")
     assert message in str(error.value)
+
+
+def test_a_training_state_saved_before_an_entry_existed_resumes_at_its_default(tmp_path):
+    """A state lacking batch_norm and precision (saved before they existed) ran with their defaults."""
+    recipe = Recipe(hidden=(10,))
+    state = training_state(recipe)
+    for name in ("batch_norm", "precision"):
+        del state.recipe[name]
+    path = tmp_path / "m.last.p"
+    save_training_state(path, state)
+    assert load_training_state(path, recipe.to_dict(), "cpu", Recipe().to_dict()).epoch == 1
+    with pytest.raises(CheckpointError, match=re.escape("it was trained with batch_norm False (now True)")):
+        load_training_state(path, Recipe(hidden=(10,), batch_norm=True).to_dict(), "cpu", Recipe().to_dict())
+    with pytest.raises(CheckpointError, match=re.escape("batch_norm None (now False)")):  # no defaults given
+        load_training_state(path, recipe.to_dict(), "cpu")
 
 
 def test_only_a_training_state_of_this_version_resumes(tmp_path):
