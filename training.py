@@ -47,7 +47,7 @@ class Recipe:
     lr_drops: tuple[int, ...] = ()
     lr_drop_factor: float = 0.2
     grad_clip: float = 0.0
-    precision: str = "float32"
+    precision: str = "float32"  # of a step's objective: float32, or bfloat16 under torch.autocast
     seed: int = 0
     # the objective (see objectives.py)
     loss: str = "ce"
