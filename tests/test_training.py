@@ -216,7 +216,7 @@ def test_a_bfloat16_step_trains_the_float32_weights_on_the_same_objective_in_bfl
     split = small_split()
     runs = {precision: Run.start(Recipe(lr=0.01, loss="ibp", precision=precision), torch.device("cpu"), config=SMALL)
             for precision in PRECISIONS}
-    steps = {precision: train_step(run, split.images, split.labels, Schedule(0.1, 0.5)) for precision, run in runs.items()}
+    steps = {name: train_step(run, split.images, split.labels, Schedule(0.1, 0.5)) for name, run in runs.items()}
     losses = [step[0].item() for step in steps.values()]
     assert losses[0] != losses[1] and losses[0] == pytest.approx(losses[1], rel=2e-2)  # computed in bfloat16
     assert all(parameter.dtype == torch.float32 for parameter in runs["bfloat16"].model.parameters())
