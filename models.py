@@ -243,12 +243,13 @@ class BatchNormMLP(nn.Module):
             else:
                 z = nn.functional.linear(h, layer.weight, layer.bias)
                 mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
-                _update_running_statistics(norm, mean.detach(), var.detach(), len(z))
             scale = norm.weight * torch.rsqrt(var + norm.eps)
             folded[f"layers.{index}.weight"] = scale[:, None] * layer.weight
             folded[f"layers.{index}.bias"] = scale * (layer.bias - mean) + norm.bias
-            if h is not None:
-                h = scale * (z - mean) + norm.bias
+            if h is not None:  # torch's own batch norm of the batch, which also updates the running statistics
+                h = nn.functional.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                             training=True, momentum=norm.momentum, eps=norm.eps)
+                norm.num_batches_tracked += 1
         return folded, h
 
     def call_folded(self, fn: Callable[..., Any], batch: torch.Tensor, *args: Any) -> Any:
@@ -276,15 +277,6 @@ class _Apply(nn.Module):
 
     def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(self.mlp, *args, **kwargs)
-
-
-@torch.no_grad()
-def _update_running_statistics(norm: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-    """What BatchNorm1d does in training: exponential averages with its momentum, the variance unbiased."""
-    momentum = norm.momentum if norm.momentum is not None else 1 / (int(norm.num_batches_tracked) + 1)
-    norm.running_mean.lerp_(mean, momentum)
-    norm.running_var.lerp_(var * n / max(n - 1, 1), momentum)
-    norm.num_batches_tracked += 1
 
 
 @torch.no_grad()
