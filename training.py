@@ -262,7 +262,8 @@ def constrain_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
     (`lipschitz.orthonormalise`). A projection after the step, not Anil et
     al.'s reparametrisation through 15 or more iterations in every forward
     pass, which on a CPU would cost several plain steps. Certificates bound
-    the weights as they are, either way. None (the only choice with batch norm): nothing to do.
+    the weights as they are, either way. none, the only choice with batch
+    norm: nothing to do.
     """
     if recipe.constraint == "none":
         return
