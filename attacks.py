@@ -12,6 +12,7 @@ ball when the domain is None.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 import certificates
 import lipschitz
 from lipschitz import Ball
-from mnist_data import EVAL_BATCH
+from mnist_data import EVAL_BATCH, Split
 L1_STEP_FRACTION = 0.01  # an L1 step moves this fraction of the coordinates (at least one)
 
 
@@ -76,7 +77,7 @@ def lp_random_start(
         direction = -torch.log1p(-uniform) * torch.randn(shape, generator=generator, dtype=eps.dtype,
                                                           device=eps.device).sign()
     length = torch.rand((shape[0], 1), generator=generator, dtype=eps.dtype, device=eps.device) * eps
-    return direction * length / lipschitz.lp_vector_norm(direction, norm)[:, None].clamp_min(1e-30)
+    return direction * length / lipschitz.vector_norm(direction, norm)[:, None].clamp_min(1e-30)
 
 
 def into_ball(delta: torch.Tensor, xs: torch.Tensor, radius: torch.Tensor, ball: Ball) -> torch.Tensor:
@@ -164,3 +165,45 @@ def pgd(
             better = loss > best[index]
             found[index[better]], best[index[better]] = z[better], loss[better]
     return best >= 0, found
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """A test example and an input in its ball, inside the domain, that the float32 network misclassifies: how it
+    was found ("pgd", "milp", or "clean": the example itself) and what the network predicts there."""
+
+    index: int
+    label: int
+    original: torch.Tensor
+    perturbed: torch.Tensor
+    predicted: int
+    found_by: str
+
+
+def float32_inside(values: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """A point rounded to float32 and moved into the float64 box [lower, upper], each end itself rounded inward:
+    the float32 input that the network will see, inside the ball."""
+    low32, high32 = lower.float(), upper.float()
+    low32 = torch.where(low32.double() < lower, torch.nextafter(low32, torch.tensor(math.inf)), low32)
+    high32 = torch.where(high32.double() > upper, torch.nextafter(high32, torch.tensor(-math.inf)), high32)
+    return torch.maximum(torch.minimum(values.float(), high32), low32)
+
+
+@torch.no_grad()
+def counterexamples(model: nn.Module, split: Split, ball: Ball, broken: torch.Tensor, found: torch.Tensor,
+                    found_by: str, limit: int | None = None) -> dict[int, Counterexample]:
+    """The attack's points for the `broken` examples, rounded to float32 inside the exact box of the ball and kept,
+    by index, where the float32 network predicts another class (a tie is not a flip); the first `limit` of them
+    when given."""
+    kept: dict[int, Counterexample] = {}
+    for index in broken.nonzero().flatten().tolist():
+        if limit is not None and len(kept) == limit:
+            break
+        original = split.images[index].cpu()
+        lower, upper = (end[0] for end in ball.box(original[None].double()))
+        point = float32_inside(found[index].double().cpu(), lower, upper)
+        predicted = int(model(point[None].to(split.images.device)).argmax(dim=1))
+        label = int(split.labels[index])
+        if predicted != label:
+            kept[index] = Counterexample(index, label, original, point, predicted, found_by)
+    return kept

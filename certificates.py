@@ -13,20 +13,17 @@ moves; the *top-2 margin*, top-1 minus top-2 logit, reported per example.
 
 What a certificate means: the network *as it runs*, in float32, in any batch
 and any summation order, predicts y at every input of the ball. The rules above
-are theorems about exact arithmetic, so `certify_split` and `certified_radii`
-evaluate them in float64 from the stored float32 weights (exact in float64),
-with thresholds that are proved upper bounds (`models.certified_logit_bounds`),
-and subtract from every gap a proved bound on the float32 network's rounding
-error over the ball and on their own float64 rounding (`ibp.logit_errors`,
-`ibp.certified_gap_lower_bounds`). The float64 products run on blocks of
-`BLOCK` examples aligned with the split, so an example's certificate does not
-depend on the batch size or on `--limit`. Radii are rounded down to the
-`RADIUS_DIGITS` significant digits they are written with, and certify there.
+are theorems about exact arithmetic, so `measure` evaluates them in float64
+from the stored float32 weights (exact in float64), with thresholds that are
+proved upper bounds (`models.certified_logit_bounds`), and the rules here
+subtract from every gap the rounding allowance they are handed: a proved bound
+on the float32 network's rounding error over the ball and on the float64
+computation's own (`allowance`). Radii are rounded down to the `RADIUS_DIGITS`
+significant digits they are written with, and certify there.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from decimal import Context, Decimal
@@ -34,18 +31,14 @@ from typing import Callable, Iterator
 
 import torch
 
-import ibp
 import lipschitz
 import rounding
 from errors import ConfigError
-from lipschitz import Ball, LogitBounds
-from mnist_data import Split
-from models import LipschitzMLP
+from lipschitz import LogitBounds
 
 METHODS = ("global", "pairwise", "margin", "ibp")
 LIPSCHITZ_METHODS = ("global", "pairwise", "margin")
 IBP_BISECTION_STEPS = 20  # the IBP radius to within upper / 2**20
-BLOCK = 240  # examples per float64 block: one shape for every product (see `padded_blocks`)
 RADIUS_DIGITS = 6  # significant digits of a written radius, rounded down
 
 
@@ -75,10 +68,10 @@ def global_threshold(bounds: LogitBounds) -> torch.Tensor:
     ||e_y - e_j||_q ||df||_p. In linf both terms are 2 max_k L_k (B_out is
     max_k L_k there), so the first alone is taken: the demo's rule bit for bit.
     """
-    shared = 2 * bounds.logits.max()
+    shared = 2 * bounds.per_logit.max()
     if bounds.norm == "linf":
         return shared
-    return torch.minimum(shared, lipschitz.lp_difference_coefficient(bounds.norm) * bounds.output)
+    return torch.minimum(shared, lipschitz.difference_coefficient(bounds.norm) * bounds.output)
 
 
 def thresholds(bounds: LogitBounds, method: str) -> torch.Tensor:
@@ -91,15 +84,15 @@ def thresholds(bounds: LogitBounds, method: str) -> torch.Tensor:
     one before, so margin certifies every example that pairwise certifies, and
     pairwise every one that global certifies.
     """
-    count = len(bounds.logits)
+    count = len(bounds.per_logit)
     shared = global_threshold(bounds)
     if method == "global":
         return shared.expand(count, count)
-    pairwise = torch.minimum(bounds.logits[:, None] + bounds.logits[None, :], shared)
+    pairwise = torch.minimum(bounds.per_logit[:, None] + bounds.per_logit[None, :], shared)
     if method == "pairwise":
         return pairwise
     if method == "margin":
-        return torch.minimum(bounds.differences, pairwise)
+        return torch.minimum(bounds.per_gap, pairwise)
     raise ConfigError(f"unknown Lipschitz method {method!r}: choose one of {', '.join(LIPSCHITZ_METHODS)}")
 
 
@@ -108,7 +101,7 @@ def certified(
     labels: torch.Tensor,
     threshold: torch.Tensor,
     eps: float | torch.Tensor,
-    errors: torch.Tensor | None = None,
+    allowance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per example: f_y - f_j > eps * T[y, j] + E_y + E_j for every j != y.
 
@@ -117,32 +110,33 @@ def certified(
     one radius or one per example; `threshold` is the (out, out) matrix T, or
     one value shared by every pair.
 
-    Without `errors` this is the rule in the logits' own arithmetic, for
+    Without `allowance` this is the rule in the logits' own arithmetic, for
     training statistics: correct, and the strict inequality with E = 0. With
-    `errors` (n, out), float64 logits and a proved T (see the module note), E
-    bounds each logit's rounding error (`ibp.logit_errors`), and gamma_6 of the
-    magnitudes covers the six roundings of this test itself: a certified
-    example is predicted y by the float32 network everywhere in the ball.
+    `allowance` E (n, out), float64 logits and a proved T (see the module note),
+    E bounds each logit's rounding error (`allowance.logit_allowance`), and
+    gamma_6 of the magnitudes covers the six roundings of this test itself: a
+    certified example is predicted y by the float32 network everywhere in the ball.
     """
     label_gaps, others = gaps(logits, labels)
     if isinstance(eps, torch.Tensor) and eps.ndim:
         eps = eps[:, None]
-    limits = threshold[labels] if threshold.ndim else threshold
-    drop = eps * limits
-    if errors is None:
+    rows = threshold[labels] if threshold.ndim else threshold
+    drop = eps * rows
+    if allowance is None:
         beaten = (label_gaps > drop) | ~others
         return (logits.argmax(dim=1) == labels) & beaten.all(dim=1)
-    allowance, magnitude = _allowance(logits, labels, errors)
-    slack = label_gaps - drop - allowance
+    lost, magnitude = _pair_allowance(logits, labels, allowance)
+    slack = label_gaps - drop - lost
     beaten = (slack > rounding.gamma(6, logits.dtype) * (magnitude + drop)) | ~others
     return beaten.all(dim=1)
 
 
-def _allowance(logits: torch.Tensor, labels: torch.Tensor, errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_allowance(logits: torch.Tensor, labels: torch.Tensor, allowance: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(E_y + E_j, |f_y| + |f_j| + E_y + E_j) per example and class j: what a gap loses to rounding, and
     the magnitude that the rounding of the test itself is relative to."""
-    allowance = errors.gather(1, labels[:, None]) + errors
-    return allowance, logits.gather(1, labels[:, None]).abs() + logits.abs() + allowance
+    lost = allowance.gather(1, labels[:, None]) + allowance
+    return lost, logits.gather(1, labels[:, None]).abs() + logits.abs() + lost
 
 
 def strictly_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -152,62 +146,53 @@ def strictly_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def certified_radius(
-    logits: torch.Tensor, labels: torch.Tensor, threshold: torch.Tensor, errors: torch.Tensor | None = None
+    logits: torch.Tensor, labels: torch.Tensor, threshold: torch.Tensor, allowance: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """A Lipschitz method's radius in closed form: min over j != y of (f_y - f_j - allowance) / T[y, j].
+    """A Lipschitz method's radius in closed form: min over j != y of (f_y - f_j - E_y - E_j) / T[y, j].
 
-    The largest eps that `certified` accepts, with the same `errors` (and
+    The largest eps that `certified` accepts, with the same `allowance` (and
     rounding terms); 0 when it accepts none. inf when every threshold is 0 (the
-    gaps are constant). The errors themselves grow with the radius: see
-    `certified_radii`, which re-checks and rounds down.
+    gaps are constant). The allowance itself grows with the radius: see
+    `measure.certified_radii`, which re-checks and rounds down.
     """
     label_gaps, others = gaps(logits, labels)
-    limits = threshold[labels]
-    if errors is None:
+    rows = threshold[labels]
+    if allowance is None:
         usable, scale = label_gaps, 1.0
     else:
-        allowance, magnitude = _allowance(logits, labels, errors)
+        lost, magnitude = _pair_allowance(logits, labels, allowance)
         step = rounding.gamma(6, logits.dtype)
-        usable, scale = label_gaps - allowance - step * magnitude, 1 + step
-    ratio = torch.where(limits > 0, usable / (limits * scale), torch.full_like(usable, float("inf")))
+        usable, scale = label_gaps - lost - step * magnitude, 1 + step
+    ratio = torch.where(rows > 0, usable / (rows * scale), torch.full_like(usable, float("inf")))
     ratio = torch.where(usable > 0, ratio, torch.zeros_like(ratio))
     radius = ratio.masked_fill(~others, float("inf")).amin(dim=1)
-    if errors is None:
+    if allowance is None:
         return torch.where(strictly_correct(logits, labels), radius, torch.zeros_like(radius))
     return radius
 
 
-def certified_ibp(
-    model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Per example: the lower bound of f_y - f_j over the ball that `ibp.certified_gap_lower_bounds` proves
-    for the network running in `runs_in` is > 0 for every j != y. `model` is its float64 copy.
-
-    The ball is cut to its domain (the pixel range by default in the scripts),
-    so the certificate covers the valid images in the ball.
-    """
-    lower = ibp.certified_gap_lower_bounds(model, x, ball, runs_in)
+def gaps_certified(lower: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example: the certified lower bound of f_y - f_j over the ball (IBP's, with its allowance already
+    subtracted: `allowance.certified_gap_lower_bounds`) is > 0 for every j != y."""
     rows = lower[torch.arange(len(labels), device=labels.device), labels]
     others = torch.arange(rows.shape[1], device=rows.device) != labels[:, None]
     return ((rows > 0) | ~others).all(dim=1)
 
 
-def ibp_certified_radius(
-    model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32,
-    steps: int = IBP_BISECTION_STEPS,
-) -> torch.Tensor:
-    """The largest eps in [0, ball.eps] found by bisection at which `certified_ibp` holds, per example.
+def bisect_radius(certifies: Callable[[torch.Tensor], torch.Tensor], high: torch.Tensor,
+                  steps: int = IBP_BISECTION_STEPS) -> torch.Tensor:
+    """The largest radius in [0, high] found by bisection at which `certifies` (one radius per example) holds.
 
-    Bisection is valid because IBP's intervals only grow with eps, so the set of
-    certified radii is an interval [0, r). Only radii that IBP certified are
-    reported, so the result is a lower bound on r. 0 when none is certified.
+    Bisection is valid for a rule whose bounds only loosen as the radius grows,
+    as IBP's intervals do, so that its certified radii form an interval [0, r).
+    Only radii that it certified are reported, so the result is a lower bound
+    on r. 0 when none is certified.
     """
-    high = ball.radii(x)
     low = torch.zeros_like(high)
-    low = torch.where(certified_ibp(model, x, labels, ball.with_eps(high), runs_in), high, low)
+    low = torch.where(certifies(high), high, low)
     for _ in range(steps):
         middle = (low + high) / 2
-        ok = certified_ibp(model, x, labels, ball.with_eps(middle), runs_in)
+        ok = certifies(middle)
         low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)
     return low
 
@@ -251,7 +236,7 @@ def domain_diameter(in_features: int, norm: str) -> float:
     Every valid image is within it of every other, so a certificate at this radius
     (within the pixel range) covers the whole domain.
     """
-    return float(lipschitz.lp_vector_norm(torch.ones(in_features, dtype=torch.float64), norm))
+    return float(lipschitz.vector_norm(torch.ones(in_features, dtype=torch.float64), norm))
 
 
 @dataclass(frozen=True)
@@ -270,134 +255,3 @@ class Accuracy:
 
 def percent(mask: torch.Tensor) -> float:
     return 100.0 * mask.sum().item() / max(1, mask.numel())
-
-
-def method_thresholds(model: LipschitzMLP, norm: str, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The proved float64 thresholds of each Lipschitz method among `methods`, from one computation of the
-    model's bounds (`models.LipschitzMLP.certified_logit_bounds`)."""
-    lipschitz_methods = [m for m in methods if m in LIPSCHITZ_METHODS]
-    if not lipschitz_methods:
-        return {}
-    bounds = model.certified_logit_bounds(norm)
-    return {m: thresholds(bounds, m) for m in lipschitz_methods}
-
-
-def float64_copy(model: LipschitzMLP) -> LipschitzMLP:
-    """The same network with float64 weights, in eval mode: every float32 weight is exact in float64."""
-    return copy.deepcopy(model).double().eval()
-
-
-def padded_blocks(split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
-    """(images, labels, rows): the split in blocks of `BLOCK` examples, the last padded with copies of its
-    first example to the full size; `rows` is where the real ones sit in the split.
-
-    How a BLAS rounds a product depends on its shape, through the kernel it
-    picks (a batch of 1 or 7 rounds differently from a batch of 10,000), and
-    on the row's place only within a ragged last tile of rows. Every product
-    here has BLOCK rows, a multiple of every usual tile height (2 to 16), so an
-    example's float64 results, and its certificate, do not depend on the
-    batch, on --limit or on its place (the tests check this on the BLAS in use).
-    """
-    for start in range(0, len(split), BLOCK):
-        images, labels = split.images[start : start + BLOCK], split.labels[start : start + BLOCK]
-        rows = slice(start, start + len(labels))
-        yield _pad(images), _pad(labels), rows
-
-
-def _pad(rows: torch.Tensor) -> torch.Tensor:
-    """`rows` completed to `BLOCK` rows with copies of the first."""
-    missing = BLOCK - len(rows)
-    return torch.cat([rows, rows[:1].expand(missing, *rows.shape[1:])]) if missing else rows
-
-
-def _ball_for(ball: Ball, rows: slice) -> Ball:
-    """The ball of one block: one radius per example is cut to the block's rows and padded like them."""
-    if isinstance(ball.eps, torch.Tensor) and ball.eps.ndim:
-        return ball.with_eps(_pad(ball.eps[rows]))
-    return ball
-
-
-@torch.no_grad()
-def certify_split(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Per-example masks: "clean" (the float32 argmax is the label) and one per method (certified in `ball`).
-
-    The Lipschitz methods certify the whole ball; ibp the ball cut to its
-    domain. See the module note for what a certificate means and why it holds
-    in floating point.
-    """
-    check_methods(methods)
-    rounding.check_exact_float32_matmul()
-    was_training = model.training
-    model.eval()
-    runs_in, exact = model.layers[0].weight.dtype, float64_copy(model)
-    limits = method_thresholds(exact, ball.norm, methods)
-    masks: dict[str, list[torch.Tensor]] = {"clean": [], **{m: [] for m in methods}}
-    for x, y, rows in padded_blocks(split):
-        count = rows.stop - rows.start
-        masks["clean"].append((model(x).argmax(dim=1) == y)[:count])
-        x, block = x.double(), _ball_for(ball, rows)
-        if limits:  # the Lipschitz methods' ball is whole, not cut to the domain
-            logits, errors = exact(x), ibp.logit_errors(exact, x, Ball(block.norm, block.eps), runs_in)
-        for method in methods:
-            if method == "ibp":
-                mask = certified_ibp(exact, x, y, block, runs_in)
-            else:
-                mask = certified(logits, y, limits[method], block.radii(x), errors)
-            masks[method].append(mask[:count])
-    model.train(was_training)
-    return {name: torch.cat(parts) for name, parts in masks.items()}
-
-
-@torch.no_grad()
-def certified_radii(
-    model: LipschitzMLP, split: Split, methods: tuple[str, ...], norm: str, domain: tuple[float, float] | None
-) -> dict[str, torch.Tensor]:
-    """Per example: "prediction", "top2_margin" (of the float32 logits) and each method's certified radius.
-
-    Radii are capped at the pixel box's diameter (where every valid image is
-    covered), rounded down to `RADIUS_DIGITS` significant digits and checked
-    there (`verified_radius`). A Lipschitz radius is found in closed form twice:
-    once with the rounding errors at the point x, which can only overestimate
-    it, then with the errors over the ball of that radius, which bound those of
-    any smaller ball. IBP's radius is found by bisection.
-    """
-    check_methods(methods)
-    rounding.check_exact_float32_matmul()
-    was_training = model.training
-    model.eval()
-    runs_in, exact = model.layers[0].weight.dtype, float64_copy(model)
-    limits = method_thresholds(exact, norm, methods)
-    diameter = domain_diameter(model.config.in_features, norm)
-    widest = Ball(norm, diameter, domain)
-    columns: dict[str, list[torch.Tensor]] = {"prediction": [], "top2_margin": [], **{m: [] for m in methods}}
-    for x, y, rows in padded_blocks(split):
-        count = rows.stop - rows.start
-        logits32 = model(x)
-        columns["prediction"].append(logits32.argmax(dim=1)[:count])
-        columns["top2_margin"].append(top2_margin(logits32)[:count])
-        x = x.double()
-        logits = exact(x)
-
-        def errors(radius: torch.Tensor) -> torch.Tensor:
-            return ibp.logit_errors(exact, x, Ball(norm, radius), runs_in)
-
-        if limits:
-            at_point = errors(torch.zeros(len(x), dtype=x.dtype, device=x.device))
-            largest = torch.stack([certified_radius(logits, y, t, at_point) for t in limits.values()]).amax(dim=0)
-            over_ball = errors(largest.clamp(max=diameter))
-        for method in methods:
-            if method == "ibp":
-                radius = ibp_certified_radius(exact, x, y, widest, runs_in)
-                radius = verified_radius(radius, lambda r: certified_ibp(exact, x, y, widest.with_eps(r), runs_in))
-            else:
-                radius = certified_radius(logits, y, limits[method], over_ball).clamp(max=diameter)
-                radius = verified_radius(radius, lambda r, t=limits[method]: certified(logits, y, t, r, errors(r)))
-            columns[method].append(radius[:count])
-    model.train(was_training)
-    return {name: torch.cat(parts) for name, parts in columns.items()}
-
-
-def evaluate(model: LipschitzMLP, split: Split, ball: Ball, method: str = "global") -> Accuracy:
-    """Clean and certified accuracy of `model` on `split`, certified in `ball` by the rule `method`."""
-    masks = certify_split(model, split, ball, (method,))
-    return Accuracy(percent(masks["clean"]), percent(masks[method]))

@@ -11,7 +11,7 @@ prints the same two lines as the end of `train_mnist.py`. Beside them:
     python certify.py CKPT --method exact --limit 100         # exact verification (MILP on HiGHS)
 
 The methods are those of `certificates.py` and, for lp, exact and best, of `milp.py`;
-this script only evaluates and reports.
+the measurements are `measure.py`'s; this script parses, calls them and prints.
 """
 
 from __future__ import annotations
@@ -24,73 +24,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import certificates
 import cli
 import grids
 import lipschitz
+import measure
 import milp
-from certificates import METHODS, RADIUS_DIGITS, Accuracy, percent
+from attacks import Counterexample
+from certificates import METHODS, RADIUS_DIGITS
 from checkpoints import Expected, load_checkpoint, write_csv
 from lipschitz import NORM_NAMES, Ball
+from measure import Row
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 from models import LipschitzMLP
 
 # Where IBP and the attack look: valid images only (the ball cut to [0, 1]), or the whole ball.
 DOMAINS = {"pixels": PIXEL_RANGE, "ball": None}
 EXIT_UNSOUND = 1  # an attack broke a certified example
-
-
-@dataclass(frozen=True)
-class Row:
-    """One radius: clean accuracy, certified accuracy per method, and the attack (all in percent)."""
-
-    eps: float
-    clean: float
-    certified: dict[str, float]
-    robust: float | None = None  # PGD's empirical robust accuracy
-    broken: dict[str, int] | None = None  # certified examples that PGD broke: must be 0
-    counterexamples: list[grids.Counterexample] | None = None  # PGD's, re-checked in float32
-
-
-def measure(
-    model: LipschitzMLP,
-    split: Split,
-    ball: Ball,
-    methods: tuple[str, ...],
-    attack: str = "none",
-    steps: int = 50,
-    restarts: int = 5,
-    seed: int = 0,
-) -> Row:
-    """Certify every method in `ball` and, with attack "pgd", attack every example (certified ones too).
-
-    IBP and the attack both work in the ball cut to its domain; the Lipschitz
-    certificates hold in the whole ball, which contains it.
-    """
-    import attacks  # the attack needs autograd; plain certification does not
-
-    masks = certificates.certify_split(model, split, ball, methods)
-    certified = {m: percent(masks[m]) for m in methods}
-    if attack == "none":
-        return Row(ball.eps, percent(masks["clean"]), certified)
-    model.eval()
-    broken, found = attacks.pgd(model, split.images, split.labels, ball, steps, restarts, seed=seed)
-    broken_certified = {m: int((masks[m] & broken).sum()) for m in methods}
-    return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken), broken_certified,
-               pgd_counterexamples(model, split, ball, broken, found))
-
-
-def pgd_counterexamples(model: LipschitzMLP, split: Split, ball: Ball, broken: torch.Tensor, found: torch.Tensor,
-                        count: int = 8) -> list[grids.Counterexample]:
-    """The first `count` of PGD's points where the float32 network predicts another class (`milp`)."""
-    flipped = milp.pgd_counterexamples(model, split, ball, broken, found, limit=count)
-    return [grids.Counterexample(i, int(split.labels[i]), split.images[i].cpu(), v.counterexample, v.predicted, "pgd")
-            for i, v in flipped.items()]
 
 
 def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, domain: str = "pixels") -> str:
@@ -226,14 +179,12 @@ def verify(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Bal
     if args.per_example is not None:
         write_csv(args.per_example, [["index", "label", "verdict", "decided_by", "seconds", "predicted"],
                                      *([i, int(y), v.status, v.decided_by, f"{v.seconds:.4f}",
-                                        "" if v.predicted is None else v.predicted]
+                                        "" if v.counterexample is None else v.counterexample.predicted]
                                        for i, (y, v) in enumerate(zip(test.labels.tolist(), verdicts)))])
         print(f"wrote {args.per_example}")
     if args.save_adversarial is not None:
-        found = [grids.Counterexample(i, int(test.labels[i]), test.images[i].cpu(), v.counterexample, v.predicted,
-                                      v.decided_by)
-                 for i, v in enumerate(verdicts) if v.counterexample is not None and v.decided_by != "clean"][:8]
-        draw(args.save_adversarial, found, args.cert_magnitude)
+        found = [v.counterexample for v in verdicts if v.counterexample is not None and v.decided_by != "clean"]
+        draw(args.save_adversarial, found[:8], args.cert_magnitude)
 
 
 def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain: str, time_limit: float) -> str:
@@ -252,7 +203,7 @@ def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain
     return "\n".join(lines)
 
 
-def draw(path: Path, counterexamples: list[grids.Counterexample], eps: float) -> None:
+def draw(path: Path, counterexamples: list[Counterexample], eps: float) -> None:
     grids.draw(path, counterexamples, eps)
     print(f"wrote {path} ({len(counterexamples)} counterexamples)")
 
@@ -274,17 +225,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     methods = METHODS if args.method == "all" else (args.method,)
     if args.eps is None and args.method != "all" and args.attack == "none":
-        masks = certificates.certify_split(model, test, ball, methods)
-        print(Accuracy(percent(masks["clean"]), percent(masks[args.method])).lines())
+        print(measure.evaluate(model, test, ball, args.method).lines())
         rows = []
     else:
-        rows = [measure(model, test, ball.with_eps(eps), methods, args.attack, args.pgd_steps, args.pgd_restarts,
-                        args.seed) for eps in (args.eps or [args.cert_magnitude])]
+        rows = [measure.measure(model, test, ball.with_eps(eps), methods, args.attack, args.pgd_steps,
+                                args.pgd_restarts, args.seed) for eps in (args.eps or [args.cert_magnitude])]
         print(table(rows, methods, args.norm, len(test), args.domain))
     if args.eps is not None:
         write_curves(args, rows, methods, model, len(test))
     if args.per_example is not None:
-        radii = certificates.certified_radii(model, test, methods, args.norm, ball.domain)
+        radii = measure.certified_radii(model, test, methods, args.norm, ball.domain)
         write_per_example(args.per_example, test.to("cpu"), {k: v.cpu() for k, v in radii.items()}, methods, args.norm)
         print(f"wrote {args.per_example}")
     if args.save_adversarial is not None:

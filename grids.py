@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from attacks import Counterexample
 from checkpoints import atomic_write
-
-
-@dataclass(frozen=True)
-class Counterexample:
-    """A test digit, an input in its ball that the float32 network misclassifies, and how it was found."""
-
-    index: int
-    label: int
-    original: torch.Tensor
-    perturbed: torch.Tensor
-    predicted: int
-    found_by: str
 
 
 def draw(path: Path, examples: list[Counterexample], eps: float) -> None:

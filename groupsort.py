@@ -1,4 +1,4 @@
-"""GroupSort and ReLU activations, each with its rules for bounds and intervals (one rule per operator).
+"""GroupSort and ReLU as operators: each activation with its bound, interval, rounding and encoding rules.
 
 A per-unit bound b says that unit j of a layer is b_j-Lipschitz in the input's
 p-norm: |h_j(x) - h_j(x')| <= b_j * ||x - x'||_p. The rules hold word for word
@@ -6,20 +6,45 @@ in every p-norm, because they only compare the units' changes with each other.
 A whole-vector bound ||h(x) - h(x')||_p <= B ||x - x'||_p passes unchanged, both
 activations being 1-Lipschitz in every p-norm. An interval lower <= h <= upper
 passes by applying the activation to both ends, both being monotone in each
-coordinate.
+coordinate. Neither rounds: a sort or a max returns one of its inputs exactly,
+so a bound on the inputs' errors passes by the per-unit bound rule.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
-from torch import nn
 
 from errors import ConfigError
+from lipschitz import OperatorNorm
+from operators import Activation, Box, Slope
+from program import Program, Wire, Wires
 
 ACTIVATIONS = ("groupsort", "relu")
 
 
-class GroupSort(nn.Module):
+def sorting_network(size: int) -> list[tuple[int, int]]:
+    """Compare-exchange pairs (i, j), i < j, that sort `size` wires ascending: Batcher's odd-even merge sort
+    for the next power of two, without the pairs that touch a wire beyond `size` (padding wires holding
+    +inf, which no comparison moves)."""
+    padded = 1 << max(0, (size - 1).bit_length())
+    pairs = []
+    p = 1
+    while p < padded:
+        k = p
+        while k >= 1:
+            for j in range(k % p, padded - k, 2 * k):
+                for i in range(min(k, padded - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return [(i, j) for i, j in pairs if j < size]
+
+
+class GroupSort(Activation):
     """Sort consecutive groups of `group_size` units in ascending order.
 
     Group size 2 is MaxMin (each pair becomes (min, max)); group size equal to
@@ -33,6 +58,11 @@ class GroupSort(nn.Module):
             raise ConfigError(f"group size must be a positive integer, got {group_size}")
         self.group_size = group_size
 
+    @property
+    def compares(self) -> int:
+        """The size of the groups whose units are compared with each other."""
+        return self.group_size
+
     def check_width(self, width: int) -> None:
         """Raise a clear error when `width` units do not split into whole groups."""
         if width % self.group_size:
@@ -42,7 +72,7 @@ class GroupSort(nn.Module):
         groups = x.unflatten(-1, (-1, self.group_size))
         return groups.sort(dim=-1).values.flatten(-2)
 
-    def propagate_bound(self, bound: torch.Tensor) -> torch.Tensor:
+    def group_maximum(self, bound: torch.Tensor) -> torch.Tensor:
         """Per-unit bounds after sorting: each unit gets its group's maximum.
 
         Sound because the k-th smallest of a group is 1-Lipschitz in the group's
@@ -51,36 +81,119 @@ class GroupSort(nn.Module):
         groups = bound.unflatten(-1, (-1, self.group_size))
         return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)
 
-    def propagate_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """||sort(a) - sort(a')||_p <= ||a - a'||_p for every p >= 1 (sorting is a contraction), so B is unchanged."""
-        return bound
+    def slope(self, slope: Slope, norm: str, operator_norm: OperatorNorm) -> Slope:
+        """Per unit, the group's maximum (`group_maximum`); whole unchanged, since ||sort(a) - sort(a')||_p <=
+        ||a - a'||_p for every p >= 1 (sorting is a contraction)."""
+        return Slope(self.group_maximum(slope.unit), slope.whole)
 
-    def propagate_interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sort both ends: the k-th smallest of a group is nondecreasing in every coordinate,
         so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
         return self(lower), self(upper)
+
+    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A sort rounds nothing: each output is within its group's largest input error of its exact value
+        (`group_maximum`), and the error vector's L2 norm does not grow (a contraction)."""
+        return self.group_maximum(errors), error_norm
+
+    def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
+        """Each group sorted by a sorting network (`sort`), with the differences of its inputs bounded by the
+        box before (`Box.apart`, from the Linear layer that feeds it) where it has them."""
+        wires = wires.plain(self)
+        apart = None if before.apart is None else before.apart[0]
+        size = self.group_size
+        return Wires([w for group, start in enumerate(range(0, len(wires), size))
+                      for w in sort(program, wires[start:start + size],
+                                    None if apart is None else apart[group].numpy())])
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}"
 
 
-class ReLU(nn.ReLU):
+def compare_exchange(program: Program, first: Wire, second: Wire, apart: float, back: float) -> tuple[Wire, Wire]:
+    """(min, max) of two wires p, q with p - q <= `apart` and q - p <= `back`. Decided by these bounds: the
+    wires themselves. Otherwise the max t has t >= p, t >= q, t <= p + back (1 - d), t <= q + apart d (one
+    binary d), and the min is p + q - t."""
+    if apart <= 0:
+        return first, second
+    if back <= 0:
+        return second, first
+    p, q = first, second
+    t = program.variable(max(p.lower, q.lower), max(p.upper, q.upper))
+    s = program.variable(min(p.lower, q.lower), min(p.upper, q.upper))
+    d = program.variable(0.0, 1.0, integer=True)
+    for wire in (p, q):
+        program.add([(t, 1.0)], [(wire, -1.0)], 0.0, math.inf)
+    program.add([(t, 1.0), (d, back)], [(p, -1.0)], -math.inf, back)
+    program.add([(t, 1.0), (d, -apart)], [(q, -1.0)], -math.inf, 0.0)
+    program.add([(s, 1.0), (t, 1.0)], [(p, -1.0), (q, -1.0)], 0.0, 0.0)
+    return Wire(s, min(p.lower, q.lower), min(p.upper, q.upper)), Wire(t, max(p.lower, q.lower),
+                                                                          max(p.upper, q.upper))
+
+
+def sort(program: Program, wires: list[Wire], apart: np.ndarray | None = None) -> list[Wire]:
+    """The wires sorted ascending by a sorting network. `apart[a, b]` bounds w_a - w_b from above (the wires'
+    own intervals when not given); it is carried through every compare-exchange, since max(p, q) - w =
+    max(p - w, q - w) and min(p, q) - w = min(p - w, q - w); a comparison that it decides needs no binary."""
+    wires = list(wires)
+    own = np.array([[a.upper - b.lower for b in wires] for a in wires])
+    bound = own if apart is None else np.minimum(np.array(apart, dtype=np.float64), own)
+    np.fill_diagonal(bound, 0.0)
+    for i, j in sorting_network(len(wires)):
+        low, high = compare_exchange(program, wires[i], wires[j], bound[i, j], bound[j, i])
+        if low is wires[j]:  # decided: the two wires swap places
+            bound[[i, j]] = bound[[j, i]]
+            bound[:, [i, j]] = bound[:, [j, i]]
+        elif low is not wires[i]:
+            p, q = bound[[i, j]], bound[:, [i, j]]
+            bound[i], bound[j] = np.minimum(p[0], p[1]), np.maximum(p[0], p[1])
+            bound[:, i], bound[:, j] = np.maximum(q[:, 0], q[:, 1]), np.minimum(q[:, 0], q[:, 1])
+            bound[j, i], bound[i, j] = max(p[0, j], p[1, i]), 0.0  # max - min = |p - q|, min - max <= 0
+            bound[i, i] = bound[j, j] = 0.0
+        wires[i], wires[j] = low, high
+    return wires
+
+
+class ReLU(Activation):
     """ReLU, elementwise and 1-Lipschitz."""
 
     def check_width(self, width: int) -> None:
         """Any width works for an elementwise activation."""
 
-    def propagate_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """Per-unit bounds after ReLU: unchanged, as |relu(a) - relu(a')| <= |a - a'|."""
-        return bound
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
 
-    def propagate_whole_bound(self, bound: torch.Tensor) -> torch.Tensor:
-        """Elementwise 1-Lipschitz, so ||relu(a) - relu(a')||_p <= ||a - a'||_p: B is unchanged."""
-        return bound
+    def slope(self, slope: Slope, norm: str, operator_norm: OperatorNorm) -> Slope:
+        """Unchanged: |relu(a) - relu(a')| <= |a - a'| per unit, hence also in every p-norm of the vector."""
+        return slope
 
-    def propagate_interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ReLU is nondecreasing: relu(lower) <= relu(a) <= relu(upper)."""
         return self(lower), self(upper)
+
+    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A max with 0 rounds nothing and is 1-Lipschitz per unit: every error bound passes unchanged."""
+        return errors, error_norm
+
+    def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
+        """Each unit by itself or 0 where its bounds decide, else the big-M encoding with one binary d
+        (Tjeng, Xiao & Tedrake 2019): h >= a, h <= a - L (1 - d), h <= U d."""
+        out = []
+        for wire in wires.plain(self):
+            if wire.lower >= 0:
+                out.append(wire)
+            elif wire.upper <= 0:
+                out.append(Wire(None, 0.0, 0.0))
+            else:
+                low, high = wire.lower, wire.upper
+                h, d = program.variable(0.0, high), program.variable(0.0, 1.0, integer=True)
+                program.row([h, wire.column], [1.0, -1.0], 0.0, math.inf)
+                program.row([h, wire.column, d], [1.0, -1.0, -low], -math.inf, -low)
+                program.row([h, d], [1.0, -high], -math.inf, 0.0)
+                out.append(Wire(h, 0.0, high))
+        return Wires(out)
 
 
 def make_activation(name: str, group_size: int) -> GroupSort | ReLU:

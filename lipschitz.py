@@ -91,24 +91,24 @@ class Ball:
 class LogitBounds:
     """Lipschitz bounds of a model's logits in one input p-norm, in pixel units.
 
-    logits[k]:         |f_k(x) - f_k(x')| <= logits[k] ||x - x'||_p         (the bound L_k)
-    differences[i, j]: |(f_i - f_j)(x) - (f_i - f_j)(x')| <= differences[i, j] ||x - x'||_p
-    output:            ||f(x) - f(x')||_p <= output ||x - x'||_p
+    per_logit[k]:   |f_k(x) - f_k(x')| <= per_logit[k] ||x - x'||_p            (the bound L_k)
+    per_gap[i, j]:  |(f_i - f_j)(x) - (f_i - f_j)(x')| <= per_gap[i, j] ||x - x'||_p
+    output:         ||f(x) - f(x')||_p <= output ||x - x'||_p
     """
 
     norm: str
-    logits: torch.Tensor
-    differences: torch.Tensor
+    per_logit: torch.Tensor
+    per_gap: torch.Tensor
     output: torch.Tensor
 
 
-def lp_vector_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
+def vector_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
     """||v||_p along the last dimension."""
     check_norm(norm)
     return torch.linalg.vector_norm(v, ord=_VECTOR_ORD[norm], dim=-1)
 
 
-def lp_dual_norm(rows: torch.Tensor, norm: str) -> torch.Tensor:
+def dual_norm(rows: torch.Tensor, norm: str) -> torch.Tensor:
     """||w||_q of each row w (last dimension), q the dual of p: L1 for linf, L2 for l2, L-inf for l1.
 
     By Hoelder, |w . dh| <= ||w||_q ||dh||_p, with equality for some dh: the
@@ -118,7 +118,7 @@ def lp_dual_norm(rows: torch.Tensor, norm: str) -> torch.Tensor:
     return torch.linalg.vector_norm(rows, ord=_DUAL_ORD[norm], dim=-1)
 
 
-def lp_operator_norm(weight: torch.Tensor, norm: str) -> torch.Tensor:
+def operator_norm(weight: torch.Tensor, norm: str) -> torch.Tensor:
     """||W||_{p->p}: the largest row L1 norm (linf), the largest singular value (l2), the largest column L1 norm (l1).
 
     torch.linalg.matrix_norm: exact up to rounding, in l2 a computed SVD, whose
@@ -188,14 +188,14 @@ def l2_spectral_norm_estimate(weight: torch.Tensor, iterations: int = 20) -> tor
 
 
 def operator_norm_estimate(weight: torch.Tensor, norm: str) -> torch.Tensor:
-    """`lp_operator_norm`, with the l2 spectral norm replaced by its power-iteration estimate (training only)."""
+    """`operator_norm`, with the l2 spectral norm replaced by its power-iteration estimate (training only)."""
     if norm == "l2":
         return l2_spectral_norm_estimate(weight)
-    return lp_operator_norm(weight, norm)
+    return operator_norm(weight, norm)
 
 
 def operator_norm_upper_bound(weight: torch.Tensor, norm: str) -> torch.Tensor:
-    """`lp_operator_norm` for certificates: in l2 the proved `l2_spectral_norm_upper_bound`, not an SVD.
+    """`operator_norm` for certificates: in l2 the proved `l2_spectral_norm_upper_bound`, not an SVD.
 
     In linf and l1 the norm is a maximum of sums of absolute values, which
     rounding moves by a relative gamma_n at most; the caller inflates the
@@ -203,19 +203,10 @@ def operator_norm_upper_bound(weight: torch.Tensor, norm: str) -> torch.Tensor:
     """
     if norm == "l2":
         return l2_spectral_norm_upper_bound(weight).to(weight.dtype)
-    return lp_operator_norm(weight, norm)
+    return operator_norm(weight, norm)
 
 
-def lp_input_bounds(in_features: int, scale: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b, B) of x -> (x - mean) / std in any p-norm: b_i = 1/std and B = 1/std.
-
-    |dx_i| <= ||dx||_p for every p, and ||dx / std||_p = ||dx||_p / std.
-    """
-    unit = torch.full((in_features,), scale, dtype=like.dtype, device=like.device)
-    return unit, torch.tensor(scale, dtype=like.dtype, device=like.device)
-
-
-def lp_row_bounds(rows: torch.Tensor, unit: torch.Tensor, whole: torch.Tensor, norm: str) -> torch.Tensor:
+def row_bounds(rows: torch.Tensor, unit: torch.Tensor, whole: torch.Tensor, norm: str) -> torch.Tensor:
     """Bound of |w . (h(x) - h(x'))| / ||x - x'||_p for each row w (last dimension) of `rows`.
 
     min(|w| @ b, ||w||_q B): the first by the triangle inequality unit by unit
@@ -227,15 +218,15 @@ def lp_row_bounds(rows: torch.Tensor, unit: torch.Tensor, whole: torch.Tensor, n
     chained = rows.abs() @ unit
     if norm == "linf":
         return chained
-    return torch.minimum(chained, lp_dual_norm(rows, norm) * whole)
+    return torch.minimum(chained, dual_norm(rows, norm) * whole)
 
 
-def lp_whole_bound(
+def whole_bound(
     weight: torch.Tensor,
     out_unit: torch.Tensor,
     whole: torch.Tensor,
     norm: str,
-    operator_norm: OperatorNorm = lp_operator_norm,
+    operator_norm: OperatorNorm = operator_norm,
 ) -> torch.Tensor:
     """Bound B' of ||W dh||_p / ||dx||_p, given the input's B and the outputs' per-unit bounds.
 
@@ -244,13 +235,13 @@ def lp_whole_bound(
     In linf the second is never larger, so it alone is taken.
     `operator_norm` may be swapped for an estimate in the training penalty only.
     """
-    by_units = lp_vector_norm(out_unit, norm)
+    by_units = vector_norm(out_unit, norm)
     if norm == "linf":
         return by_units
     return torch.minimum(operator_norm(weight, norm) * whole, by_units)
 
 
-def lp_difference_coefficient(norm: str) -> float:
+def difference_coefficient(norm: str) -> float:
     """||e_i - e_j||_q: how much ||df||_p can move one gap f_i - f_j (2, sqrt 2, 1 for linf, l2, l1)."""
     check_norm(norm)
     return {"linf": 2.0, "l2": math.sqrt(2.0), "l1": 1.0}[norm]

@@ -1,4 +1,9 @@
-"""The Lipschitz MLP: its configuration, its initialisation, and its logit bounds in any p-norm."""
+"""The Lipschitz MLP: its configuration, its initialisation, and its logit bounds in any p-norm.
+
+The network is a list of operators (`operators`): the input normalisation,
+then Linear and activation layers in turn. Its logit bounds are one loop over
+them, each passing a `Slope` by its own rule.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import rounding
 from errors import ConfigError
 from groupsort import ACTIVATIONS, make_activation
 from lipschitz import LogitBounds
+from operators import Linear, Normalise, Operator, Slope, require
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,10 @@ class MLPConfig:
 
 
 class CertifiedSlopes(NamedTuple):
-    """See `LipschitzMLP.certified_slopes`."""
+    """See `LipschitzMLP.certified_slopes`; one entry per operator but the last."""
 
-    units: list[torch.Tensor]      # per unit, of the normalised input and of every layer's output but the last
-    operators: list[torch.Tensor]  # ||W||_2 of every Linear layer
+    units: list[torch.Tensor]  # per unit of its output
+    operators: list[torch.Tensor | None]  # ||W||_2 of a Linear layer, None for the others
 
 
 class LipschitzMLP(nn.Module):
@@ -62,60 +68,56 @@ class LipschitzMLP(nn.Module):
     def __init__(self, config: MLPConfig = MLPConfig()) -> None:
         super().__init__()
         self.config = config
+        self.input = Normalise(config.mean, config.std)
         widths = (config.in_features, *config.hidden, config.out_features)
-        layers: list[nn.Module] = []
+        layers: list[Operator] = []
         for depth, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.Linear(fan_in, fan_out))
+            layers.append(Linear(fan_in, fan_out))
             if depth < len(config.hidden):  # every layer but the last is followed by one
                 activation = make_activation(config.activation, config.group_size)
                 activation.check_width(fan_out)
                 layers.append(activation)
         self.layers = nn.Sequential(*layers)
-        normalise_rows_l1_(self)
+        normalise_rows_l1_(self.linear_layers())
         self._spectral_memo: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # _proved_spectral_norms
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (n, 784) or (n, 1, 28, 28) to the first layer's input, (x - mean) / std."""
-        return (x.flatten(1) - self.config.mean) / self.config.std
+        return self.input(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for pixel inputs x of shape (n, 784) or (n, 1, 28, 28)."""
-        return self.layers(self.normalise(x))
+        return self.layers(self.input(x))
 
-    def linear_layers(self) -> list[nn.Linear]:
-        return [layer for layer in self.layers if isinstance(layer, nn.Linear)]
+    def operators(self) -> list[Operator]:
+        """The network as its operators, in order: the normalisation, then every layer; the last is Linear."""
+        return [self.input, *self.layers]
+
+    def linear_layers(self) -> list[Linear]:
+        """The Linear layers: every other layer, from the first."""
+        return list(self.layers[0::2])
 
     def hidden_bounds(
-        self, norm: str, operator_norm: lipschitz.OperatorNorm = lipschitz.lp_operator_norm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, B) for h, the input of the last Linear layer, in the input p-norm `norm` (pixel units).
-
-        |h_j(x) - h_j(x')| <= b_j ||x - x'||_p and ||h(x) - h(x')||_p <= B ||x - x'||_p:
-        the last of `layer_bounds`.
-        """
+        self, norm: str, operator_norm: lipschitz.OperatorNorm = lipschitz.operator_norm
+    ) -> Slope:
+        """The `Slope` of h, the input of the last Linear layer, in the input p-norm `norm` (pixel units):
+        the last of `layer_bounds`."""
         return self.layer_bounds(norm, operator_norm)[-1]
 
     def layer_bounds(
-        self, norm: str, operator_norm: lipschitz.OperatorNorm = lipschitz.lp_operator_norm
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(b, B) of the normalised input, then of the output of every layer but the last, in order.
-
-        Chained layer by layer: `lipschitz.lp_row_bounds` (per unit) and
-        `lipschitz.lp_whole_bound` (operator norms) for a Linear layer, the
-        activation's own rules for the others.
-        """
+        self, norm: str, operator_norm: lipschitz.OperatorNorm = lipschitz.operator_norm
+    ) -> list[Slope]:
+        """The `Slope` of the output of every operator but the last, in order, from the pixels' (every pixel
+        moves by at most ||dx||_p, the vector by exactly that), each operator passing it by its own rule."""
         lipschitz.check_norm(norm)
-        first = self.layers[0].weight
-        unit, whole = lipschitz.lp_input_bounds(self.config.in_features, 1 / self.config.std, first)
-        chain = [(unit, whole)]
-        for layer in self.layers[:-1]:
-            if isinstance(layer, nn.Linear):
-                out_unit = lipschitz.lp_row_bounds(layer.weight, unit, whole, norm)
-                whole = lipschitz.lp_whole_bound(layer.weight, out_unit, whole, norm, operator_norm)
-                unit = out_unit
-            else:
-                unit, whole = layer.propagate_bound(unit), layer.propagate_whole_bound(whole)
-            chain.append((unit, whole))
+        operators = self.operators()
+        require(operators, "Lipschitz bounds", "slope")
+        like = self.layers[0].weight
+        slope = Slope(like.new_ones(self.config.in_features), like.new_ones(()))
+        chain = []
+        for operator in operators[:-1]:
+            slope = operator.slope(slope, norm, operator_norm)
+            chain.append(slope)
         return chain
 
     def logit_bounds(self, norm: str, estimate: bool = False, per_pair: bool = True) -> LogitBounds:
@@ -133,7 +135,7 @@ class LipschitzMLP(nn.Module):
         L_i + L_j. Computed in the weights' precision: certificates take
         `certified_logit_bounds`.
         """
-        operator_norm = lipschitz.operator_norm_estimate if estimate else lipschitz.lp_operator_norm
+        operator_norm = lipschitz.operator_norm_estimate if estimate else lipschitz.operator_norm
         return self._logit_bounds(norm, operator_norm, per_pair)
 
     @torch.no_grad()
@@ -149,20 +151,22 @@ class LipschitzMLP(nn.Module):
         the exact one times (1 - gamma_K), and multiplying by 1 + 2 gamma_K
         restores an upper bound.
         """
-        exact = self._float64()
-        bounds = exact._logit_bounds(norm, exact._proved_operator_norm, per_pair=True)
-        factor = exact._rounding_factor()
-        return LogitBounds(norm, bounds.logits * factor, bounds.differences * factor, bounds.output * factor)
+        model64 = in_float64(self)
+        bounds = model64._logit_bounds(norm, model64._proved_operator_norm, per_pair=True)
+        factor = model64._rounding_factor()
+        return LogitBounds(norm, bounds.per_logit * factor, bounds.per_gap * factor, bounds.output * factor)
 
     @torch.no_grad()
     def certified_slopes(self, norm: str) -> CertifiedSlopes:
-        """Per layer, float64 upper bounds that hold despite rounding: every unit's Lipschitz bound in the
-        input p-norm `norm` (the b of `layer_bounds`, a prefix of the chain that `certified_logit_bounds`
-        proves) and every Linear layer's L2 operator norm."""
-        exact = self._float64()
-        factor = exact._rounding_factor()
-        units = [unit * factor for unit, _ in exact.layer_bounds(norm, exact._proved_operator_norm)]
-        return CertifiedSlopes(units, exact._proved_spectral_norms())
+        """Per operator but the last, float64 upper bounds that hold despite rounding: every unit's Lipschitz
+        bound in the input p-norm `norm` (the unit bounds of `layer_bounds`, a prefix of the chain that
+        `certified_logit_bounds` proves), and a Linear layer's L2 operator norm (None for the others)."""
+        model64 = in_float64(self)
+        factor = model64._rounding_factor()
+        units = [slope.unit * factor for slope in model64.layer_bounds(norm, model64._proved_operator_norm)]
+        operators: list[torch.Tensor | None] = [None] * len(units)
+        operators[1::2] = model64._proved_spectral_norms()[:-1]  # the Linear layers, after the normalisation
+        return CertifiedSlopes(units, operators)
 
     def _proved_spectral_norms(self) -> list[torch.Tensor]:
         """`lipschitz.l2_spectral_norm_upper_bound` of every Linear weight: one float64 eigensolve each, so
@@ -186,24 +190,23 @@ class LipschitzMLP(nn.Module):
                     return bound.to(weight.dtype)
         return lipschitz.operator_norm_upper_bound(weight, norm)
 
-    def _float64(self) -> LipschitzMLP:
-        return self if self.layers[0].weight.dtype == torch.float64 else copy.deepcopy(self).double()
-
     def _rounding_factor(self) -> float:
         """1 + 2 gamma_K, K the roundings along the bound chain (see `certified_logit_bounds`)."""
         chain = sum(layer.in_features + 8 for layer in self.linear_layers()) + 8
         return 1 + 2 * rounding.gamma(chain, torch.float64)
 
     def _logit_bounds(self, norm: str, operator_norm: lipschitz.OperatorNorm, per_pair: bool) -> LogitBounds:
-        unit, whole = self.hidden_bounds(norm, operator_norm)
-        last = self.layers[-1].weight
-        logits = lipschitz.lp_row_bounds(last, unit, whole, norm)
+        """The last layer's slope rule on h's bounds gives the logits' and the output's; its gaps' rows
+        (`Linear.pairs`) give the gaps'."""
+        hidden = self.hidden_bounds(norm, operator_norm)
+        last = self.layers[-1]
+        logits = last.slope(hidden, norm, operator_norm)
         if per_pair:
-            differences = lipschitz.lp_row_bounds(lipschitz.pair_difference_rows(last), unit, whole, norm)
+            out = last.out_features
+            per_gap = last.pairs().row_bounds(hidden, norm).unflatten(-1, (out, out))
         else:
-            differences = logits[:, None] + logits[None, :]
-        output = lipschitz.lp_whole_bound(last, logits, whole, norm, operator_norm)
-        return LogitBounds(norm, logits, differences, output)
+            per_gap = logits.unit[:, None] + logits.unit[None, :]
+        return LogitBounds(norm, logits.unit, per_gap, logits.whole)
 
 
 class BatchNormMLP(nn.Module):
@@ -230,26 +233,23 @@ class BatchNormMLP(nn.Module):
         BatchNorm1d does in training), with the logits at `batch` of the network they make, computed
         in the same pass; or from the running statistics, with no logits, without a batch."""
         h = None if batch is None else self.mlp.normalise(batch)
-        last = len(self.mlp.layers) - 1
-        norms = iter(self.norms)
+        layers = list(self.mlp.layers)
         folded: dict[str, torch.Tensor] = {}
-        for index, layer in enumerate(self.mlp.layers):
-            if not isinstance(layer, nn.Linear) or index == last:
-                h = None if h is None else layer(h)
-                continue
-            norm = next(norms)
+        for index, (linear, norm) in enumerate(zip(layers[0:-1:2], self.norms)):
             if h is None:
                 mean, var = norm.running_mean, norm.running_var
             else:
-                z = nn.functional.linear(h, layer.weight, layer.bias)
+                z = linear(h)
                 mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
             scale = norm.weight * torch.rsqrt(var + norm.eps)
-            folded[f"layers.{index}.weight"] = scale[:, None] * layer.weight
-            folded[f"layers.{index}.bias"] = scale * (layer.bias - mean) + norm.bias
+            folded[f"layers.{2 * index}.weight"], folded[f"layers.{2 * index}.bias"] = linear.folded(scale, mean,
+                                                                                                   norm.bias)
             if h is not None:  # torch's own batch norm of the batch, which also updates the running statistics
                 h = nn.functional.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias,
                                              training=True, momentum=norm.momentum, eps=norm.eps)
                 norm.num_batches_tracked += 1
+                h = layers[2 * index + 1](h)  # the activation
+        h = None if h is None else layers[-1](h)
         return folded, h
 
     def call_folded(self, fn: Callable[..., Any], batch: torch.Tensor, *args: Any) -> Any:
@@ -280,8 +280,15 @@ class _Apply(nn.Module):
 
 
 @torch.no_grad()
-def normalise_rows_l1_(model: nn.Module) -> None:
-    """Divide every row of every Linear weight by its L1 norm (the demo's initialisation)."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.weight.div_(module.weight.abs().sum(dim=1, keepdim=True))
+def normalise_rows_l1_(layers: list[Linear]) -> None:
+    """Divide every row of every weight by its L1 norm (the demo's initialisation)."""
+    for layer in layers:
+        layer.weight.div_(layer.weight.abs().sum(dim=1, keepdim=True))
+
+
+def in_float64(model: LipschitzMLP) -> LipschitzMLP:
+    """The network with float64 weights, every float32 weight being exact in float64: the model itself when
+    its weights are float64 already, else a copy in eval mode."""
+    if model.layers[0].weight.dtype == torch.float64:
+        return model
+    return copy.deepcopy(model).double().eval()

@@ -130,7 +130,7 @@ def batch_loss(
     `logits`: model(x), where the caller has computed it already (`models.BatchNormMLP.call_folded`)."""
     logits = model(x) if logits is None else logits
     bounds = model.logit_bounds(norm, estimate=True, per_pair=loss in ("lmt", "hinge"))
-    penalty = lc_penalty * lipschitz.soft_max_penalty(bounds.logits)
+    penalty = lc_penalty * lipschitz.soft_max_penalty(bounds.per_logit)
     clean = F.cross_entropy(logits, y)
     threshold = certificates.global_threshold(bounds).detach()
     if loss == "ce":

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 import certificates
+import measure
 import checkpoints
 import cli
 import lipschitz
@@ -148,7 +149,7 @@ def metrics(run: Run, accuracy: Accuracy, device: torch.device, compiled: bool) 
     return {
         "clean_accuracy": accuracy.clean,
         "certified_accuracy": accuracy.certified,
-        "max_logit_bound": run.network().logit_bounds(run.recipe.norm).logits.max().item(),
+        "max_logit_bound": run.network().logit_bounds(run.recipe.norm).per_logit.max().item(),
         **run.recipe.to_dict(),
         "seconds_per_epoch_median": statistics.median(run.epoch_seconds),
         "train_seconds": sum(run.epoch_seconds),
@@ -176,7 +177,7 @@ def train_one(recipe: Recipe, args: argparse.Namespace, save_path: Path, data: t
         print(f"\ninterrupted: {saved}; continue with the same command and --resume", file=sys.stderr)
         sys.exit(getattr(stop, "status", 130))
     network = run.network()
-    accuracy = certificates.evaluate(network, test, Ball(recipe.norm, recipe.cert_magnitude, PIXEL_RANGE),
+    accuracy = measure.evaluate(network, test, Ball(recipe.norm, recipe.cert_magnitude, PIXEL_RANGE),
                                      recipe.method)
     print(accuracy.lines())
     if args.dry_run:

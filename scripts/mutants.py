@@ -21,52 +21,93 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_TESTS = ["tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_groupsort.py", "tests/test_models.py",
-              "tests/test_ibp.py", "tests/test_certificates.py"]
+FAST_TESTS = ["tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_operators.py", "tests/test_groupsort.py",
+              "tests/test_models.py", "tests/test_ibp.py", "tests/test_certificates.py", "tests/test_milp.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
 MUTANTS = [
+    # The norm math behind the Linear operator's slope rule (lipschitz.py).
     ("lipschitz.py", "chained = rows.abs() @ unit", "chained = 0.98 * (rows.abs() @ unit)",
      "per-unit bound of a row (the L-inf linear rule |W| b)"),
-    ("lipschitz.py", "torch.minimum(chained, lp_dual_norm(rows, norm) * whole)",
-     "torch.minimum(chained, 0.98 * lp_dual_norm(rows, norm) * whole)", "Hoelder bound of a row"),
+    ("lipschitz.py", "torch.minimum(chained, dual_norm(rows, norm) * whole)",
+     "torch.minimum(chained, 0.98 * dual_norm(rows, norm) * whole)", "Hoelder bound of a row"),
     ("lipschitz.py", "torch.minimum(operator_norm(weight, norm) * whole, by_units)",
      "torch.minimum(0.98 * operator_norm(weight, norm) * whole, by_units)", "whole-vector bound, operator norm"),
-    ("lipschitz.py", "by_units = lp_vector_norm(out_unit, norm)", "by_units = 0.98 * lp_vector_norm(out_unit, norm)",
+    ("lipschitz.py", "by_units = vector_norm(out_unit, norm)", "by_units = 0.98 * vector_norm(out_unit, norm)",
      "whole-vector bound, from the units"),
     ("lipschitz.py", "return torch.linalg.matrix_norm(weight, ord=_OPERATOR_ORD[norm])",
      "return 0.98 * torch.linalg.matrix_norm(weight, ord=_OPERATOR_ORD[norm])", "operator norm"),
     ("lipschitz.py", "return torch.linalg.vector_norm(rows, ord=_DUAL_ORD[norm], dim=-1)",
      "return 0.98 * torch.linalg.vector_norm(rows, ord=_DUAL_ORD[norm], dim=-1)", "dual norm"),
     ("lipschitz.py", '"l2": math.sqrt(2.0)', '"l2": 0.98 * math.sqrt(2.0)', "the sqrt 2 of a gap in l2"),
-    ("lipschitz.py", "unit = torch.full((in_features,), scale,", "unit = torch.full((in_features,), 0.98 * scale,",
-     "input bound 1/std"),
-    ("groupsort.py", "return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)", "return bound",
-     "GroupSort without its group maximum"),
+    # The normalisation operator (operators.py): slope, interval, rounding, encoding.
+    ("operators.py", "scale = 1 / self.std", "scale = 0.98 / self.std", "Normalise: slope rule, 1/std"),
+    ("operators.py", '''both ends map."""
+        return self(lower), self(upper)''', '''both ends map."""
+        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "Normalise: interval's lower end"),
+    ("operators.py", "errors = torch.stack([rounding.normalisation_error(distance, self.mean, self.std, runs_in),",
+     "errors = torch.stack([0 * rounding.normalisation_error(distance, self.mean, self.std, runs_in),",
+     "Normalise: rounding rule without the float32 rounding"),
+    ("operators.py", "return Wires(wires, self.mean, self.std, pending=True)", "return Wires(wires)",
+     "Normalise: encoding that forgets the normalisation"),
+    # The Linear operator (operators.py): interval, ball cut, rounding, differences, cut, encoding.
+    ("operators.py", "spread = half_width @ self.weight.abs().T", "spread = 0.98 * half_width @ self.weight.abs().T",
+     "Linear: interval spread (also the gaps')"),
+    ("operators.py", "spread = ball.radii(center)[:, None] * lipschitz.dual_norm",
+     "spread = 0.98 * ball.radii(center)[:, None] * lipschitz.dual_norm", "Linear: exact range over the p-ball"),
+    ("operators.py", "upper = torch.maximum(upper, lower)  # two nearly equal ranges", "pass  # two nearly equal ranges",
+     "Linear: intervals that invert"),
+    ("operators.py", "return rounding.linear_error(self.weight, self.bias, magnitude, error, dtype,",
+     "return rounding.linear_error(self.weight, self.bias, magnitude, 0 * error, dtype,",
+     "Linear: rounding rule that drops the error carried in"),
+    ("operators.py", "bound = rows.interval(box.lower, box.upper)[1]",
+     "bound = rows.interval(box.lower + 0.02 * (box.upper - box.lower), box.upper)[1]",
+     "Linear: bounds of the differences within a group, from a box 2 % too small"),
+    ("operators.py", "width = (error + reach) * (1 + 4 * u)", "width = 0.98 * (error + reach) * (1 + 4 * u)",
+     "a deeper box cut 2 % inside the units' Lipschitz reach"),
+    ("operators.py", "bias - weight.sum(axis=1) * wires.mean / wires.std",
+     "bias - 0.98 * weight.sum(axis=1) * wires.mean / wires.std", "Linear: encoding with the normalisation mis-folded"),
+    ("operators.py", "lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() + slack",
+     "lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() - 0.02 * (after.upper[0] - "
+     "after.lower[0]).numpy()", "Linear: encoding whose units' bounds are 2 % too tight"),
+    # The activations (groupsort.py): slope, interval, rounding, encoding.
+    ("groupsort.py", "return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)",
+     "return bound", "GroupSort: slope and rounding without the group maximum"),
+    ("groupsort.py", "return self.group_maximum(errors), error_norm", "return errors, error_norm",
+     "GroupSort: rounding rule without the group maximum"),
     ("groupsort.py", '''so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
         return self(lower), self(upper)''', '''so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
-        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "GroupSort interval's lower end"),
+        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "GroupSort: interval's lower end"),
+    ("groupsort.py", "bound[i], bound[j] = np.minimum(p[0], p[1]), np.maximum(p[0], p[1])",
+     "bound[i], bound[j] = np.maximum(p[0], p[1]), np.minimum(p[0], p[1])",
+     "GroupSort: encoding's difference bounds, min and max rows swapped"),
+    ("groupsort.py", "bound[:, i], bound[:, j] = np.maximum(q[:, 0], q[:, 1]), np.minimum(q[:, 0], q[:, 1])",
+     "bound[:, i], bound[:, j] = np.minimum(q[:, 0], q[:, 1]), np.maximum(q[:, 0], q[:, 1])",
+     "GroupSort: encoding's difference bounds, min and max columns swapped"),
+    ("groupsort.py", '''per unit, hence also in every p-norm of the vector."""
+        return slope''', '''per unit, hence also in every p-norm of the vector."""
+        return Slope(0.98 * slope.unit, slope.whole)''', "ReLU: slope rule 2 % too small"),
     ("groupsort.py", '''relu(lower) <= relu(a) <= relu(upper)."""
         return self(lower), self(upper)''', '''relu(lower) <= relu(a) <= relu(upper)."""
-        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "ReLU interval's lower end"),
-    ("ibp.py", "spread = radius @ weight.abs().T", "spread = 0.98 * radius @ weight.abs().T",
-     "interval spread of a Linear layer"),
-    ("ibp.py", "- radius @ rows.abs().T)", "- 0.98 * radius @ rows.abs().T)", "interval spread of the gaps"),
-    ("ibp.py", "spread = radius[:, None] * lipschitz.lp_dual_norm", "spread = 0.98 * radius[:, None] * lipschitz.lp_dual_norm",
-     "exact range over the p-ball"),
+        return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "ReLU: interval's lower end"),
+    ("groupsort.py", '''every error bound passes unchanged."""
+        return errors, error_norm''', '''every error bound passes unchanged."""
+        return 0.98 * errors, error_norm''', "ReLU: rounding rule 2 % too small"),
+    ("groupsort.py", "elif wire.upper <= 0:", "elif wire.upper <= 0.1:", "ReLU: encoding that fixes live units at 0"),
+    # The IBP walk, the certificate rules and the allowance.
     ("lipschitz.py", "radius = self.radii(x)[:, None]", "radius = 0.98 * self.radii(x)[:, None]", "IBP's input box"),
-    ("certificates.py", "shared = 2 * bounds.logits.max()", "shared = 1.96 * bounds.logits.max()",
+    ("certificates.py", "shared = 2 * bounds.per_logit.max()", "shared = 1.96 * bounds.per_logit.max()",
      "global threshold 2 max L"),
-    ("certificates.py", "return torch.minimum(shared, lipschitz.lp_difference_coefficient(bounds.norm) * bounds.output)",
-     "return torch.minimum(shared, 0.98 * lipschitz.lp_difference_coefficient(bounds.norm) * bounds.output)",
+    ("certificates.py", "return torch.minimum(shared, lipschitz.difference_coefficient(bounds.norm) * bounds.output)",
+     "return torch.minimum(shared, 0.98 * lipschitz.difference_coefficient(bounds.norm) * bounds.output)",
      "global threshold's output bound in l2 and l1"),
-    ("certificates.py", "torch.minimum(bounds.logits[:, None] + bounds.logits[None, :], shared)",
-     "torch.minimum(0.98 * (bounds.logits[:, None] + bounds.logits[None, :]), shared)", "pairwise threshold"),
-    ("certificates.py", "torch.minimum(bounds.differences, pairwise)", "torch.minimum(0.98 * bounds.differences, pairwise)",
+    ("certificates.py", "torch.minimum(bounds.per_logit[:, None] + bounds.per_logit[None, :], shared)",
+     "torch.minimum(0.98 * (bounds.per_logit[:, None] + bounds.per_logit[None, :]), shared)", "pairwise threshold"),
+    ("certificates.py", "torch.minimum(bounds.per_gap, pairwise)", "torch.minimum(0.98 * bounds.per_gap, pairwise)",
      "margin threshold"),
     ("certificates.py", "beaten = (label_gaps > drop) | ~others", "beaten = (label_gaps >= drop) | ~others",
      "a tie certified (>= for >)"),
-    ("certificates.py", "usable / (limits * scale),", "1.02 * usable / (limits * scale),",
+    ("certificates.py", "usable / (rows * scale),", "1.02 * usable / (rows * scale),",
      "Lipschitz radius 2 % too large"),
     ("certificates.py", "return ((rows > 0) | ~others).all(dim=1)", "return ((rows >= 0) | ~others).all(dim=1)",
      "IBP certifies a zero lower bound"),
@@ -76,28 +117,15 @@ MUTANTS = [
     # Sound in floating point: every allowance for rounding is needed.
     ("rounding.py", "count = weight.shape[1] + 1 + extra_roundings", "count = 2 + extra_roundings",
      "a dot product's rounding bounded as if it had two terms"),
-    ("ibp.py", "return (rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)",
-     "return 0 * (rounding.linear_error(last.weight, last.bias, box.magnitude, box.errors[0], runs_in)",
+    ("allowance.py", "return (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
+     "return 0 * (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
      "the Lipschitz methods without the float32 allowance"),
-    ("ibp.py", "return self.lower - self.allowance", "return self.lower - 0 * self.allowance",
+    ("allowance.py", "return self.lower - self.allowance", "return self.lower - 0 * self.allowance",
      "IBP without the float32 allowance"),
     ("lipschitz.py", "return (top / bottom).sqrt() * (1 + 4 * rounding.unit_roundoff(f64))",
      "return (top / bottom).sqrt() * (1 - 1e-9)", "spectral norm a relative 1e-9 below its upper bound"),
     ("certificates.py", "if float(written) > value:", "if False:", "radii rounded to nearest, not down"),
-    ("ibp.py", "upper = torch.maximum(upper, lower)  # two", "pass  # two", "intervals that invert"),
-    # Exact verification: the bounds of what GroupSort compares.
-    ("ibp.py", "bound = interval_linear(rows, offsets, lower, upper)[1]",
-     "bound = interval_linear(rows, offsets, lower + 0.02 * (upper - lower), upper)[1]",
-     "bounds of the differences within a group, from a box 2 % too small"),
-    ("milp.py", "bound[i], bound[j] = np.minimum(p[0], p[1]), np.maximum(p[0], p[1])",
-     "bound[i], bound[j] = np.maximum(p[0], p[1]), np.minimum(p[0], p[1])",
-     "a compare-exchange's difference bounds: min and max rows swapped"),
-    ("milp.py", "bound[:, i], bound[:, j] = np.maximum(q[:, 0], q[:, 1]), np.minimum(q[:, 0], q[:, 1])",
-     "bound[:, i], bound[:, j] = np.minimum(q[:, 0], q[:, 1]), np.maximum(q[:, 0], q[:, 1])",
-     "a compare-exchange's difference bounds: min and max columns swapped"),
-    # Deep nets in L2 and L1: the Lipschitz cut of the boxes and the error vector's L2 norm.
-    ("ibp.py", "width = (error + reach) * (1 + 4 * u)", "width = 0.98 * (error + reach) * (1 + 4 * u)",
-     "a deeper box cut 2 % inside the units' Lipschitz reach"),
+    # Deep nets in L2 and L1: the error vector's L2 norm.
     ("rounding.py", "error_norm[:, None] * rows * grow)", "0.98 * error_norm[:, None] * rows * grow)",
      "a unit's carried error 2 % below ||w||_2 times the error vector's L2 norm"),
     ("rounding.py", "out = torch.minimum(out, operator * error_norm +", "out = torch.minimum(out, 0.98 * operator * error_norm +",
@@ -147,7 +175,8 @@ def main() -> None:
             if text.count(original) != 1:
                 sys.exit(f"mutant {number} ({what}): its original text is not found exactly once in {file}")
             (tree / file).write_text(text.replace(original, mutant))
-            fast = [t for t in FAST_TESTS if (tree / t).exists()]
+            own = [t for t in (f"tests/test_{Path(file).stem}.py", "tests/test_operators.py") if t in FAST_TESTS]
+            fast = [*own, *(t for t in FAST_TESTS if t not in own)]  # the likeliest killers first
             verdict = "killed by the unit tests" if killed(tree, fast) else (
                 "killed by the whole suite" if killed(tree, ["tests"]) else "SURVIVED")
         survivors += verdict == "SURVIVED"

@@ -95,6 +95,16 @@ def l2_trained(tmp_path_factory, mnist_root, run_script) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="session")
+def relu_checkpoint(tmp_path_factory, mnist_root, run_script) -> Path:
+    """One epoch of a FAST ReLU net (seed 0)."""
+    out = tmp_path_factory.mktemp("relu")
+    run = run_script("train_mnist.py", *FAST, "--activation", "relu", "--epochs", "1", "--data-dir", mnist_root,
+                     "--save-dir", out)
+    assert run.returncode == 0, run.stderr
+    return out / "mnist_relu.p"
+
+
+@pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory, mnist_root, run_script) -> Path:
     """One epoch of a FAST net (seed 0), with its training state beside it."""
     out = tmp_path_factory.mktemp("small")

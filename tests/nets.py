@@ -79,7 +79,7 @@ def random_directions(n: int, d: int, norm: str, generator: torch.Generator) -> 
     else:
         signs = torch.randn(n, d, generator=generator, dtype=torch.float64).sign()
         v = signs * torch.empty(n, d, dtype=torch.float64).exponential_(generator=generator)
-    return v / lipschitz.lp_vector_norm(v, norm)[:, None].clamp_min(1e-300)
+    return v / lipschitz.vector_norm(v, norm)[:, None].clamp_min(1e-300)
 
 
 def ball_vertices(x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:

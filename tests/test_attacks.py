@@ -22,7 +22,7 @@ def test_projection_lands_in_the_ball_keeps_inside_points_and_is_nearest(norm, d
     delta = 3 * torch.randn(32, d, generator=g, dtype=torch.float64)
     radius = torch.full((32, 1), eps, dtype=torch.float64)
     projected = attacks.lp_project(delta, radius, norm)
-    assert (lipschitz.lp_vector_norm(projected, norm) <= eps * (1 + REL)).all()
+    assert (lipschitz.vector_norm(projected, norm) <= eps * (1 + REL)).all()
     assert torch.allclose(attacks.lp_project(projected, radius, norm), projected)
     # nearest point of a convex set: <delta - p, z - p> <= 0 for every z in the ball
     z = attacks.lp_project(attacks.lp_random_start(delta.shape, radius, norm, g), radius, norm)
@@ -34,7 +34,7 @@ def test_projection_lands_in_the_ball_keeps_inside_points_and_is_nearest(norm, d
 def test_random_starts_lie_in_the_ball(norm, d, seed):
     radius = torch.full((50, 1), 0.3, dtype=torch.float64)
     start = attacks.lp_random_start(torch.Size((50, d)), radius, norm, torch.Generator().manual_seed(seed))
-    assert (lipschitz.lp_vector_norm(start, norm) <= 0.3 * (1 + REL)).all()
+    assert (lipschitz.vector_norm(start, norm) <= 0.3 * (1 + REL)).all()
 
 
 @given(random_nets(), norms, st.booleans(), seeds)
@@ -46,7 +46,7 @@ def test_every_point_pgd_reports_is_in_the_ball_the_domain_and_misclassified(mod
     y = torch.randint(0, model.config.out_features, (40,), generator=g)
     eps = torch.rand(40, generator=g, dtype=torch.float64)
     broken, found = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=10, restarts=2, seed=seed)
-    assert (lipschitz.lp_vector_norm(found - x, norm) <= eps * (1 + 1e-6) + 1e-12).all()
+    assert (lipschitz.vector_norm(found - x, norm) <= eps * (1 + 1e-6) + 1e-12).all()
     if domain is not None:
         assert ((found >= 0) & (found <= 1)).all()
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_pgd_reaches_the_best_point_of_a_linear_model(norm):
                            relative_step=0.25)
     with torch.no_grad():
         reached = model(found)[:, 0] - model(found)[:, 1]
-        best = model(x)[:, 0] - model(x)[:, 1] - eps * lipschitz.lp_dual_norm(v, norm)
+        best = model(x)[:, 0] - model(x)[:, 1] - eps * lipschitz.dual_norm(v, norm)
     assert torch.allclose(reached, best, atol=1e-9)
 
 

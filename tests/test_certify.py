@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import attacks
-import certificates
 import certify
 import cli
-from certificates import LIPSCHITZ_METHODS, METHODS, certified_radii
+import measure
+from certificates import LIPSCHITZ_METHODS, METHODS
 from checkpoints import load_checkpoint, save_checkpoint
 from conftest import L2_RADIUS, ORIGINAL_DEMO, assert_one_line_failure, results
 from lipschitz import Ball
@@ -88,7 +88,7 @@ def digits(mnist_root) -> Split:
 def test_no_certified_test_digit_is_broken_inside_its_own_radius(l2_trained, digits, norm):
     """Each certified digit is attacked just inside its certified radius, for every method."""
     model = load_checkpoint(l2_trained[0]).model
-    radii = certified_radii(model, digits, METHODS, norm, PIXEL_RANGE)
+    radii = measure.certified_radii(model, digits, METHODS, norm, PIXEL_RANGE)
     attacked = 0
     for method in METHODS:
         keep = radii[method] > 0
@@ -106,7 +106,7 @@ def test_no_certified_test_digit_is_broken_inside_its_own_radius(l2_trained, dig
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_certified_never_exceeds_robust_which_never_exceeds_clean(l2_trained, digits, norm):
     model = load_checkpoint(l2_trained[0]).model
-    row = certify.measure(model, digits, Ball(norm, RADIUS[norm], PIXEL_RANGE), METHODS, attack="pgd", steps=20,
+    row = measure.measure(model, digits, Ball(norm, RADIUS[norm], PIXEL_RANGE), METHODS, attack="pgd", steps=20,
                           restarts=2)
     assert row.eps == RADIUS[norm]
     assert all(count == 0 for count in row.broken.values())
@@ -205,7 +205,7 @@ def test_certify_cli_table_curves_and_per_example_radii(l2_trained, run_script, 
         written = torch.tensor([float(row[f"linf_radius_{method}"]) for row in radii], dtype=torch.float64)
         assert (written > 0).sum() > 20
         ball = Ball("linf", written, PIXEL_RANGE if method == "ibp" else None)
-        assert certificates.certify_split(model, test.head(100), ball, (method,))[method][written > 0].all()
+        assert measure.certify_split(model, test.head(100), ball, (method,))[method][written > 0].all()
     # curves.py draws several saved curves side by side
     plot = run_script("curves.py", tmp_path / "curve.csv", tmp_path / "curve.csv", "--titles", "a", "b",
                       "--out", tmp_path / "both.png")

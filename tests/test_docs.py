@@ -41,7 +41,7 @@ COMMANDS = documented_commands()
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory, trained, l2_trained, mnist_root, original_demo) -> Path:
+def clone(tmp_path_factory, trained, l2_trained, relu_checkpoint, mnist_root, original_demo) -> Path:
     """A working folder like a user's clone: ../shared beside it, the documented checkpoints and curves in outputs/."""
     top = tmp_path_factory.mktemp("user")
     work = top / "repo"
@@ -49,8 +49,8 @@ def clone(tmp_path_factory, trained, l2_trained, mnist_root, original_demo) -> P
     (top / "shared").mkdir()
     (top / "shared" / "mnist").symlink_to(mnist_root)
     (top / "shared" / "original-demo").symlink_to(original_demo)
-    for name in ("mnist_groupsort.p", "mnist_relu.p"):
-        shutil.copy(trained[0], work / "outputs" / name)
+    shutil.copy(trained[0], work / "outputs" / "mnist_groupsort.p")
+    shutil.copy(relu_checkpoint, work / "outputs" / "mnist_relu.p")  # a ReLU net where the documents name one
     shutil.copy(l2_trained[0], work / "outputs" / "mnist_groupsort_l2.p")
     (work / "path" / "to").mkdir(parents=True)
     (work / "path" / "to" / "custom.json").write_text('{"hidden": [100]}\n')

@@ -15,6 +15,7 @@ from conftest import REL
 from errors import ConfigError
 from groupsort import GroupSort, ReLU, make_activation
 from models import LipschitzMLP, MLPConfig
+from operators import Slope
 from nets import norms, seeds
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
@@ -52,27 +53,30 @@ def test_full_width_group_is_fullsort():
 @given(grouped_batches(), st.integers(0, 2**31 - 1))
 @settings(max_examples=60)
 def test_each_sorted_unit_moves_at_most_its_groups_largest_change(case, seed):
-    """The theorem behind propagate_bound, checked unit by unit (in any p-norm: it compares units only)."""
+    """The theorem behind the slope rule (`group_maximum`), checked unit by unit (in any p-norm: it compares units only)."""
     group_size, x = case
     a = torch.from_numpy(x).double()
     b = a + torch.randn(a.shape, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
     change = (a - b).abs()
     sort = GroupSort(group_size)
     moved = (sort(a) - sort(b)).abs()
-    allowed = sort.propagate_bound(change[0]), sort.propagate_bound(change[-1])
+    allowed = sort.group_maximum(change[0]), sort.group_maximum(change[-1])
     assert (moved[0] <= allowed[0]).all() and (moved[-1] <= allowed[1]).all()
 
 
 def test_bound_through_groupsort_is_the_group_maximum():
     bound = torch.tensor([1.0, 4.0, 2.0, 0.5, 0.25, 3.0])
     expected = torch.tensor([4.0, 4.0, 4.0, 3.0, 3.0, 3.0])
-    assert torch.equal(GroupSort(3).propagate_bound(bound), expected)
-    assert torch.equal(GroupSort(1).propagate_bound(bound), bound)
+    whole = torch.tensor(2.5)
+    for norm in lipschitz.NORMS:
+        assert torch.equal(GroupSort(3).slope(Slope(bound, whole), norm, lipschitz.operator_norm).unit, expected)
+        assert torch.equal(GroupSort(1).slope(Slope(bound, whole), norm, lipschitz.operator_norm).unit, bound)
 
 
 def test_bound_through_relu_is_unchanged():
     bound = torch.tensor([1.0, 4.0, 2.0])
-    assert torch.equal(ReLU().propagate_bound(bound), bound)
+    for norm in lipschitz.NORMS:
+        assert torch.equal(ReLU().slope(Slope(bound, torch.tensor(2.5)), norm, lipschitz.operator_norm).unit, bound)
 
 
 def test_group_size_that_does_not_divide_the_width_fails_at_build_time():
@@ -102,10 +106,10 @@ def test_sorting_is_a_contraction_in_every_p_norm(group_size, pair, norm):
     width = 12 - 12 % group_size
     a, b = torch.from_numpy(pair[:, :width])
     sort = GroupSort(group_size)
-    moved = lipschitz.lp_vector_norm(sort(a) - sort(b), norm)
-    assert moved <= lipschitz.lp_vector_norm(a - b, norm) * (1 + REL) + REL
-    assert sort.propagate_whole_bound(torch.tensor(2.5)) == 2.5
-    assert ReLU().propagate_whole_bound(torch.tensor(2.5)) == 2.5
+    moved = lipschitz.vector_norm(sort(a) - sort(b), norm)
+    assert moved <= lipschitz.vector_norm(a - b, norm) * (1 + REL) + REL
+    for activation in (sort, ReLU()):
+        assert activation.slope(Slope(torch.ones(width), torch.tensor(2.5)), norm, lipschitz.operator_norm).whole == 2.5
 
 
 @given(st.integers(1, 5), st.integers(1, 4), seeds)
@@ -117,6 +121,6 @@ def test_intervals_pass_through_activations_soundly(group_size, groups, seed):
     lower, upper = centre - radius, centre + radius
     inside = lower + (upper - lower) * torch.rand(200, group_size * groups, generator=g, dtype=torch.float64)
     for activation in (GroupSort(group_size), ReLU()):
-        low, high = activation.propagate_interval(lower, upper)
+        low, high = activation.interval(lower, upper)
         out = activation(inside)
         assert (low <= out).all() and (out <= high).all()

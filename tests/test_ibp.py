@@ -1,5 +1,6 @@
-"""Interval bound propagation: each rule holds every point of its box and is tight where it should be, and the
-gap bounds through a whole net are sound, and exact at radius 0."""
+"""Interval bound propagation: each rule holds every point of its box and is tight where it should be, the gap
+bounds through a whole net are sound, and exact at radius 0, and the rounding errors carried beside the boxes
+bound the float32 network."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import allowance
 import ibp
 import lipschitz
 from conftest import REL
@@ -14,6 +16,7 @@ from lipschitz import Ball
 from mnist_data import PIXEL_RANGE
 from models import LipschitzMLP, MLPConfig
 from nets import ball_vertices, norms, random_directions, random_nets, seeds
+from operators import Linear
 
 
 def random_layer_and_box(fan_in: int, fan_out: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -31,7 +34,7 @@ def random_layer_and_box(fan_in: int, fan_out: int, seed: int) -> tuple[torch.Te
 @settings(max_examples=60)
 def test_interval_of_a_linear_layer_holds_every_point_and_is_attained(fan_in, fan_out, seed):
     weight, bias, lower, upper, corners = random_layer_and_box(fan_in, fan_out, seed)
-    low, high = ibp.interval_linear(weight, bias, lower, upper)
+    low, high = Linear.of(weight, bias).interval(lower, upper)
     out = corners @ weight.T + bias
     assert (low <= out + REL).all() and (out <= high + REL).all()
     corner = torch.where(weight < 0, upper, lower)  # for each row, the corner where it is smallest
@@ -42,13 +45,13 @@ def test_interval_of_a_linear_layer_holds_every_point_and_is_attained(fan_in, fa
 @settings(max_examples=60)
 def test_gap_interval_holds_every_point_is_attained_and_beats_subtracting_intervals(fan_in, fan_out, seed):
     weight, bias, lower, upper, corners = random_layer_and_box(fan_in, fan_out, seed)
-    gap_lower = ibp.interval_gap_lower(weight, bias, lower, upper)[0]
+    gap_lower = Linear.of(weight, bias).pairs().interval(lower, upper)[0][0].unflatten(0, (fan_out, fan_out))
     out = corners @ weight.T + bias
     assert (gap_lower <= (out[:, :, None] - out[:, None, :]) + REL).all()
     rows = weight[:, None] - weight[None]  # the worst corner of each gap's row attains the bound
     worst = torch.where(rows < 0, upper, lower)
     assert torch.allclose(gap_lower, (worst * rows).sum(dim=2) + bias[:, None] - bias[None])
-    low, high = ibp.interval_linear(weight, bias, lower, upper)
+    low, high = Linear.of(weight, bias).interval(lower, upper)
     assert (gap_lower >= (low[0][:, None] - high[0][None]) - REL).all()
 
 
@@ -60,13 +63,13 @@ def test_ball_range_is_the_exact_range_over_the_p_ball(norm, d, units, seed):
     bias = torch.randn(units, generator=g, dtype=torch.float64)
     center = torch.rand(3, d, generator=g, dtype=torch.float64)
     radius = torch.rand(3, generator=g, dtype=torch.float64)
-    low, high = ibp.ball_range(rows, bias, center, radius, norm)
+    low, high = Linear.of(rows, bias).ball_range(center, Ball(norm, radius))
     points = torch.cat([center[:, None] + radius[:, None, None] * random_directions(3 * 100, d, norm, g).view(3, 100, d),
                         ball_vertices(center, radius, norm)], dim=1)
     out = points @ rows.T + bias
     assert (low[:, None] <= out + REL).all() and (out <= high[:, None] + REL).all()
     middle = center @ rows.T + bias  # Hoelder: attained, so the range is w . c + b +- eps ||w||_q exactly
-    spread = radius[:, None] * lipschitz.lp_dual_norm(rows, norm)
+    spread = radius[:, None] * lipschitz.dual_norm(rows, norm)
     assert torch.allclose(low, middle - spread) and torch.allclose(high, middle + spread)
 
 
@@ -106,6 +109,12 @@ def hidden(model, x: torch.Tensor) -> torch.Tensor:
         return model.layers[:-1](model.normalise(x))
 
 
+def linear_outputs(model, boxes: list) -> list:
+    """The boxes of `ibp.propagate` after each hidden Linear layer (the pixel box and the normalised one come
+    first, then a Linear layer's and an activation's in turn)."""
+    return boxes[2::2]
+
+
 @given(random_nets(), norms, st.booleans(), st.sampled_from([0.0, 1e4]), seeds)
 @settings(max_examples=60, deadline=None)
 def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, norm, pixels, shift, seed):
@@ -119,16 +128,17 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     n, d = 8, model.config.in_features
     x = torch.rand(n, d, generator=g).double()
     eps = torch.rand(n, generator=g, dtype=torch.float64)
-    box = ibp.hidden_box(model, x, Ball(norm, eps, domain), torch.float32, differences=True)
+    boxes = ibp.propagate(model, x, Ball(norm, eps, domain), torch.float32, apart=True)
+    box = boxes[-1]
     points = x[:, None] + eps[:, None, None] * random_directions(n * 16, d, norm, g).view(n, 16, d)
     points = torch.cat([points, ball_vertices(x, eps, norm), x[:, None]], dim=1)
     if domain is not None:
         points = points.clamp(*domain)
     points = points.float().double()  # the float32 inputs, nudged back inside the ball where rounding left it
-    inside = lipschitz.lp_vector_norm(points - x[:, None], norm) <= eps[:, None]
+    inside = lipschitz.vector_norm(points - x[:, None], norm) <= eps[:, None]
     points = torch.where(inside[..., None], points, x[:, None])
     exact = hidden(model, points.flatten(0, 1)).view(n, points.shape[1], -1)
-    check_group_differences(model, box, points, norm)
+    check_group_differences(model, boxes, points, norm)
     computed = hidden(model.float(), points.float().flatten(0, 1)).double().view_as(exact)
     slack = 1e-12 * (1 + exact.abs())
     assert ((computed - exact).abs() <= box.errors[0][:, None] + slack).all()
@@ -137,21 +147,19 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     assert (exact.abs() <= box.magnitude[:, None] + slack).all()
 
 
-def check_group_differences(model, box: ibp.HiddenBox, points: torch.Tensor, norm: str) -> None:
+def check_group_differences(model, boxes: list, points: torch.Tensor, norm: str) -> None:
     """Every GroupSort's inputs z at the points (n, k, d): z_a - z_b <= the box's bound for a, b in a group,
     and in L-inf the bound is never above U_a - L_b from the units' own intervals (widened by their errors),
     which come from the same box. In L2 and L1 those intervals are also cut: in the first layer to the ball,
-    deeper by the units' Lipschitz bounds (`ibp.lipschitz_cut`)."""
-    z, depth = model.normalise(points.flatten(0, 1)), 0
+    deeper by the units' Lipschitz bounds (`operators.cut_to_reach`)."""
+    z = model.normalise(points.flatten(0, 1))
     n, k = points.shape[:2]
     with torch.no_grad():
-        for index, layer in enumerate(model.layers[:-1]):
+        for index, (layer, box) in enumerate(zip(model.layers[:-1], boxes[2:])):
             z = layer(z)
-            if not isinstance(layer, torch.nn.Linear):
+            if index % 2:  # an activation's box
                 continue
-            bound = box.differences[depth]
-            lower, upper, errors = box.pre_activations[depth]
-            depth += 1
+            bound, lower, upper, errors = box.apart, box.lower, box.upper, box.errors
             if bound is None:
                 assert not hasattr(model.layers[index + 1], "group_size") or model.layers[index + 1].group_size == 1
                 continue
@@ -173,8 +181,8 @@ def test_intervals_never_invert_at_tiny_radii(model, norm, eps, seed):
     x = torch.rand(16, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     for precision in (torch.float64, torch.float32):
         net = model.to(precision)
-        box = ibp.hidden_box(net, x.to(precision), Ball(norm, eps, PIXEL_RANGE))
-        assert (box.lower <= box.upper).all()
+        for box in ibp.propagate(net, x.to(precision), Ball(norm, eps, PIXEL_RANGE)):
+            assert (box.lower <= box.upper).all()
 
 
 def test_deeper_boxes_in_l2_are_cut_to_the_units_lipschitz_reach():
@@ -188,26 +196,22 @@ def test_deeper_boxes_in_l2_are_cut_to_the_units_lipschitz_reach():
             torch.nn.init.orthogonal_(layer.weight)
     x = torch.rand(8, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ball = Ball("l2", 1.5)
-    box, plain = ibp.hidden_box(model, x, ball, torch.float32), ibp.hidden_box(model, x, ball)
+    boxes, plain_boxes = ibp.propagate(model, x, ball, torch.float32), ibp.propagate(model, x, ball)
+    box, plain = boxes[-1], plain_boxes[-1]
     slopes = model.certified_slopes("l2").units
-    depth = 0
-    for index, layer in enumerate(model.layers[:-1]):
-        if not isinstance(layer, torch.nn.Linear):
-            continue
-        (lower, upper, errors), (plain_lower, plain_upper, _) = box.pre_activations[depth], plain.pre_activations[depth]
-        depth += 1
+    for index, (cut, uncut) in enumerate(zip(linear_outputs(model, boxes), linear_outputs(model, plain_boxes))):
         if index == 0:  # cut to the ball itself, as before
             continue
-        reach = slopes[index + 1] * 1.5
-        assert (upper - lower <= 2 * (reach + errors[0]) * (1 + 1e-9)).all()
-        assert ((upper - lower) < (plain_upper - plain_lower) / 2).all()
+        reach = slopes[2 * index + 1] * 1.5
+        assert (cut.upper - cut.lower <= 2 * (reach + cut.errors[0]) * (1 + 1e-9)).all()
+        assert ((cut.upper - cut.lower) < (uncut.upper - uncut.lower) / 2).all()
     plain_magnitude = torch.maximum(plain.lower.abs(), plain.upper.abs())
     assert (box.magnitude < plain_magnitude / 2).all()  # what the rounding allowances grow with
     # the error vector's L2 norm, carried through the orthonormal layers, keeps the allowance from
     # growing some sqrt(64) times per layer, as the per-unit rule alone lets it
     norm = box.error_norm[:, None]
     assert (box.errors[0] <= norm).all() and (norm < box.errors[0].sum(dim=1, keepdim=True)).all()
-    assert ibp.logit_errors(model, x, ball).max() < 5e-3
+    assert allowance.logit_allowance(model, x, ball).max() < 5e-3
 
 
 def test_the_lipschitz_cut_holds_where_a_unit_moves_by_its_whole_reach():
@@ -220,8 +224,8 @@ def test_the_lipschitz_cut_holds_where_a_unit_moves_by_its_whole_reach():
         for layer in model.linear_layers():
             torch.nn.init.orthogonal_(layer.weight)
     x = torch.full((1, 16), 0.5, dtype=torch.float64)
-    box = ibp.hidden_box(model, x, Ball("l2", 0.3), torch.float32)
-    lower, upper, errors = box.pre_activations[1]  # the second Linear layer's units
+    second = linear_outputs(model, ibp.propagate(model, x, Ball("l2", 0.3), torch.float32))[1]
+    lower, upper, errors = second.lower, second.upper, second.errors  # the second Linear layer's units
     gradients = model.linear_layers()[1].weight @ model.linear_layers()[0].weight  # (16, 16), orthonormal rows
     for unit in range(16):
         for sign in (1.0, -1.0):

@@ -22,14 +22,14 @@ from nets import norms, random_directions, seeds
 
 def test_norm_helpers_match_their_definitions():
     w = torch.tensor([[3.0, -4.0], [1.0, 2.0]])
-    assert torch.equal(lipschitz.lp_dual_norm(w, "linf"), torch.tensor([7.0, 3.0]))
-    assert torch.allclose(lipschitz.lp_dual_norm(w, "l2"), torch.tensor([5.0, math.sqrt(5)]))
-    assert torch.equal(lipschitz.lp_dual_norm(w, "l1"), torch.tensor([4.0, 2.0]))
-    assert lipschitz.lp_operator_norm(w, "linf") == 7.0 and lipschitz.lp_operator_norm(w, "l1") == 6.0
-    assert [lipschitz.lp_difference_coefficient(n) for n in lipschitz.NORMS] == [2.0, math.sqrt(2), 1.0]
+    assert torch.equal(lipschitz.dual_norm(w, "linf"), torch.tensor([7.0, 3.0]))
+    assert torch.allclose(lipschitz.dual_norm(w, "l2"), torch.tensor([5.0, math.sqrt(5)]))
+    assert torch.equal(lipschitz.dual_norm(w, "l1"), torch.tensor([4.0, 2.0]))
+    assert lipschitz.operator_norm(w, "linf") == 7.0 and lipschitz.operator_norm(w, "l1") == 6.0
+    assert [lipschitz.difference_coefficient(n) for n in lipschitz.NORMS] == [2.0, math.sqrt(2), 1.0]
     assert set(lipschitz.NORM_NAMES) == set(lipschitz.NORMS)
     with pytest.raises(ConfigError, match="unknown norm 'l3'"):
-        lipschitz.lp_dual_norm(w, "l3")
+        lipschitz.dual_norm(w, "l3")
 
 
 @given(st.integers(1, 6), st.integers(1, 6), norms, seeds)
@@ -41,20 +41,13 @@ def test_row_bounds_are_the_demos_chain_in_linf_and_the_smaller_of_two_bounds_ot
     weight = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
     unit = torch.rand(fan_in, generator=g, dtype=torch.float64)
     whole = torch.rand((), generator=g, dtype=torch.float64) * unit.max() * 2
-    bounds = lipschitz.lp_row_bounds(weight, unit, whole, norm)
+    bounds = lipschitz.row_bounds(weight, unit, whole, norm)
     chained = weight.abs() @ unit
     if norm == "linf":
         assert torch.equal(bounds, chained)
     else:
-        assert torch.equal(bounds, torch.minimum(chained, lipschitz.lp_dual_norm(weight, norm) * whole))
+        assert torch.equal(bounds, torch.minimum(chained, lipschitz.dual_norm(weight, norm) * whole))
         assert (bounds <= chained).all()
-
-
-def test_input_bounds_are_one_over_std_per_coordinate_and_as_a_whole():
-    like = torch.zeros(1, dtype=torch.float64)
-    unit, whole = lipschitz.lp_input_bounds(5, 1 / 0.25, like)
-    assert torch.equal(unit, torch.full((5,), 4.0, dtype=torch.float64)) and whole.item() == 4.0
-    assert unit.dtype == whole.dtype == torch.float64
 
 
 @given(st.lists(st.floats(0, 50), min_size=1, max_size=10))
@@ -68,19 +61,19 @@ def test_soft_max_penalty_lies_between_mean_and_max(values):
 @settings(max_examples=40)
 def test_power_iteration_estimate_stays_below_the_spectral_norm(rows, cols, seed):
     weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    exact = lipschitz.lp_operator_norm(weight, "l2")
+    exact = lipschitz.operator_norm(weight, "l2")
     estimate = lipschitz.l2_spectral_norm_estimate(weight)
     assert estimate <= exact * (1 + REL)
     # the training penalty's operator norms: the estimate in l2, the exact norm otherwise
     assert torch.equal(lipschitz.operator_norm_estimate(weight, "l2"), estimate)
     for norm in ("linf", "l1"):
-        assert torch.equal(lipschitz.operator_norm_estimate(weight, norm), lipschitz.lp_operator_norm(weight, norm))
+        assert torch.equal(lipschitz.operator_norm_estimate(weight, norm), lipschitz.operator_norm(weight, norm))
 
 
 def test_power_iteration_estimate_is_close_on_a_trained_size_layer():
     torch.manual_seed(3)
     weight = LipschitzMLP().linear_layers()[0].weight.detach()
-    exact = lipschitz.lp_operator_norm(weight, "l2")
+    exact = lipschitz.operator_norm(weight, "l2")
     assert lipschitz.l2_spectral_norm_estimate(weight) == pytest.approx(exact.item(), rel=0.01)
 
 
@@ -207,4 +200,4 @@ def test_spectral_upper_bound_is_above_the_svd_and_close_to_it(rows, cols, scale
     assert svd * (1 - 1e-13) <= upper <= svd * (1 + 1e-6)
     assert lipschitz.operator_norm_upper_bound(weight.double(), "l2") == upper
     for norm in ("linf", "l1"):
-        assert torch.equal(lipschitz.operator_norm_upper_bound(weight, norm), lipschitz.lp_operator_norm(weight, norm))
+        assert torch.equal(lipschitz.operator_norm_upper_bound(weight, norm), lipschitz.operator_norm(weight, norm))

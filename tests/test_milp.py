@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 import attacks
 import milp
-from certificates import METHODS, certify_split
+from certificates import METHODS
 from errors import ConfigError
+from groupsort import sorting_network
 from lipschitz import Ball
+from measure import certify_split
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
 from nets import seeds
@@ -23,7 +25,7 @@ from nets import seeds
 @pytest.mark.parametrize("size", range(1, 13))
 def test_the_sorting_network_sorts_every_zero_one_input_and_random_reals(size):
     """By the 0-1 principle a comparator network that sorts every 0-1 input sorts everything."""
-    pairs = milp.sorting_network(size)
+    pairs = sorting_network(size)
     assert all(0 <= i < j < size for i, j in pairs)
 
     def run(values: list[float]) -> list[float]:
@@ -79,10 +81,10 @@ def test_exact_agrees_with_brute_force_over_a_two_pixel_box(model, eps, seed):
         if grid_flips:
             assert verdict.status == "counterexample"
         if verdict.status == "counterexample":
-            found = verdict.counterexample
+            found = verdict.counterexample.perturbed
             assert ((found - point).abs() <= eps).all() and ((found >= 0) & (found <= 1)).all()
             with torch.no_grad():
-                assert model(found[None]).argmax().item() == verdict.predicted != label
+                assert model(found[None]).argmax().item() == verdict.counterexample.predicted != label
 
 
 @given(tiny_nets(), st.floats(0.01, 0.3), seeds)
@@ -108,8 +110,9 @@ def test_certified_within_lp_within_exact_robust_within_pgd_robust(model, eps, s
         for verdict in (exact[i], best[i]):
             if verdict.status == "counterexample":
                 with torch.no_grad():
-                    assert model(verdict.counterexample[None]).argmax().item() != labels[i]
-                assert (verdict.counterexample - x[i]).abs().max() <= eps
+                    assert model(verdict.counterexample.perturbed[None]).argmax().item() != labels[i]
+                assert (verdict.counterexample.perturbed - x[i]).abs().max() <= eps
+                assert verdict.counterexample.index == i and verdict.counterexample.label == labels[i]
 
 
 def test_verification_refuses_other_norms_and_methods():
@@ -144,4 +147,4 @@ def test_verdicts_hold_in_float32_for_nets_with_large_output_biases(model, shift
         assert lp[i] <= (verdict.status == "robust") <= (not broken[i])
         if verdict.status == "counterexample":
             with torch.no_grad():
-                assert model(verdict.counterexample[None]).argmax().item() != labels[i]
+                assert model(verdict.counterexample.perturbed[None]).argmax().item() != labels[i]

@@ -117,11 +117,11 @@ def test_batch_loss_reports_clean_loss_logits_and_the_penalty_bounds_global_thre
         logits = model(x)
     assert torch.equal(result.logits, logits)
     assert torch.allclose(result.class_loss, F.cross_entropy(logits, y))
-    assert torch.allclose(result.loss, result.class_loss + 0.5 * soft_max_penalty(bounds.logits))
+    assert torch.allclose(result.loss, result.class_loss + 0.5 * soft_max_penalty(bounds.per_logit))
     assert torch.equal(result.threshold, thresholds(bounds, "global")[0, 0])
     assert not result.threshold.requires_grad
     if norm == "linf":
-        assert torch.equal(result.threshold, 2 * bounds.logits.max())
+        assert torch.equal(result.threshold, 2 * bounds.per_logit.max())
 
 
 def test_an_unknown_loss_is_refused():

@@ -148,9 +148,9 @@ def test_constrained_training_keeps_every_layer_within_the_radius():
     run = Run.start(recipe, torch.device("cpu"), config=SMALL)
     train_epoch(run, small_split())
     for layer in run.model.linear_layers():
-        assert lipschitz.lp_operator_norm(layer.weight, "linf") <= 0.5
+        assert lipschitz.operator_norm(layer.weight, "linf") <= 0.5
     # with radius r per layer, every logit bound is at most r ** depth
-    assert (run.model.logit_bounds("linf").logits <= 0.5 ** 3 * (1 + 1e-5)).all()
+    assert (run.model.logit_bounds("linf").per_logit <= 0.5 ** 3 * (1 + 1e-5)).all()
 
 
 def test_bjorck_training_starts_orthonormal_and_keeps_every_l2_layer_bound_near_one():
@@ -168,7 +168,7 @@ def test_bjorck_training_starts_orthonormal_and_keeps_every_l2_layer_bound_near_
         assert singular.max() <= 1 + 1e-5 and singular.min() >= 0.9
     # so the certified L2 bound of every logit difference is at most sqrt 2: the margin / sqrt 2 rule
     bounds = run.model.certified_logit_bounds("l2")
-    assert bounds.output <= 1 + 1e-5 and (bounds.differences <= math.sqrt(2) * (1 + 1e-5)).all()
+    assert bounds.output <= 1 + 1e-5 and (bounds.per_gap <= math.sqrt(2) * (1 + 1e-5)).all()
 
 
 def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certified_count():
@@ -227,7 +227,7 @@ def test_train_epoch_sees_max_batches_and_reports_means():
     stats = train_epoch(run, small_split(n=100), max_batches=3)
     assert run.optimizer.state_dict()["state"][0]["step"].item() == 3
     assert 0 <= stats.error <= 1 and 0 <= stats.cert_error <= 1 and stats.loss > 0
-    assert stats.max_logit_bound == pytest.approx(run.model.logit_bounds("linf").logits.max().item())
+    assert stats.max_logit_bound == pytest.approx(run.model.logit_bounds("linf").per_logit.max().item())
 
 
 def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():

@@ -1,0 +1,82 @@
+"""The rounding allowance: how far the logits and gaps of the network as it runs (float32) can be from those
+in exact arithmetic over a ball, plus this project's own float64 rounding; composed from each operator's
+rounding rule along IBP's walk (`ibp.propagate`), and handed to the certificate rules of `certificates`.
+
+Two allowances, one per kind of certificate:
+
+- `logit_allowance`, per logit, for the Lipschitz methods, which compare the
+  float64 logits at x with thresholds: the network's float32 error of each
+  logit over the whole ball, plus the float64 forward pass's own error at x;
+- `certified_gap_bounds`, per gap, for IBP: the network's float32 error of the
+  two logits, plus the float64 error of IBP's own gap bound, plus the rounding
+  of their difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import ibp
+import rounding
+from lipschitz import Ball
+from models import LipschitzMLP
+from operators import Box
+
+
+def logit_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
+                    runs_in: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per example and logit, a bound on |f^(x') - f(x')| over the ball plus |f~(x) - f(x)|: f the exact
+    logits, f^ the network's in `runs_in` (any batch, any order), f~ the float64 forward pass of the
+    network's float64 copy `model64` at x. The Lipschitz methods subtract it from each gap (n, out)."""
+    box = ibp.propagate(model64, x, ball, runs_in)[-1]
+    last = model64.layers[-1]
+    return (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
+            + last.rounding(box.errors[1], box.magnitude, torch.float64)[0])
+
+
+@dataclass(frozen=True)
+class CertifiedGaps:
+    """IBP's lower bounds of every gap computed in float64 (n, out, out), the allowance to subtract from
+    them (see `certified_gap_bounds`), and the boxes of IBP's walk they came from."""
+
+    lower: torch.Tensor
+    allowance: torch.Tensor
+    boxes: list[Box]
+
+    def certified_lower(self) -> torch.Tensor:
+        """Sound lower bounds of the gaps of the network as it runs: lower - allowance."""
+        return self.lower - self.allowance
+
+
+def certified_gap_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.dtype = torch.float32,
+                         apart: bool = False) -> CertifiedGaps:
+    """IBP's gap bounds over the ball for the network running in `runs_in` (`model64` is its float64 copy),
+    with the allowance A such that lower - A bounds f^_i(x') - f^_j(x') from below, f^ the logits as the
+    network computes them, in any batch and summation order.
+
+    A adds three terms: the float64 rounding of the gaps' own interval (the
+    last layer's rows W_i - W_j, `operators.Linear.own_error`), the network's
+    float32 error of each logit (the last layer's rounding rule), and the
+    rounding of the subtraction lower - A itself (gamma_3 of the magnitudes).
+    `apart` is passed to `ibp.propagate`.
+    """
+    boxes = ibp.propagate(model64, x, ball, runs_in, apart)
+    box, last = boxes[-1], model64.layers[-1]
+    out, pairs = last.out_features, last.pairs()
+    lower, _, ball_term = pairs.box_interval(box)
+    lower = lower.unflatten(1, (out, out))
+    own = pairs.own_error(box, ball_term).unflatten(1, (out, out))
+    logit = last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
+    allowance = own + logit[:, :, None] + logit[:, None, :]
+    allowance = allowance + rounding.gamma(3, torch.float64) * (lower.abs() + allowance)
+    return CertifiedGaps(lower, allowance, boxes)
+
+
+def certified_gap_lower_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
+                               runs_in: torch.dtype = torch.float32) -> torch.Tensor:
+    """Lower bounds of f^_i(x') - f^_j(x') over the ball, f^ the logits as the network computes them in
+    `runs_in`: (n, out, out). A bound > 0 proves that the float32 network ranks i above j everywhere in
+    the ball. `model64` is the network's float64 copy; see `certified_gap_bounds`."""
+    return certified_gap_bounds(model64, x, ball, runs_in).certified_lower()
