@@ -148,3 +148,65 @@ def test_verdicts_hold_in_float32_for_nets_with_large_output_biases(model, shift
         if verdict.status == "counterexample":
             with torch.no_grad():
                 assert model(verdict.counterexample.perturbed[None]).argmax().item() != labels[i]
+
+
+class TimedOut:
+    """A HiGHS instance whose every run starts with no time left: the solver stops at its time limit."""
+
+    def __init__(self, solver) -> None:
+        self.solver = solver
+
+    def __getattr__(self, name: str):
+        return getattr(self.solver, name)
+
+    def run(self):
+        self.solver.setOptionValue("time_limit", 0.0)
+        return self.solver.run()
+
+
+def hard_case() -> tuple[LipschitzMLP, Split, Ball]:
+    """A net and digits at a radius where IBP decides nothing, so that every rival needs a program."""
+    torch.manual_seed(3)
+    model = LipschitzMLP(MLPConfig(in_features=12, hidden=(8, 8), out_features=3, group_size=4))
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            layer.weight.mul_(3.0)
+    x = torch.rand(4, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    return model.eval(), Split(x, labels), Ball("linf", 0.3, PIXEL_RANGE)
+
+
+@pytest.mark.parametrize("stage", ["lp", "milp"])
+def test_a_program_that_runs_out_of_time_is_a_timeout_never_a_verdict(stage, monkeypatch):
+    """The relaxation, or the mixed-integer program, stopped by its time limit: the example is a timeout of
+    that stage, neither robust nor a counterexample."""
+    model, split, ball = hard_case()
+    real = milp.Program.highs
+
+    def highs(self, relax: bool):
+        solver = real(self, relax)
+        return TimedOut(solver) if relax == (stage == "lp") else solver
+
+    monkeypatch.setattr(milp.Program, "highs", highs)
+    verdicts = milp.verify_split(model, split, ball, "exact", progress=False)
+    assert [v.status for v in verdicts] == ["timeout"] * 4
+    assert {v.decided_by for v in verdicts} == {stage}
+
+
+def test_the_time_limit_ends_the_rivals_loop(monkeypatch):
+    """A clock that jumps past the time limit once the relaxations are done: no mixed-integer program is
+    started, and the example is a timeout."""
+    model, split, ball = hard_case()
+    clock = {"now": 0.0}
+    real = milp.Program.highs
+
+    def highs(self, relax: bool):
+        if not relax:
+            clock["now"] += 1e6
+        return real(self, relax)
+
+    monkeypatch.setattr(milp.Program, "highs", highs)
+    monkeypatch.setattr(milp.time, "perf_counter", lambda: clock["now"])
+    verdicts = milp.verify_split(model, split, ball, "exact", time_limit=100.0, progress=False)
+    assert [(v.status, v.decided_by) for v in verdicts] == [("timeout", "milp")] * 4
