@@ -10,6 +10,11 @@ Two allowances, one per kind of certificate:
 - `certified_gap_bounds`, per gap, for IBP: the network's float32 error of the
   two logits, plus the float64 error of IBP's own gap bound, plus the rounding
   of their difference.
+
+Both hold only where no float32 quantity of the forward pass can overflow
+anywhere in the ball (`rounding.overflows`, checked by each operator's
+rounding rule): where one may, the allowance is infinite, and no rule
+certifies the example.
 """
 
 from __future__ import annotations
@@ -32,14 +37,26 @@ def logit_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
     network's float64 copy `model64` at x. The Lipschitz methods subtract it from each gap (n, out)."""
     box = ibp.propagate(model64, x, ball, runs_in)[-1]
     last = model64.layers[-1]
-    return (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
+    lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
             + last.rounding(box.errors[1], box.magnitude, torch.float64)[0])
+    return void(lost, last.overflow(box, runs_in))
+
+
+def void(allowance: torch.Tensor, overflow: torch.Tensor) -> torch.Tensor:
+    """The allowance, infinite for every example (first dimension) where the network may overflow."""
+    return torch.where(overflow.view(-1, *[1] * (allowance.ndim - 1)), torch.inf, allowance)
+
+
+def voided(allowance: torch.Tensor) -> torch.Tensor:
+    """Per example, whether its allowance was voided for overflow (`void`)."""
+    return torch.isinf(allowance).flatten(1).any(dim=1)
 
 
 @dataclass(frozen=True)
 class CertifiedGaps:
     """IBP's lower bounds of every gap computed in float64 (n, out, out), the allowance to subtract from
-    them (see `certified_gap_bounds`), and the boxes of IBP's walk they came from."""
+    them (see `certified_gap_bounds`; infinite where the network may overflow), and the boxes of IBP's walk
+    they came from."""
 
     lower: torch.Tensor
     allowance: torch.Tensor
@@ -71,7 +88,7 @@ def certified_gap_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, run
     logit = last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
     allowance = own + logit[:, :, None] + logit[:, None, :]
     allowance = allowance + rounding.gamma(3, torch.float64) * (lower.abs() + allowance)
-    return CertifiedGaps(lower, allowance, boxes)
+    return CertifiedGaps(lower, void(allowance, last.overflow(box, runs_in)), boxes)
 
 
 def certified_gap_lower_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,

@@ -34,7 +34,7 @@ import lipschitz
 import measure
 import milp
 from attacks import Counterexample
-from certificates import METHODS, RADIUS_DIGITS
+from certificates import METHODS, RADIUS_DIGITS, Accuracy
 from checkpoints import Expected, load_checkpoint, write_csv
 from lipschitz import NORM_NAMES, Ball
 from measure import Row
@@ -176,6 +176,7 @@ def verify(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Bal
     verdicts = milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps,
                                  args.pgd_restarts, args.seed, progress=sys.stderr.isatty())
     print(verdict_table(verdicts, args.method, ball, len(test), args.domain, args.time_limit))
+    warn_overflow(sum(v.decided_by == "overflow" for v in verdicts))
     if args.per_example is not None:
         write_csv(args.per_example, [["index", "label", "verdict", "decided_by", "seconds", "predicted"],
                                      *([i, int(y), v.status, v.decided_by, f"{v.seconds:.4f}",
@@ -197,10 +198,18 @@ def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain
     for status in milp.VERDICTS:
         count = sum(v.status == status for v in verdicts)
         lines.append(f"{status:<16}{count:>10d}{100 * count / max(1, examples):>10.2f}")
-    decided = {stage: sum(v.decided_by == stage for v in verdicts) for stage in ("clean", "ibp", "pgd", "lp", "milp")}
+    decided = {stage: sum(v.decided_by == stage for v in verdicts)
+               for stage in ("clean", "ibp", "pgd", "lp", "milp", "overflow")}
     lines.append("decided by: " + ", ".join(f"{stage} {count}" for stage, count in decided.items() if count))
     lines.append(f"seconds per example: mean {sum(seconds) / max(1, examples):.3f}, max {max(seconds, default=0):.3f}")
     return "\n".join(lines)
+
+
+def warn_overflow(count: int) -> None:
+    """One line on stderr when examples went uncertified because the float32 network may overflow."""
+    if count:
+        print(f"warning: {count} examples not certified: the float32 network may overflow in their ball "
+              "(a value near float32's largest)", file=sys.stderr)
 
 
 def draw(path: Path, counterexamples: list[Counterexample], eps: float) -> None:
@@ -224,13 +233,13 @@ def main(argv: list[str] | None = None) -> None:
         verify(args, model, test, ball)
         return
     methods = METHODS if args.method == "all" else (args.method,)
+    rows = [measure.measure(model, test, ball.with_eps(eps), methods, args.attack, args.pgd_steps, args.pgd_restarts,
+                            args.seed) for eps in (args.eps or [args.cert_magnitude])]
     if args.eps is None and args.method != "all" and args.attack == "none":
-        print(measure.evaluate(model, test, ball, args.method).lines())
-        rows = []
+        print(Accuracy(rows[0].clean, rows[0].certified[args.method]).lines())
     else:
-        rows = [measure.measure(model, test, ball.with_eps(eps), methods, args.attack, args.pgd_steps,
-                                args.pgd_restarts, args.seed) for eps in (args.eps or [args.cert_magnitude])]
         print(table(rows, methods, args.norm, len(test), args.domain))
+    warn_overflow(max(row.overflow for row in rows))
     if args.eps is not None:
         write_curves(args, rows, methods, model, len(test))
     if args.per_example is not None:

@@ -39,13 +39,14 @@ def propagate(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.d
                                                              ("propagate", "rounding")))
     x = x.flatten(1)
     lower, upper = ball.box(x)
-    errors = error_norm = point = None
+    errors = error_norm = point = overflow = None
     deep = runs_in is not None and ball.norm != "linf" and len(model.config.hidden) > 1
     if runs_in is not None:
         if model.layers[0].weight.dtype != torch.float64:
             raise TypeError("rounding errors are bounded for a float64 computation: pass the model's float64 copy")
         slack = rounding.unit_roundoff(torch.float64) * (lower.abs() + upper.abs())  # the ends' own rounding
         errors = torch.stack([torch.zeros_like(slack), slack])
+        overflow = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     steps = [Step(runs_in)] * (len(operators) - 1)
     if deep:  # the network at x, every unit's certified Lipschitz reach, and the L2 norm of errors[0]
         point, error_norm = x, x.new_zeros(len(x))
@@ -53,8 +54,8 @@ def propagate(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.d
         steps = [Step(runs_in, reach=unit * radius, operator=operator)
                  for unit, operator in zip(slopes.units, slopes.operators)]
     whole = None if ball.norm == "linf" else Ball(ball.norm, ball.radii(x))
-    box = Box(lower, upper, errors, error_norm=error_norm, ball=whole, center=None if whole is None else x,
-              point=point)
+    box = Box(lower, upper, errors, error_norm=error_norm, overflow=overflow, ball=whole,
+              center=None if whole is None else x, point=point)
     boxes = [box]
     for operator, after, step in zip(operators[:-1], operators[1:], steps):
         if apart:

@@ -111,35 +111,60 @@ def ibp_radius(model64: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, bal
 
 @torch.no_grad()
 def certify_split(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Per-example masks: "clean" (the float32 argmax is the label) and one per method (certified in `ball`).
+    """Per-example masks: "clean" (the float32 logits are finite and their argmax is the label), one per method
+    (certified in `ball`), and "overflow" (the float32 network may overflow in the ball: nothing certified).
 
     The Lipschitz methods certify the whole ball; ibp the ball cut to its
     domain. See `certificates` for what a certificate means and why it holds
-    in floating point.
+    in floating point. Certified implies clean at x itself: a certified example
+    that is not clean-correct is a soundness bug, and raises.
     """
-    masks: dict[str, list[torch.Tensor]] = {"clean": [], **{m: [] for m in methods}}
+    masks: dict[str, list[torch.Tensor]] = {"clean": [], "overflow": [], **{m: [] for m in methods}}
     with evaluating(model, ball.norm, methods) as (runs_in, model64, thresholds):
         for x, y, rows in padded_blocks(split):
             count = rows.stop - rows.start
-            masks["clean"].append((model(x).argmax(dim=1) == y)[:count])
+            masks["clean"].append(clean_correct(model(x), y)[:count])
             x, block = x.double(), _ball_for(ball, rows)
+            voided = torch.zeros(len(x), dtype=torch.bool, device=x.device)
             if thresholds:  # the Lipschitz methods' ball is whole, not cut to the domain
                 logits = model64(x)
                 logit_allowance = allowance.logit_allowance(model64, x, Ball(block.norm, block.eps), runs_in)
+                voided |= allowance.voided(logit_allowance)
             for method in methods:
                 if method == "ibp":
-                    mask = ibp_certified(model64, x, y, block, runs_in)
+                    gaps = allowance.certified_gap_bounds(model64, x, block, runs_in)
+                    mask = certificates.gaps_certified(gaps.certified_lower(), y)
+                    voided |= allowance.voided(gaps.allowance)
                 else:
                     mask = certificates.certified(logits, y, thresholds[method], block.radii(x), logit_allowance)
                 masks[method].append(mask[:count])
-    return {name: torch.cat(parts) for name, parts in masks.items()}
+            masks["overflow"].append(voided[:count])
+    result = {name: torch.cat(parts) for name, parts in masks.items()}
+    check_within_clean(result, result["clean"], methods)
+    return result
+
+
+def clean_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example: the float32 logits are all finite and their argmax is the label. Non-finite logits (an
+    overflow at x itself) count as wrong, whatever their argmax."""
+    return (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)
+
+
+def check_within_clean(certified: dict[str, torch.Tensor], clean: torch.Tensor, methods: tuple[str, ...]) -> None:
+    """Raise when a method certifies an example that the float32 network does not classify correctly at x
+    itself: x lies in its own ball, so that would contradict the certificate."""
+    for method in methods:
+        wrong = (certified[method] & ~clean).nonzero().flatten().tolist()
+        if wrong:
+            raise RuntimeError(f"unsound: {method} certifies examples {wrong[:10]} that are not clean-correct")
 
 
 @torch.no_grad()
 def certified_radii(
     model: LipschitzMLP, split: Split, methods: tuple[str, ...], norm: str, domain: tuple[float, float] | None
 ) -> dict[str, torch.Tensor]:
-    """Per example: "prediction", "top2_margin" (of the float32 logits) and each method's certified radius.
+    """Per example: "prediction", "top2_margin" (of the float32 logits) and each method's certified radius
+    (0 where the example is not clean-correct, which is checked).
 
     Radii are capped at the pixel box's diameter (where every valid image is
     covered), rounded down to `RADIUS_DIGITS` significant digits and checked
@@ -150,7 +175,8 @@ def certified_radii(
     """
     diameter = certificates.domain_diameter(model.config.in_features, norm)
     widest = Ball(norm, diameter, domain)
-    columns: dict[str, list[torch.Tensor]] = {"prediction": [], "top2_margin": [], **{m: [] for m in methods}}
+    columns: dict[str, list[torch.Tensor]] = {"prediction": [], "top2_margin": [], "clean": [],
+                                              **{m: [] for m in methods}}
     with evaluating(model, norm, methods) as (runs_in, model64, thresholds):
         for x, y, rows in padded_blocks(split):
             count = rows.stop - rows.start
@@ -179,7 +205,10 @@ def certified_radii(
                     radius = certificates.verified_radius(
                         radius, lambda r, t=threshold: certificates.certified(logits, y, t, r, lost(r)))
                 columns[method].append(radius[:count])
-    return {name: torch.cat(parts) for name, parts in columns.items()}
+            columns["clean"].append(clean_correct(logits32, y)[:count])
+    result = {name: torch.cat(parts) for name, parts in columns.items()}
+    check_within_clean({m: result[m] > 0 for m in methods}, result.pop("clean"), methods)
+    return result
 
 
 def evaluate(model: LipschitzMLP, split: Split, ball: Ball, method: str = "global") -> Accuracy:
@@ -198,6 +227,7 @@ class Row:
     robust: float | None = None  # the attack's empirical robust accuracy
     broken: dict[str, int] | None = None  # certified examples that the attack broke: must be 0
     counterexamples: list[Counterexample] | None = None  # the attack's, re-checked in float32
+    overflow: int = 0  # examples not certified because the float32 network may overflow in their ball
 
 
 def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...], attack: str = "none",
@@ -210,10 +240,12 @@ def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, .
     """
     masks = certify_split(model, split, ball, methods)
     certified = {m: percent(masks[m]) for m in methods}
+    overflow = int(masks["overflow"].sum())
     if attack == "none":
-        return Row(ball.eps, percent(masks["clean"]), certified)
+        return Row(ball.eps, percent(masks["clean"]), certified, overflow=overflow)
     model.eval()
     broken, found = attacks.pgd(model, split.images, split.labels, ball, steps, restarts, seed=seed)
     broken_certified = {m: int((masks[m] & broken).sum()) for m in methods}
     kept = attacks.counterexamples(model, split, ball, broken, found, "pgd", limit=keep)
-    return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken), broken_certified, list(kept.values()))
+    return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken), broken_certified, list(kept.values()),
+               overflow)

@@ -14,13 +14,20 @@ hidden state the network can reach from it, exactly:
   differences it compares (`operators.Linear.apart`), carried through the
   network (`groupsort.sort`); a comparison that they decide needs no binary.
 
-Verdicts, per example: *robust* when for every j the program with the extra
-row f_y - f_j <= A_yj + SOLVER_MARGIN is infeasible, A_yj the float32 rounding
-allowance of `allowance.certified_gap_bounds`; *counterexample* when it finds
-an input whose float32 rounding, evaluated by the float32 network, is not
-predicted y (re-checked, never taken from the solver's objective); *timeout*
-when the time limit ends the search first; *undecided* when the best input
-found has a gap within the margins but does not flip the float32 network.
+Verdicts, per example:
+
+- *robust* when for every j the program with the extra row
+  f_y - f_j <= A_yj + SOLVER_MARGIN is infeasible, A_yj the float32 rounding
+  allowance of `allowance.certified_gap_bounds`;
+- *counterexample* when the float32 logits at x are not finite or not
+  predicted y, or when it finds an input whose float32 rounding, evaluated by
+  the float32 network, is not predicted y (re-checked, never taken from the
+  solver's objective);
+- *timeout* when the time limit ends the search first;
+- *undecided* when the best input found has a gap within the margins but does
+  not flip the float32 network, or, decided by "overflow", when some float32
+  quantity may overflow in the box: the allowance then bounds nothing, and the
+  program, which reasons in real arithmetic, cannot call the example robust.
 
 Solver tolerances: HiGHS works in floating point with feasibility and
 integrality tolerances, here `program.TOLERANCE` = 1e-9. Their effect on the gap is bounded by the
@@ -94,8 +101,8 @@ def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box])
 
 @dataclass(frozen=True)
 class Verdict:
-    """One example's verdict, what decided it ("clean": misclassified at x itself, "ibp", "pgd", "lp" or
-    "milp"), the seconds it took, and the counterexample found."""
+    """One example's verdict, what decided it ("clean": misclassified at x itself, "ibp", "pgd", "lp", "milp"
+    or "overflow"), the seconds it took, and the counterexample found."""
 
     status: str
     decided_by: str
@@ -124,12 +131,15 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
 
     model64 = in_float64(model) if model64 is None else model64
     x32 = x.float()[None]
-    predicted = int(model(x32).argmax(dim=1))
-    if predicted != label:
+    logits = model(x32)
+    if not measure.clean_correct(logits, torch.tensor([label]))[0]:  # wrong, or not finite, at x itself
+        predicted = int(logits.argmax(dim=1)) if torch.isfinite(logits).all() else -1
         return Verdict("counterexample", "clean", elapsed(), Counterexample(index, label, x32[0], x32[0], predicted,
                                                                              "clean"))
     x64 = x32.double()
     gaps = allowance.certified_gap_bounds(model64, x64, ball, apart=True)
+    if allowance.voided(gaps.allowance)[0]:  # the program reasons in real arithmetic: no robust verdict
+        return Verdict("undecided", "overflow", elapsed())
     lower_gaps, lost = gaps.certified_lower()[0, label], gaps.allowance[0, label]
     rivals = [j for j in lower_gaps.argsort().tolist() if j != label and lower_gaps[j] <= 0]
     if not rivals:

@@ -52,6 +52,8 @@ class Box:
       errors      (2, n, units): [0] how far h as the network computes it (float32) can be from h in exact
                   arithmetic; [1] how far lower and upper, computed here in float64, can be from IBP's exact ends;
       magnitude   a bound on |h| and on its computed values;
+      overflow    per example (n,), whether some float32 quantity computed so far may overflow somewhere in the
+                  ball: where it may, errors[0] bounds nothing;
       error_norm  where tracked (deep nets in L2 and L1), a bound on the L2 norm of the vector whose entries
                   errors[0] bounds one by one.
     Always optional:
@@ -66,6 +68,7 @@ class Box:
     errors: torch.Tensor | None = None
     magnitude: torch.Tensor | None = None
     error_norm: torch.Tensor | None = None
+    overflow: torch.Tensor | None = None
     apart: torch.Tensor | None = None
     ball: Ball | None = None
     center: torch.Tensor | None = None
@@ -154,7 +157,7 @@ class Activation(Operator):
         if box.errors is None:
             return Box(lower, upper, point=point)
         errors, error_norm = self.rounding(box.errors, box.error_norm)
-        return tracked(lower, upper, errors, error_norm=error_norm, point=point)
+        return tracked(lower, upper, errors, error_norm=error_norm, overflow=box.overflow, point=point)
 
 
 class Normalise(Operator):
@@ -179,11 +182,13 @@ class Normalise(Operator):
         """Increasing in each pixel (std > 0): both ends map."""
         return self(lower), self(upper)
 
-    def rounding(self, box: Box, runs_in: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(errors, magnitude, error_norm) of the normalised box, for exact pixels and pixel-box ends within
-        errors[1] of exact ones: `rounding.normalisation_error` in the network's arithmetic `runs_in` and in
-        float64 for the box (plus the ends' own error over std); the error vector's L2 norm, where tracked, is
-        at most that of its bounds."""
+    def rounding(self, box: Box, runs_in: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(errors, magnitude, error_norm, overflow) of the normalised box, for exact pixels and pixel-box ends
+        within errors[1] of exact ones: `rounding.normalisation_error` in the network's arithmetic `runs_in` and
+        in float64 for the box (plus the ends' own error over std); the error vector's L2 norm, where tracked, is
+        at most that of its bounds; x - mean and its quotient may overflow where their bounds reach float32's
+        largest value."""
         f64, u = torch.float64, rounding.unit_roundoff(torch.float64)
         slack = box.errors[1]
         distance = (torch.maximum((box.lower - self.mean).abs(), (box.upper - self.mean).abs()) + slack) * (1 + 4 * u)
@@ -194,7 +199,8 @@ class Normalise(Operator):
         if box.error_norm is not None:
             pixels = box.lower.shape[1]
             error_norm = torch.linalg.vector_norm(errors[0], dim=1) * (1 + rounding.gamma(pixels + 2, f64))
-        return errors, magnitude, error_norm
+        overflow = box.overflow | rounding.overflows(torch.maximum(distance, magnitude), runs_in).any(dim=1)
+        return errors, magnitude, error_norm, overflow
 
     def propagate(self, box: Box, step: Step) -> Box:
         """The normalised box, ball, centre and point; its errors by `rounding` where they are tracked."""
@@ -204,8 +210,8 @@ class Normalise(Operator):
         point = None if box.point is None else self(box.point)
         if box.errors is None:
             return Box(lower, upper, ball=ball, center=center, point=point)
-        errors, magnitude, error_norm = self.rounding(box, step.runs_in)
-        return Box(lower, upper, errors, magnitude, error_norm, ball=ball, center=center, point=point)
+        errors, magnitude, error_norm, overflow = self.rounding(box, step.runs_in)
+        return Box(lower, upper, errors, magnitude, error_norm, overflow, ball=ball, center=center, point=point)
 
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """No variable: the wires stay the pixels, with the normalisation pending for the Linear layer after."""
@@ -277,6 +283,11 @@ class Linear(Operator, nn.Linear):
             return rounding.linear_error(self.weight, self.bias, magnitude, error, dtype, extra_roundings, extra), None
         return rounding.linear_error_with_norm(self.weight, self.bias, magnitude, error, error_norm, dtype, operator)
 
+    def overflow(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
+        """Per example, whether the layer's output, computed in `dtype` from inputs bounded by the box's
+        magnitude, may overflow somewhere in the ball, or anything before it may (`rounding.linear_overflows`)."""
+        return box.overflow | rounding.linear_overflows(self.weight, self.bias, box.magnitude, dtype)
+
     def own_error(self, box: Box, extra: torch.Tensor | float = 0.0) -> torch.Tensor:
         """How far `box_interval`, computed in float64, can be from its exact value, its ends being within
         errors[1] of exact ones: |W| errors[1] (the map moves each end by at most that), plus gamma_{n+8} of the
@@ -310,14 +321,15 @@ class Linear(Operator, nn.Linear):
         gives a reach and the box is no longer a ball's, the box cut to it (`cut_to_reach`)."""
         apart = None if step.compares is None or step.compares < 2 else self.apart(box, step.compares)
         lower, upper, ball_term = self.box_interval(box)
-        errors, error_norm = box.errors, box.error_norm
+        errors, error_norm, overflow = box.errors, box.error_norm, None
         if errors is not None:
             network, error_norm = self.rounding(errors[0], box.magnitude, step.runs_in, error_norm, step.operator)
             errors = torch.stack([network, self.own_error(box, ball_term)])
+            overflow = self.overflow(box, step.runs_in)
         point = None if box.point is None else self(box.point)
         if step.reach is not None and box.ball is None:
             lower, upper = cut_to_reach(lower, upper, point, errors[0], step.reach)
-        return tracked(lower, upper, errors, error_norm=error_norm, apart=apart, point=point)
+        return tracked(lower, upper, errors, error_norm=error_norm, overflow=overflow, apart=apart, point=point)
 
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """One variable per unit, equal to its affine function of the wires by one row each, bounded by the

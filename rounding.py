@@ -3,7 +3,10 @@
 The standard model of IEEE arithmetic with rounding to nearest: every
 operation returns (a op b)(1 + d), |d| <= u, the unit roundoff (2^-24 in
 float32, 2^-53 in float64), plus an absolute error of at most `underflow` when
-the result is subnormal or flushed to zero. A product of k factors
+the result is subnormal or flushed to zero, provided no result overflows: a
+result whose magnitude reaches the largest finite value can round to +-inf,
+and nothing after that is bounded. So every rule here holds only where
+`overflows` says no for every quantity the network computes. A product of k factors
 (1 + d_i)^(+-1) lies within 1 +- gamma_k, gamma_k = k u / (1 - k u). Hence a dot
 product of n terms plus a bias, summed in any order, with or without fused
 multiply-adds (as any BLAS does, in any batch), is off by at most
@@ -36,6 +39,22 @@ def underflow(dtype: torch.dtype) -> float:
     """Absolute error of one operation whose result is subnormal or flushed to zero: at most the
     smallest normal number, which covers gradual underflow and flush-to-zero alike."""
     return torch.finfo(dtype).tiny
+
+
+def overflows(bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Elementwise, whether a quantity whose exact value and every computed partial result are at most `bound`
+    in magnitude may round to +-inf in `dtype`: unless bound (1 + 2u) stays below the largest finite value, or
+    when the bound itself is not finite."""
+    return ~(bound * (1 + 2 * unit_roundoff(dtype)) < torch.finfo(dtype).max)
+
+
+def linear_overflows(weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype
+                     ) -> torch.Tensor:
+    """Per example (rows of `magnitude`), whether some unit of fl(W h + b) with |h| <= magnitude may overflow in
+    `dtype`: every product, and every partial sum in any order, is at most (|W| magnitude + |b|) (1 + gamma_{n+1})
+    in magnitude."""
+    total = (magnitude @ weight.abs().T + bias.abs()) * (1 + gamma(weight.shape[1] + 1, dtype))
+    return overflows(total, dtype).any(dim=1)
 
 
 def linear_error(
