@@ -35,7 +35,7 @@ import measure
 import milp
 from attacks import Counterexample
 from certificates import METHODS, RADIUS_DIGITS, Accuracy
-from checkpoints import Expected, load_checkpoint, write_csv
+from checkpoints import COUNTEREXAMPLE_FORMATS, Expected, load_checkpoint, write_counterexamples, write_csv
 from lipschitz import NORM_NAMES, Ball
 from measure import Row
 from mnist_data import PIXEL_RANGE, Split, load_mnist
@@ -103,8 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with HiGHS, L-inf only (default: %(default)s)")
     parser.add_argument("--time-limit", type=cli.positive_float, default=60.0, metavar="SECONDS",
                         help="lp, exact, best: time limit per example (default: %(default)s)")
-    parser.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE.png",
-                        help="draw up to 8 counterexamples found by PGD (--attack pgd) or by exact/best")
+    parser.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE",
+                        help="the counterexamples found by PGD (--attack pgd) or by exact/best: FILE.pt or FILE.npz "
+                             "holds every one's input, FILE.png draws up to 8")
     parser.add_argument("--norm", choices=lipschitz.NORMS, default="linf",
                         help="input norm of the ball (default: %(default)s)")
     parser.add_argument("--eps", type=cli.nonnegative_float, nargs="+", default=None, metavar="EPS",
@@ -144,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.save_adversarial is not None and args.attack == "none" and args.method not in ("exact", "best"):
         raise cli.UsageError("--save-adversarial draws counterexamples: add --attack pgd, or use --method exact "
                              "or best")
+    if args.save_adversarial is not None and args.save_adversarial.suffix not in (*COUNTEREXAMPLE_FORMATS, ".png"):
+        raise cli.UsageError(f"--save-adversarial {args.save_adversarial}: name a .pt or .npz file (the inputs) or "
+                             "a .png file (a picture)")
     outputs = [("--per-example", args.per_example), ("--save-adversarial", args.save_adversarial)]
     if args.eps is not None:
         outputs += [("--curves", args.curves), ("--curves", args.curves.with_suffix(".png"))]
@@ -185,7 +189,7 @@ def verify(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Bal
         print(f"wrote {args.per_example}")
     if args.save_adversarial is not None:
         found = [v.counterexample for v in verdicts if v.counterexample is not None and v.decided_by != "clean"]
-        draw(args.save_adversarial, found[:8], args.cert_magnitude)
+        save_counterexamples(args, found)
 
 
 def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain: str, time_limit: float) -> str:
@@ -212,9 +216,15 @@ def warn_overflow(count: int) -> None:
               "(a value near float32's largest)", file=sys.stderr)
 
 
-def draw(path: Path, counterexamples: list[Counterexample], eps: float) -> None:
-    grids.draw(path, counterexamples, eps)
-    print(f"wrote {path} ({len(counterexamples)} counterexamples)")
+def save_counterexamples(args: argparse.Namespace, found: list[Counterexample]) -> None:
+    """--save-adversarial: every counterexample's input (.pt, .npz), or a picture of the first 8 (.png)."""
+    path = args.save_adversarial
+    if path.suffix in COUNTEREXAMPLE_FORMATS:
+        write_counterexamples(path, found, args.cert_magnitude, args.norm)
+    else:
+        found = found[:8]
+        grids.draw(path, found, args.cert_magnitude)
+    print(f"wrote {path} ({len(found)} counterexamples)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,8 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         verify(args, model, test, ball)
         return
     methods = METHODS if args.method == "all" else (args.method,)
+    keep = None if args.save_adversarial is not None and args.save_adversarial.suffix != ".png" else 8
     rows = [measure.measure(model, test, ball.with_eps(eps), methods, args.attack, args.pgd_steps, args.pgd_restarts,
-                            args.seed) for eps in (args.eps or [args.cert_magnitude])]
+                            args.seed, keep) for eps in (args.eps or [args.cert_magnitude])]
     if args.eps is None and args.method != "all" and args.attack == "none":
         print(Accuracy(rows[0].clean, rows[0].certified[args.method]).lines())
     else:
@@ -247,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         write_per_example(args.per_example, test.to("cpu"), {k: v.cpu() for k, v in radii.items()}, methods, args.norm)
         print(f"wrote {args.per_example}")
     if args.save_adversarial is not None:
-        draw(args.save_adversarial, rows[0].counterexamples or [], args.cert_magnitude)
+        save_counterexamples(args, rows[0].counterexamples or [])
     broken = sum(sum(row.broken.values()) for row in rows if row.broken)
     if broken:
         print(f"error: pgd broke {broken} certified examples: a certificate is unsound", file=sys.stderr)

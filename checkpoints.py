@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from errors import ConfigError, Failure, OutputError
@@ -70,6 +71,27 @@ def write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
     text = io.StringIO(newline="")
     csv.writer(text).writerows(rows)
     atomic_write(path, lambda stream: stream.write(text.getvalue().encode()))
+
+
+COUNTEREXAMPLE_FORMATS = (".pt", ".npz")  # the inputs themselves; ".png" draws them (grids.py)
+
+
+def write_counterexamples(path: Path, found: Sequence[Any], eps: float, norm: str) -> None:
+    """Every counterexample's inputs, atomically: index, label, predicted class (n,), the perturbed input in
+    [0, 1] (n, 784, float32), the ball's radius and norm; `.pt` for torch.load(weights_only=True), `.npz` for
+    numpy.load. `found` holds `attacks.Counterexample` records."""
+    columns = {
+        "index": torch.tensor([c.index for c in found], dtype=torch.int64),
+        "label": torch.tensor([c.label for c in found], dtype=torch.int64),
+        "predicted": torch.tensor([c.predicted for c in found], dtype=torch.int64),
+        "input": (torch.stack([c.perturbed.flatten().cpu() for c in found]) if found
+                  else torch.zeros(0, 784)).to(torch.float32),
+    }
+    if path.suffix == ".pt":
+        atomic_write(path, lambda stream: torch.save({**columns, "radius": eps, "norm": norm}, stream))
+    else:
+        arrays = {name: value.numpy() for name, value in columns.items()}
+        atomic_write(path, lambda stream: np.savez(stream, **arrays, radius=np.float64(eps), norm=np.str_(norm)))
 
 
 def metrics_path(checkpoint: Path) -> Path:

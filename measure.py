@@ -231,9 +231,9 @@ class Row:
 
 
 def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...], attack: str = "none",
-            steps: int = 50, restarts: int = 5, seed: int = 0, keep: int = 8) -> Row:
+            steps: int = 50, restarts: int = 5, seed: int = 0, keep: int | None = 8) -> Row:
     """Certify every method in `ball` and, with attack "pgd", attack every example (certified ones too),
-    keeping the first `keep` counterexamples.
+    keeping the first `keep` counterexamples (None: every one).
 
     IBP and the attack both work in the ball cut to its domain; the Lipschitz
     certificates hold in the whole ball, which contains it.
