@@ -117,7 +117,7 @@ class Recipe:
             raise ConfigError(f"lr_drops must be epochs >= 1, got {list(self.lr_drops)}")
 
     @property
-    def eps(self) -> float:
+    def train_radius(self) -> float:
         """The radius the certificate-aware losses train at."""
         return self.cert_magnitude if self.train_eps is None else self.train_eps
 
@@ -129,7 +129,7 @@ class Recipe:
 
     def schedule(self, progress: float) -> Schedule:
         """The radius and clean weight after `progress` epochs (fractions included)."""
-        return Schedule.at(progress, self.eps, self.ramp_epochs, self.warmup_epochs, self.ramp_shape,
+        return Schedule.at(progress, self.train_radius, self.ramp_epochs, self.warmup_epochs, self.ramp_shape,
                            self.final_clean_weight)
 
     @classmethod
@@ -286,7 +286,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     device, so a step never waits on it.
     """
     recipe = run.recipe
-    schedule = schedule or Schedule.at(1.0, recipe.eps, 0.0)
+    schedule = schedule or Schedule.at(1.0, recipe.train_radius, 0.0)
     args = (x, y, recipe.loss, recipe.norm, recipe.lc_penalty, schedule, recipe.hinge_target)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=recipe.precision == "bfloat16"):
         if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics

@@ -67,10 +67,10 @@ def test_recipe_build_takes_defaults_then_the_file_then_the_flags(tmp_path):
     assert args.save_fn == "mine.p"
 
 
-def test_train_eps_defaults_to_the_certificates_radius():
-    assert Recipe(cert_magnitude=0.3).eps == 0.3
-    assert Recipe(cert_magnitude=0.3, train_eps=0.0).eps == 0.0
-    assert Recipe(cert_magnitude=0.3, train_eps=0.2).eps == 0.2
+def test_the_train_radius_is_train_eps_and_defaults_to_the_certificates_radius():
+    assert Recipe(cert_magnitude=0.3).train_radius == 0.3
+    assert Recipe(cert_magnitude=0.3, train_eps=0.0).train_radius == 0.0
+    assert Recipe(cert_magnitude=0.3, train_eps=0.2).train_radius == 0.2
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.json")), ids=lambda path: path.stem)
@@ -177,7 +177,7 @@ def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certifie
     split = small_split()
     before = [p.detach().clone() for p in run.model.parameters()]
     expected = batch_loss(run.model, split.images, split.labels, "ce", "linf", recipe.lc_penalty,
-                          Schedule(recipe.eps, 0.5))
+                          Schedule(recipe.train_radius, 0.5))
     loss, class_loss, errors, certified = train_step(run, split.images, split.labels).tolist()
     assert loss == pytest.approx(expected.loss.item()) and class_loss == pytest.approx(expected.class_loss.item())
     assert errors == (expected.logits.argmax(dim=1) != split.labels).sum().item()
