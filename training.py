@@ -21,7 +21,7 @@ from errors import ConfigError, Failure
 from groupsort import ACTIVATIONS
 from mnist_data import Split
 from models import BatchNormMLP, LipschitzMLP, MLPConfig
-from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
+from objectives import LOSSES, RAMP_SHAPES, LossFn, Objective, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 CONSTRAINTS = ("none", "linf-proj", "bjorck")
@@ -120,6 +120,10 @@ class Recipe:
     def train_radius(self) -> float:
         """The radius the certificate-aware losses train at."""
         return self.cert_magnitude if self.train_eps is None else self.train_eps
+
+    def objective(self) -> Objective:
+        """The part of the recipe that a batch's loss reads."""
+        return Objective(**{f.name: getattr(self, f.name) for f in fields(Objective)})
 
     def model_config(self) -> MLPConfig:
         return MLPConfig(hidden=self.hidden, activation=self.activation, group_size=self.group_size)
@@ -287,7 +291,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     """
     recipe = run.recipe
     schedule = schedule or Schedule.at(1.0, recipe.train_radius, 0.0)
-    args = (x, y, recipe.loss, recipe.norm, recipe.lc_penalty, schedule, recipe.hinge_target)
+    args = (x, y, recipe.objective(), schedule)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=recipe.precision == "bfloat16"):
         if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics
             loss, class_loss, logits, threshold = run.model.call_folded(run.loss_fn, *args)

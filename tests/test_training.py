@@ -18,7 +18,7 @@ import train_mnist
 from errors import ConfigError, Failure
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
-from objectives import LOSSES, Schedule, batch_loss
+from objectives import LOSSES, Objective, Schedule, batch_loss
 from training import PRECISIONS, RECIPES, Recipe, Run, compiled, read_recipe, recipe_path, train_epoch, train_step
 
 SMALL = MLPConfig(in_features=12, hidden=(8, 8), out_features=4, group_size=2)
@@ -176,8 +176,7 @@ def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certifie
     run = Run.start(recipe, torch.device("cpu"), config=SMALL)
     split = small_split()
     before = [p.detach().clone() for p in run.model.parameters()]
-    expected = batch_loss(run.model, split.images, split.labels, "ce", "linf", recipe.lc_penalty,
-                          Schedule(recipe.train_radius, 0.5))
+    expected = batch_loss(run.model, split.images, split.labels, recipe.objective(), Schedule(recipe.train_radius, 0.5))
     loss, class_loss, errors, certified = train_step(run, split.images, split.labels).tolist()
     assert loss == pytest.approx(expected.loss.item()) and class_loss == pytest.approx(expected.class_loss.item())
     assert errors == (expected.logits.argmax(dim=1) != split.labels).sum().item()
@@ -304,7 +303,7 @@ def test_the_compiled_loss_and_its_gradients_match_eager(loss):
     results = []
     for loss_fn in (batch_loss, compiled(batch_loss)):
         model.zero_grad()
-        value, class_loss, logits, threshold = loss_fn(model, x, y, loss, "linf", 0.01, schedule, 1.0)
+        value, class_loss, logits, threshold = loss_fn(model, x, y, Objective(loss, "linf", 0.01, 1.0), schedule)
         value.backward()
         results.append((value, class_loss, logits, threshold, *(p.grad for p in model.parameters())))
     for eager, fast in zip(*results):
@@ -329,7 +328,7 @@ def test_a_ramping_radius_does_not_recompile_every_step():
     loss_fn = compiled(batch_loss)
     counters.clear()
     for step in range(6):  # IBP at six different radii, as during --ramp-epochs
-        loss_fn(model, x, y, "ibp", "linf", 0.01, Schedule.at(step / 6, 0.1, 1.0), 1.0)
+        loss_fn(model, x, y, Objective("ibp", "linf", 0.01, 1.0), Schedule.at(step / 6, 0.1, 1.0))
     assert counters["stats"]["unique_graphs"] <= 2  # one specialised graph, then one general
 
 
@@ -342,7 +341,7 @@ def test_a_compile_failure_is_one_line_naming_the_flag(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     model, x, y = small_batch()
     with pytest.raises(Failure, match=r"^torch.compile failed \(no C\+\+ compiler found\): run without --compile$"):
-        compiled(batch_loss)(model, x, y, "ce", "linf", 0.01, Schedule.at(1, 0.1, 0), 1.0)
+        compiled(batch_loss)(model, x, y, Objective("ce", "linf", 0.01, 1.0), Schedule.at(1, 0.1, 0))
 
 
 def test_a_run_started_with_compile_uses_the_compiled_loss(monkeypatch):
