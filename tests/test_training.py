@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ from errors import ConfigError, Failure
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
 from objectives import LOSSES, Objective, Schedule, batch_loss
-from training import PRECISIONS, RECIPES, Recipe, Run, compiled, read_recipe, recipe_path, train_epoch, train_step
+from training import (PRECISIONS, RECIPES, Recipe, Run, Setting, compiled, read_recipe, recipe_path, train_epoch,
+                      train_step)
 
 SMALL = MLPConfig(in_features=12, hidden=(8, 8), out_features=4, group_size=2)
 
@@ -78,9 +80,7 @@ def test_every_recipe_file_builds_a_valid_recipe_and_model(path):
     entries = json.loads(path.read_text())
     assert recipe_path(path.stem) == path
     recipe = Recipe.build(recipe_path(path.stem))
-    for name, value in entries.items():
-        recorded = getattr(recipe, name)
-        assert (list(recorded) if name in ("hidden", "lr_drops") else recorded) == value
+    assert {name: recipe.to_dict()[name] for name in entries} == entries
     assert Recipe(**recipe.to_dict()) == recipe  # what a checkpoint records rebuilds the recipe
     assert json.loads(json.dumps(recipe.to_dict())) == recipe.to_dict()
     LipschitzMLP(recipe.model_config())  # the architecture can be built
@@ -115,8 +115,11 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"eps": 0.1}, "unknown entries ['eps']"),
     ({"lr_drops": 50}, "lr_drops must be a list of epochs, got 50"),
     ({"lr_drops": [0, 5]}, "lr_drops must be epochs >= 1"),
+    ({"hidden": [100, 0]}, "hidden must be widths >= 1, got [100, 0]"),
+    ({"seed": 0.5}, "seed must be an integer, got 0.5"),
+    ({"train_eps": None, "warmup_epochs": None}, "warmup_epochs must be a number, got None"),
     ({"ramp_shape": "cosine"}, "unknown ramp_shape 'cosine'"),
-    ({"final_clean_weight": 1.5}, "final_clean_weight must be in [0, 1]"),
+    ({"final_clean_weight": 1.5}, "final_clean_weight must be a finite number in [0, 1], got 1.5"),
     ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
     ({"warmup_epochs": "two"}, "warmup_epochs must be a number"),
     ({"batch_norm": 1}, "batch_norm must be true or false, got 1"),
@@ -127,6 +130,39 @@ def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
     path = write_recipe(tmp_path, entries)
     with pytest.raises(ConfigError, match=re.escape(message)):
         Recipe.build(path)
+
+
+def a_value_other_than_the_default(setting: Setting, default: Any) -> Any:
+    """A valid value of `setting` that is not `default`."""
+    if setting.kind is bool:
+        return not default
+    if setting.choices:
+        return next(choice for choice in reversed(setting.choices) if choice != default)
+    if setting.kind is tuple:
+        return (3, 4)
+    if setting.kind is int:
+        return default + 1
+    return 0.25 if setting.check == "unit" else (default or 0.0) + 0.5
+
+
+@pytest.mark.parametrize("name", list(Recipe.settings()))
+def test_every_setting_has_a_flag_in_every_spelling_that_sets_its_field_and_no_other(name):
+    setting, default = Recipe.settings()[name], getattr(Recipe(), name)
+    value = a_value_other_than_the_default(setting, default)
+    expected = replace(Recipe(), **{name: value})
+    for flag in setting.names(name):
+        given = [flag] if setting.kind is bool else [flag, setting.shown(value)]
+        assert train_mnist.parse_args(given)[0] == expected
+    if setting.kind is bool:
+        assert train_mnist.parse_args([f"--no-{setting.names(name)[0][2:]}"])[0] == Recipe()
+    assert name not in vars(train_mnist.parse_args([])[1])  # a flag not given leaves the recipe file's entry
+
+
+def test_list_flags_take_comma_separated_integers_and_lr_drops_takes_none():
+    recipe, _ = train_mnist.parse_args(["--hidden", "1024,1024", "--lr-drops", "50,55"])
+    assert recipe.hidden == (1024, 1024) and recipe.lr_drops == (50, 55)
+    recipe, _ = train_mnist.parse_args(["--recipe", "ibp-wide", "--lr-drops", "none"])
+    assert recipe.lr_drops == () and Recipe.build(recipe_path("ibp-wide")).lr_drops == (110, 125)
 
 
 def test_an_unreadable_or_missing_recipe_is_refused(tmp_path):
