@@ -129,7 +129,7 @@ def recipe_flag_type(setting: Setting) -> Callable[[str], Any]:
     if setting.kind is tuple:
         return {"widths": widths, "epochs": epochs}[setting.item]
     if setting.kind is int:
-        return positive_int if setting.check == "positive" else int
+        return {"": int, "positive": positive_int}[setting.check]
     return {"positive": positive_float, "nonnegative": nonnegative_float, "unit": unit_float}[setting.check]
 
 
