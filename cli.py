@@ -8,12 +8,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import torch
 
 from errors import Failure
 from groupsort import ACTIVATIONS
+
+if TYPE_CHECKING:
+    from training import Recipe, Setting
 
 EXIT_USAGE = 2  # bad input: arguments, data files, checkpoints, output folders
 
@@ -103,20 +106,31 @@ def epochs(text: str) -> tuple[int, ...]:
     return values
 
 
-def recipe_flag(group: argparse._ArgumentGroup) -> Callable[[str, Any, Any, str], None]:
-    """A function that adds one recipe flag to `group`: absent from the namespace unless given.
+def add_recipe_flags(group: argparse._ArgumentGroup, recipe: type[Recipe]) -> None:
+    """A flag for every setting of `recipe` (`training.Recipe.settings`), absent from the namespace unless given.
 
-    Its `kind` is a parser (type) or a tuple of choices; `default` is only shown
-    in the help, since the recipe's own default applies when the flag is not
-    given. An underscored flag also takes dashes (--lc_penalty, --lc-penalty).
+    The default is only shown in the help, since the recipe's own default (or its file's entry)
+    applies when the flag is not given.
     """
+    defaults = recipe()
+    for name, setting in recipe.settings().items():
+        help = f"{setting.help} (default: {setting.shown(getattr(defaults, name))})"
+        if setting.kind is bool:
+            parse: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
+        elif setting.choices:
+            parse = {"choices": setting.choices}
+        else:
+            parse = {"type": recipe_flag_type(setting)}
+        group.add_argument(*setting.names(name), dest=name, default=argparse.SUPPRESS, help=help, **parse)
 
-    def flag(name: str, kind: Any, default: Any, help: str) -> None:
-        names = [name, name.replace("_", "-")] if "_" in name else [name]
-        typing = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
-        group.add_argument(*names, default=argparse.SUPPRESS, help=f"{help} (default: {default})", **typing)
 
-    return flag
+def recipe_flag_type(setting: Setting) -> Callable[[str], Any]:
+    """The parser of a recipe flag's value: of its kind, and refusing what the setting's check refuses."""
+    if setting.kind is tuple:
+        return {"widths": widths, "epochs": epochs}[setting.item]
+    if setting.kind is int:
+        return {"": int, "positive": positive_int}[setting.check]
+    return {"positive": positive_float, "nonnegative": nonnegative_float, "unit": unit_float}[setting.check]
 
 
 def recipe_overrides(args: argparse.Namespace, recipe: type) -> dict[str, Any]:

@@ -48,6 +48,17 @@ LossFn = Callable[..., BatchLoss]  # batch_loss, or batch_loss under torch.compi
 RAMP_SHAPES = ("linear", "smooth")
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a batch's loss is: one of LOSSES, the norm of its bounds, the weight of the bound
+    penalty, and the hinge loss's target gap; the part of a `training.Recipe` that `batch_loss` reads."""
+
+    loss: str
+    norm: str
+    lc_penalty: float
+    hinge_target: float
+
+
 def ramp_share(fraction: float, shape: str, mid: float = 0.25, power: float = 4.0) -> float:
     """How far a ramp has gone, in [0, 1], at `fraction` of its length: linear, or smooth (auto_LiRPA's
     SmoothedScheduler: a * t^power up to `mid`, then the straight line that continues it with the same
@@ -96,11 +107,11 @@ def robust_loss(
     y: torch.Tensor,
     logits: torch.Tensor,
     bounds: lipschitz.LogitBounds,
-    loss: str,
+    objective: Objective,
     eps: float,
-    hinge_target: float,
 ) -> torch.Tensor:
     """The certificate-aware part of the objectives lmt, hinge and ibp, at radius eps."""
+    loss = objective.loss
     if loss == "ibp":
         gap_lower = ibp.gap_lower_bounds(model, x, Ball(bounds.norm, eps, PIXEL_RANGE))
         return F.cross_entropy(worst_case_logits(gap_lower, y), y)
@@ -110,7 +121,7 @@ def robust_loss(
         return F.cross_entropy(logits + eps * threshold, y)
     if loss == "hinge":
         label_gaps, others = certificates.gaps(logits, y)
-        shortfall = F.relu(hinge_target - (label_gaps - eps * threshold))
+        shortfall = F.relu(objective.hinge_target - (label_gaps - eps * threshold))
         return shortfall[others].view(len(y), -1).sum(dim=1).mean()
     raise ConfigError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
 
@@ -119,23 +130,20 @@ def batch_loss(
     model: LipschitzMLP,
     x: torch.Tensor,
     y: torch.Tensor,
-    loss: str,
-    norm: str,
-    lc_penalty: float,
+    objective: Objective,
     schedule: Schedule,
-    hinge_target: float = 1.0,
     logits: torch.Tensor | None = None,
 ) -> BatchLoss:
-    """One batch's objective `loss`, its clean cross-entropy, logits, and the global threshold.
+    """One batch's objective, its clean cross-entropy, logits, and the global threshold.
     `logits`: model(x), where the caller has computed it already (`models.BatchNormMLP.call_folded`)."""
     logits = model(x) if logits is None else logits
-    bounds = model.logit_bounds(norm, estimate=True, per_pair=loss in ("lmt", "hinge"))
-    penalty = lc_penalty * lipschitz.soft_max_penalty(bounds.per_logit)
+    bounds = model.logit_bounds(objective.norm, estimate=True, per_pair=objective.loss in ("lmt", "hinge"))
+    penalty = objective.lc_penalty * lipschitz.soft_max_penalty(bounds.per_logit)
     clean = F.cross_entropy(logits, y)
     threshold = certificates.global_threshold(bounds).detach()
-    if loss == "ce":
+    if objective.loss == "ce":
         return BatchLoss(clean + penalty, clean, logits, threshold)
-    robust = robust_loss(model, x, y, logits, bounds, loss, schedule.eps, hinge_target)
-    if loss == "ibp":
+    robust = robust_loss(model, x, y, logits, bounds, objective, schedule.eps)
+    if objective.loss == "ibp":
         robust = schedule.clean_weight * clean + (1 - schedule.clean_weight) * robust
     return BatchLoss(robust + penalty, clean, logits, threshold)

@@ -33,62 +33,25 @@ import certificates
 import measure
 import checkpoints
 import cli
-import lipschitz
 from certificates import Accuracy
 from lipschitz import Ball
-from groupsort import ACTIVATIONS
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 from models import LipschitzMLP
-from objectives import LOSSES, RAMP_SHAPES
-from training import CONSTRAINTS, PRECISIONS, NonFiniteError, Recipe, Run, recipe_path, train_epoch
+from training import NonFiniteError, Recipe, Run, recipe_path, train_epoch
 
 DRY_RUN_BATCHES = 3
-D = Recipe()  # the defaults shown by --help
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespace]:
     """The recipe (defaults, then --recipe's file, then the recipe flags given) and the run's options.
 
-    Long because it is the one flat list of the script's flags, read top to bottom.
+    The recipe flags come from the settings declared in `training.Recipe`, one per field.
     """
     parser = cli.Parser(description="Lipschitz-certified MNIST MLP (GroupSort or ReLU).")
     recipe = parser.add_argument_group("recipe (defaults: the original demo's)")
     recipe.add_argument("--recipe", default=None, metavar="NAME",
                         help="start from recipes/NAME.json (or a JSON file); the flags below override it")
-    flag = cli.recipe_flag(recipe)
-    flag("--batch-size", cli.positive_int, D.batch_size, "training batch size")
-    flag("--lr", cli.positive_float, D.lr, "Adam learning rate")
-    flag("--gamma", cli.positive_float, D.gamma, "learning-rate decay per epoch")
-    flag("--lr-drops", cli.epochs, "none", "multiply the learning rate by --lr-drop-factor after these epochs, e.g. 50,55")
-    flag("--lr-drop-factor", cli.positive_float, D.lr_drop_factor, "learning-rate factor of each drop")
-    flag("--grad-clip", cli.nonnegative_float, D.grad_clip, "clip the gradient to this L2 norm (0: no clipping)")
-    flag("--precision", PRECISIONS, D.precision, "arithmetic of a training step: bfloat16 runs it under torch.autocast "
-         "(faster matrix products where the processor has them); the saved network and its certificates are float32")
-    flag("--epochs", cli.positive_int, D.epochs, "training epochs")
-    flag("--lc_penalty", cli.nonnegative_float, D.lc_penalty, "weight of the soft-max logit-bound penalty")
-    flag("--cert_magnitude", cli.nonnegative_float, D.cert_magnitude,
-         "radius of the certificate in --norm, pixel units")
-    flag("--norm", lipschitz.NORMS, D.norm, "input norm of the penalised bound and of the certificate")
-    flag("--method", certificates.METHODS, D.method, "certificate rule of the final report, see certify.py")
-    flag("--loss", LOSSES, D.loss, "training objective, see objectives.py")
-    flag("--train-eps", cli.nonnegative_float, "--cert_magnitude", "radius the lmt, hinge and ibp losses train at")
-    flag("--warmup-epochs", cli.nonnegative_float, D.warmup_epochs, "epochs at training radius 0 before the ramp")
-    flag("--ramp-epochs", cli.nonnegative_float, D.ramp_epochs, "ramp the training radius up from 0 over this many epochs")
-    flag("--ramp-shape", RAMP_SHAPES, D.ramp_shape, "linear, or smooth: polynomial, then linear (auto_LiRPA)")
-    flag("--final-clean-weight", cli.unit_float, D.final_clean_weight,
-         "weight of the clean cross-entropy in the ibp loss once the radius is reached")
-    flag("--hinge-target", cli.positive_float, D.hinge_target, "target certified gap of the hinge loss")
-    flag("--constraint", CONSTRAINTS, D.constraint, "linf-proj: after every step, project each weight row onto "
-         "the L1 ball, so every layer's L-inf operator norm stays <= --constraint-radius; bjorck: start orthonormal "
-         "and take each weight back to orthonormal after every step, so every layer's L2 operator norm stays <= 1")
-    flag("--constraint-radius", cli.positive_float, D.constraint_radius, "L1 radius of the rows under linf-proj")
-    flag("--activation", ACTIVATIONS, D.activation, "activation")
-    flag("--group_size", cli.positive_int, D.group_size, "GroupSort group size")
-    flag("--hidden", cli.widths, "500", "hidden widths, e.g. 500 or 1024,1024")
-    recipe.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                        help="train with batch norm after every hidden Linear layer, folded into it for evaluation, "
-                             "saving and certificates (default: off)")
-    flag("--seed", int, D.seed, "random seed")
+    cli.add_recipe_flags(recipe, Recipe)
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                         help="train one model per seed, one after another, and report mean ± std")
     cli.add_data_flag(parser)

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -21,115 +21,186 @@ from errors import ConfigError, Failure
 from groupsort import ACTIVATIONS
 from mnist_data import Split
 from models import BatchNormMLP, LipschitzMLP, MLPConfig
-from objectives import LOSSES, RAMP_SHAPES, LossFn, Schedule, batch_loss
+from objectives import LOSSES, RAMP_SHAPES, LossFn, Objective, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 CONSTRAINTS = ("none", "linf-proj", "bjorck")
 PRECISIONS = ("float32", "bfloat16")  # of a training step's arithmetic, see `train_step`
 BJORCK_STEP_ITERATIONS = 1  # after each optimiser step, see `constrain_`
 
+Check = Literal["", "positive", "nonnegative", "unit"]
+CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {  # a number's check: its test, and the bound in words
+    "positive": (lambda value: value > 0 and math.isfinite(value), "> 0"),
+    "nonnegative": (lambda value: value >= 0 and math.isfinite(value), ">= 0"),
+    "unit": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one `Recipe` field is given and checked: the single declaration of a training setting.
+
+    The flag of train_mnist.py (`cli.add_recipe_flags`), the checks of a recipe file's entry and the
+    row of docs/usage.md's flag table (`recipe_flag_table`) all come from it.
+    """
+
+    kind: type  # int, float, bool, str (one of `choices`) or tuple (of ints)
+    help: str
+    check: Check = ""  # of a number, beside its kind; a tuple's entries are always >= 1
+    choices: tuple[str, ...] = ()
+    item: str = ""  # what a tuple's entries are: "widths" or "epochs" (its flag parser, see cli.py)
+    flags: tuple[str, ...] = ()  # the flag's spellings, where not --<field with dashes>
+    unset: str = ""  # where None is allowed: what it stands for, shown as the default
+
+    def names(self, field_name: str) -> tuple[str, ...]:
+        """The flag's spellings (a bool's --no- form aside, which argparse.BooleanOptionalAction adds)."""
+        return self.flags or (f"--{field_name.replace('_', '-')}",)
+
+    def shown(self, value: Any) -> str:
+        """A value as --help and the docs show a default."""
+        if value is None:
+            return self.unset
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, tuple):
+            return ",".join(map(str, value)) or "none"
+        return str(value)
+
+    def values(self) -> str:
+        """What the setting takes, in words: the values column of docs/usage.md's flag table."""
+        if self.choices:
+            return ", ".join(f"`{choice}`" for choice in self.choices)
+        if self.kind is bool:
+            return "on or off"
+        if self.kind is tuple:
+            return f"{self.item} >= 1, comma-separated"
+        number = "an integer" if self.kind is int else "a number"
+        return f"{number} {CHECKS[self.check][1]}" if self.check else number
+
+    def check_type(self, name: str, value: Any) -> None:
+        """A recipe file can hold any JSON type: a wrong one is refused here, not met later as a TypeError."""
+        integer = lambda item: isinstance(item, int) and not isinstance(item, bool)  # noqa: E731
+        if self.kind is tuple:
+            valid, wanted = isinstance(value, (list, tuple)) and all(map(integer, value)), f"a list of {self.item}"
+        elif self.kind is bool:
+            valid, wanted = isinstance(value, bool), "true or false"
+        elif self.kind is int:
+            valid, wanted = integer(value), "an integer"
+        elif self.kind is float:
+            valid = integer(value) or isinstance(value, float) or (value is None and bool(self.unset))
+            wanted = "a number"
+        else:
+            return  # a choice: checked among its names
+        if not valid:
+            raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+
+    def check_value(self, name: str, value: Any) -> None:
+        """A choice among the known ones, a number within its check, a tuple's entries >= 1."""
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(self.choices)}")
+        if self.kind is tuple and any(item < 1 for item in value):
+            raise ConfigError(f"{name} must be {self.item} >= 1, got {list(value)}")
+        if self.check and value is not None and not CHECKS[self.check][0](value):
+            raise ConfigError(f"{name} must be a finite number {CHECKS[self.check][1]}, got {value}")
+
+
+def setting(default: Any, kind: type, help: str, **details: Any) -> Any:
+    """A `Recipe` field with its default and its `Setting` (kind, help and the `details`: check, choices, ...)."""
+    return field(default=default, metadata={"setting": Setting(kind, help, **details)})
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that decides what a training run computes; the defaults are the original demo's."""
+    """Everything that decides what a training run computes; the defaults are the original demo's.
+
+    Each field declares its setting once (`setting`): its flag, checks and help come from there.
+    """
 
     # the network
-    hidden: tuple[int, ...] = (500,)
-    activation: str = "groupsort"
-    group_size: int = 10
-    batch_norm: bool = False  # after every hidden Linear layer in training, folded into it (models.BatchNormMLP)
+    hidden: tuple[int, ...] = setting((500,), tuple, "hidden widths, e.g. 500 or 1024,1024", item="widths")
+    activation: str = setting("groupsort", str, "activation", choices=ACTIVATIONS)
+    group_size: int = setting(10, int, "GroupSort group size", check="positive",
+                              flags=("--group_size", "--group-size"))
+    batch_norm: bool = setting(False, bool, "train with batch norm after every hidden Linear layer, folded into it "
+                               "for evaluation, saving and certificates")  # models.BatchNormMLP
     # the optimisation: Adam, the learning rate times gamma after every epoch and times lr_drop_factor
     # after each epoch listed in lr_drops; gradients clipped to grad_clip in L2 norm (0: not clipped)
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    gamma: float = 0.985
-    lr_drops: tuple[int, ...] = ()
-    lr_drop_factor: float = 0.2
-    grad_clip: float = 0.0
-    precision: str = "float32"  # of a step's objective: float32, or bfloat16 under torch.autocast
-    seed: int = 0
+    epochs: int = setting(100, int, "training epochs", check="positive")
+    batch_size: int = setting(128, int, "training batch size", check="positive")
+    lr: float = setting(1e-3, float, "Adam learning rate", check="positive")
+    gamma: float = setting(0.985, float, "learning-rate decay per epoch", check="positive")
+    lr_drops: tuple[int, ...] = setting((), tuple, "multiply the learning rate by --lr-drop-factor after these "
+                                        "epochs, e.g. 50,55", item="epochs")
+    lr_drop_factor: float = setting(0.2, float, "learning-rate factor of each drop", check="positive")
+    grad_clip: float = setting(0.0, float, "clip the gradient to this L2 norm (0: no clipping)", check="nonnegative")
+    precision: str = setting("float32", str, "arithmetic of a training step: bfloat16 runs it under torch.autocast "
+                             "(faster matrix products where the processor has them); the saved network and its "
+                             "certificates are float32", choices=PRECISIONS)
+    seed: int = setting(0, int, "random seed")
     # the objective (see objectives.py)
-    loss: str = "ce"
-    lc_penalty: float = 0.01
-    norm: str = "linf"
-    train_eps: float | None = None  # None: the certificate's radius, cert_magnitude
-    warmup_epochs: float = 0.0  # at radius 0, before the ramp
-    ramp_epochs: float = 0.0
-    ramp_shape: str = "linear"
-    final_clean_weight: float = 0.5  # of the ibp loss's clean part, reached with the radius
-    hinge_target: float = 1.0
-    constraint: str = "none"
-    constraint_radius: float = 1.0
+    loss: str = setting("ce", str, "training objective, see objectives.py", choices=LOSSES)
+    lc_penalty: float = setting(0.01, float, "weight of the soft-max logit-bound penalty", check="nonnegative",
+                                flags=("--lc_penalty", "--lc-penalty"))
+    norm: str = setting("linf", str, "input norm of the penalised bound and of the certificate",
+                        choices=lipschitz.NORMS)
+    train_eps: float | None = setting(None, float, "radius the lmt, hinge and ibp losses train at",
+                                      check="nonnegative", unset="--cert_magnitude")  # see `train_radius`
+    warmup_epochs: float = setting(0.0, float, "epochs at training radius 0 before the ramp", check="nonnegative")
+    ramp_epochs: float = setting(0.0, float, "ramp the training radius up from 0 over this many epochs",
+                                 check="nonnegative")
+    ramp_shape: str = setting("linear", str, "linear, or smooth: polynomial, then linear (auto_LiRPA)",
+                              choices=RAMP_SHAPES)
+    final_clean_weight: float = setting(0.5, float, "weight of the clean cross-entropy in the ibp loss once the "
+                                        "radius is reached", check="unit")
+    hinge_target: float = setting(1.0, float, "target certified gap of the hinge loss", check="positive")
+    constraint: str = setting("none", str, "linf-proj: after every step, project each weight row onto the L1 ball, "
+                              "so every layer's L-inf operator norm stays <= --constraint-radius; bjorck: start "
+                              "orthonormal and take each weight back to orthonormal after every step, so every "
+                              "layer's L2 operator norm stays <= 1", choices=CONSTRAINTS)
+    constraint_radius: float = setting(1.0, float, "L1 radius of the rows under linf-proj", check="positive")
     # the certificate of the final report
-    cert_magnitude: float = 0.1
-    method: str = "global"
+    cert_magnitude: float = setting(0.1, float, "radius of the certificate in --norm, pixel units",
+                                    check="nonnegative", flags=("--cert_magnitude", "--cert-magnitude"))
+    method: str = setting("global", str, "certificate rule of the final report, see certify.py",
+                          choices=certificates.METHODS)
 
     def __post_init__(self) -> None:
-        self.check_types()
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        object.__setattr__(self, "lr_drops", tuple(self.lr_drops))
-        self.check_values()
-
-    def check_types(self) -> None:
-        """A recipe file can hold any JSON type: a wrong one is refused here, not met later as a TypeError."""
-        integer = lambda value: isinstance(value, int) and not isinstance(value, bool)  # noqa: E731
-        if not isinstance(self.hidden, (list, tuple)) or not all(integer(width) for width in self.hidden):
-            raise ConfigError(f"hidden must be a list of widths, got {self.hidden!r}")
-        if not isinstance(self.lr_drops, (list, tuple)) or not all(integer(epoch) for epoch in self.lr_drops):
-            raise ConfigError(f"lr_drops must be a list of epochs, got {self.lr_drops!r}")
-        if not isinstance(self.batch_norm, bool):
-            raise ConfigError(f"batch_norm must be true or false, got {self.batch_norm!r}")
-        for name in ("group_size", "epochs", "batch_size", "seed"):
-            if not integer(getattr(self, name)):
-                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
-        for name in ("lr", "gamma", "lc_penalty", "train_eps", "ramp_epochs", "hinge_target", "constraint_radius",
-                     "cert_magnitude", "lr_drop_factor", "grad_clip", "warmup_epochs", "final_clean_weight"):
+        """Every field checked against its setting (a tuple's given as a list made a tuple), then the pairs."""
+        for name, declared in self.settings().items():
             value = getattr(self, name)
-            if not (integer(value) or isinstance(value, float) or (value is None and name == "train_eps")):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-
-    def check_values(self) -> None:
-        """Choices among the known ones, sizes and rates positive, radii and weights non-negative, all finite."""
-        for name, value, choices in (("activation", self.activation, ACTIVATIONS), ("loss", self.loss, LOSSES),
-                                     ("norm", self.norm, lipschitz.NORMS), ("method", self.method, certificates.METHODS),
-                                     ("constraint", self.constraint, CONSTRAINTS),
-                                     ("ramp_shape", self.ramp_shape, RAMP_SHAPES),
-                                     ("precision", self.precision, PRECISIONS)):
-            if value not in choices:
-                raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
-        numbers = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "gamma": self.gamma,
-                   "group_size": self.group_size, "hinge_target": self.hinge_target,
-                   "constraint_radius": self.constraint_radius, "lr_drop_factor": self.lr_drop_factor}
-        for name, value in numbers.items():
-            if not value > 0 or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("lc_penalty", "cert_magnitude", "ramp_epochs", "train_eps", "grad_clip", "warmup_epochs"):
-            value = getattr(self, name)
-            if value is not None and (not value >= 0 or not math.isfinite(value)):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0 <= self.final_clean_weight <= 1:
-            raise ConfigError(f"final_clean_weight must be in [0, 1], got {self.final_clean_weight}")
+            declared.check_type(name, value)
+            if declared.kind is tuple:
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            declared.check_value(name, value)
         if self.batch_norm and self.constraint != "none":
             raise ConfigError(f"batch_norm rescales every hidden layer, so constraint {self.constraint} would not "
                               "hold: use one of the two")
-        if any(epoch < 1 for epoch in self.lr_drops):
-            raise ConfigError(f"lr_drops must be epochs >= 1, got {list(self.lr_drops)}")
+
+    @classmethod
+    def settings(cls) -> dict[str, Setting]:
+        """Every field's setting, by field name, in the fields' order."""
+        return {f.name: f.metadata["setting"] for f in fields(cls)}
 
     @property
-    def eps(self) -> float:
+    def train_radius(self) -> float:
         """The radius the certificate-aware losses train at."""
         return self.cert_magnitude if self.train_eps is None else self.train_eps
+
+    def objective(self) -> Objective:
+        """The part of the recipe that a batch's loss reads."""
+        return Objective(**{f.name: getattr(self, f.name) for f in fields(Objective)})
 
     def model_config(self) -> MLPConfig:
         return MLPConfig(hidden=self.hidden, activation=self.activation, group_size=self.group_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "hidden": list(self.hidden), "lr_drops": list(self.lr_drops)}
+        """The recipe as JSON entries: tuples as lists."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
 
     def schedule(self, progress: float) -> Schedule:
         """The radius and clean weight after `progress` epochs (fractions included)."""
-        return Schedule.at(progress, self.eps, self.ramp_epochs, self.warmup_epochs, self.ramp_shape,
+        return Schedule.at(progress, self.train_radius, self.ramp_epochs, self.warmup_epochs, self.ramp_shape,
                            self.final_clean_weight)
 
     @classmethod
@@ -137,6 +208,20 @@ class Recipe:
         """The defaults, then the recipe file's entries, then `overrides` (the flags given)."""
         entries = {} if file is None else read_recipe(file)
         return cls(**{**entries, **overrides})
+
+
+def recipe_flag_table() -> str:
+    """The Markdown table of the recipe's flags that docs/usage.md holds between its recipe-flags markers."""
+    defaults = Recipe()
+    rows = ["| flag | recipe entry | default | values | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, declared in Recipe.settings().items():
+        names = declared.names(name)
+        if declared.kind is bool:
+            names += (f"--no-{names[0].removeprefix('--')}",)
+        flags = ", ".join(f"`{flag}`" for flag in names)
+        default = declared.shown(getattr(defaults, name))
+        rows.append(f"| {flags} | `{name}` | `{default}` | {declared.values()} | {declared.help} |")
+    return "\n".join(rows) + "\n"
 
 
 def recipe_path(name: str) -> Path:
@@ -286,8 +371,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     device, so a step never waits on it.
     """
     recipe = run.recipe
-    schedule = schedule or Schedule.at(1.0, recipe.eps, 0.0)
-    args = (x, y, recipe.loss, recipe.norm, recipe.lc_penalty, schedule, recipe.hinge_target)
+    schedule = schedule or Schedule.at(1.0, recipe.train_radius, 0.0)
+    args = (x, y, recipe.objective(), schedule)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=recipe.precision == "bfloat16"):
         if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics
             loss, class_loss, logits, threshold = run.model.call_folded(run.loss_fn, *args)

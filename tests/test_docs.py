@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OFFLINE_ENV, REPO, results
+from training import recipe_flag_table
 
 DOCUMENTS = ("README.md", "docs/usage.md")
 FIGURES = re.compile(r"^\s*(\d+\.\d{3}) / (\d+\.\d{3})\s*$")  # a comment: the two printed results
@@ -91,6 +92,14 @@ def test_a_documented_command_runs_as_written(document, command, comment, clone,
     figures = FIGURES.search(comment)
     if figures:
         assert results(run.stdout) == {"acc": float(figures[1]), "certified": float(figures[2])}
+
+
+def test_the_recipe_flag_table_of_the_usage_is_generated_from_the_recipes_declaration():
+    """docs/usage.md's table of recipe flags is `training.recipe_flag_table()`, between its two markers."""
+    usage = (REPO / "docs/usage.md").read_text()
+    tables = re.findall(r"<!-- recipe-flags:start -->\n(.*?)<!-- recipe-flags:end -->", usage, flags=re.S)
+    assert tables == [recipe_flag_table()], \
+        "regenerate it: python -c 'import training; print(training.recipe_flag_table(), end=\"\")'"
 
 
 def test_modules_import_only_the_modules_above_them_in_the_readme_layout():

@@ -15,7 +15,7 @@ from lipschitz import Ball, soft_max_penalty
 from mnist_data import PIXEL_RANGE
 from models import LipschitzMLP, MLPConfig
 from nets import seeds
-from objectives import LOSSES, BatchLoss, Schedule, batch_loss, ramp_share, worst_case_logits
+from objectives import LOSSES, BatchLoss, Objective, Schedule, batch_loss, ramp_share, worst_case_logits
 
 
 def small_model(seed: int = 0) -> LipschitzMLP:
@@ -75,9 +75,10 @@ def test_ibp_worst_case_at_zero_radius_is_the_clean_logits_shifted():
 def test_lmt_at_zero_radius_is_plain_cross_entropy_and_grows_with_the_radius():
     model = small_model()
     x, y = torch.rand(32, 12, dtype=torch.float64), torch.randint(0, 4, (32,))
-    plain, clean, _, _ = batch_loss(model, x, y, "lmt", "linf", 0.0, Schedule(0.0, 0.5))
+    lmt = Objective("lmt", "linf", 0.0, 1.0)
+    plain, clean, _, _ = batch_loss(model, x, y, lmt, Schedule(0.0, 0.5))
     assert torch.allclose(plain, clean)
-    larger = [batch_loss(model, x, y, "lmt", "linf", 0.0, Schedule(eps, 0.5)).loss for eps in (0.05, 0.1)]
+    larger = [batch_loss(model, x, y, lmt, Schedule(eps, 0.5)).loss for eps in (0.05, 0.1)]
     assert plain < larger[0] < larger[1]
 
 
@@ -89,9 +90,9 @@ def test_hinge_is_zero_exactly_when_every_certified_margin_reaches_the_target():
         # at a tiny target the certified margins at eps = 0 (the logit gaps) all clear it
         gaps = model(x).topk(2, dim=1).values
     target = float((gaps[:, 0] - gaps[:, 1]).min()) / 2
-    loss = batch_loss(model, x, y, "hinge", "linf", 0.0, Schedule(0.0, 0.5), hinge_target=target).loss
+    loss = batch_loss(model, x, y, Objective("hinge", "linf", 0.0, target), Schedule(0.0, 0.5)).loss
     assert loss == 0
-    loss = batch_loss(model, x, y, "hinge", "linf", 0.0, Schedule(0.0, 0.5), hinge_target=10 * target + 1).loss
+    loss = batch_loss(model, x, y, Objective("hinge", "linf", 0.0, 10 * target + 1), Schedule(0.0, 0.5)).loss
     assert loss > 0
 
 
@@ -99,7 +100,7 @@ def test_hinge_is_zero_exactly_when_every_certified_margin_reaches_the_target():
 def test_every_objective_trains_the_weights(loss):
     model = small_model()
     x, y = torch.rand(32, 12, dtype=torch.float64), torch.randint(0, 4, (32,))
-    value = batch_loss(model, x, y, loss, "linf", 0.01, Schedule(0.05, 0.5)).loss
+    value = batch_loss(model, x, y, Objective(loss, "linf", 0.01, 1.0), Schedule(0.05, 0.5)).loss
     value.backward()
     assert all(layer.weight.grad.abs().sum() > 0 for layer in model.linear_layers())
 
@@ -110,7 +111,7 @@ def test_batch_loss_reports_clean_loss_logits_and_the_penalty_bounds_global_thre
     from the same (estimated in l2) bounds, and carries no gradient."""
     model = small_model()
     x, y = torch.rand(32, 12, dtype=torch.float64), torch.randint(0, 4, (32,))
-    result = batch_loss(model, x, y, "ce", norm, 0.5, Schedule(0.1, 0.5))
+    result = batch_loss(model, x, y, Objective("ce", norm, 0.5, 1.0), Schedule(0.1, 0.5))
     assert isinstance(result, BatchLoss)
     bounds = model.logit_bounds(norm, estimate=True)
     with torch.no_grad():
@@ -128,4 +129,4 @@ def test_an_unknown_loss_is_refused():
     model = small_model()
     x, y = torch.rand(4, 12, dtype=torch.float64), torch.randint(0, 4, (4,))
     with pytest.raises(ConfigError, match="unknown loss 'xent'"):
-        batch_loss(model, x, y, "xent", "linf", 0.0, Schedule(0.1, 0.5))
+        batch_loss(model, x, y, Objective("xent", "linf", 0.0, 1.0), Schedule(0.1, 0.5))

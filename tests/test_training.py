@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,8 +19,9 @@ import train_mnist
 from errors import ConfigError, Failure
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
-from objectives import LOSSES, Schedule, batch_loss
-from training import PRECISIONS, RECIPES, Recipe, Run, compiled, read_recipe, recipe_path, train_epoch, train_step
+from objectives import LOSSES, Objective, Schedule, batch_loss
+from training import (PRECISIONS, RECIPES, Recipe, Run, Setting, compiled, read_recipe, recipe_path, train_epoch,
+                      train_step)
 
 SMALL = MLPConfig(in_features=12, hidden=(8, 8), out_features=4, group_size=2)
 
@@ -67,10 +69,10 @@ def test_recipe_build_takes_defaults_then_the_file_then_the_flags(tmp_path):
     assert args.save_fn == "mine.p"
 
 
-def test_train_eps_defaults_to_the_certificates_radius():
-    assert Recipe(cert_magnitude=0.3).eps == 0.3
-    assert Recipe(cert_magnitude=0.3, train_eps=0.0).eps == 0.0
-    assert Recipe(cert_magnitude=0.3, train_eps=0.2).eps == 0.2
+def test_the_train_radius_is_train_eps_and_defaults_to_the_certificates_radius():
+    assert Recipe(cert_magnitude=0.3).train_radius == 0.3
+    assert Recipe(cert_magnitude=0.3, train_eps=0.0).train_radius == 0.0
+    assert Recipe(cert_magnitude=0.3, train_eps=0.2).train_radius == 0.2
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.json")), ids=lambda path: path.stem)
@@ -78,9 +80,7 @@ def test_every_recipe_file_builds_a_valid_recipe_and_model(path):
     entries = json.loads(path.read_text())
     assert recipe_path(path.stem) == path
     recipe = Recipe.build(recipe_path(path.stem))
-    for name, value in entries.items():
-        recorded = getattr(recipe, name)
-        assert (list(recorded) if name in ("hidden", "lr_drops") else recorded) == value
+    assert {name: recipe.to_dict()[name] for name in entries} == entries
     assert Recipe(**recipe.to_dict()) == recipe  # what a checkpoint records rebuilds the recipe
     assert json.loads(json.dumps(recipe.to_dict())) == recipe.to_dict()
     LipschitzMLP(recipe.model_config())  # the architecture can be built
@@ -115,8 +115,11 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"eps": 0.1}, "unknown entries ['eps']"),
     ({"lr_drops": 50}, "lr_drops must be a list of epochs, got 50"),
     ({"lr_drops": [0, 5]}, "lr_drops must be epochs >= 1"),
+    ({"hidden": [100, 0]}, "hidden must be widths >= 1, got [100, 0]"),
+    ({"seed": 0.5}, "seed must be an integer, got 0.5"),
+    ({"train_eps": None, "warmup_epochs": None}, "warmup_epochs must be a number, got None"),
     ({"ramp_shape": "cosine"}, "unknown ramp_shape 'cosine'"),
-    ({"final_clean_weight": 1.5}, "final_clean_weight must be in [0, 1]"),
+    ({"final_clean_weight": 1.5}, "final_clean_weight must be a finite number in [0, 1], got 1.5"),
     ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
     ({"warmup_epochs": "two"}, "warmup_epochs must be a number"),
     ({"batch_norm": 1}, "batch_norm must be true or false, got 1"),
@@ -127,6 +130,39 @@ def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
     path = write_recipe(tmp_path, entries)
     with pytest.raises(ConfigError, match=re.escape(message)):
         Recipe.build(path)
+
+
+def a_value_other_than_the_default(setting: Setting, default: Any) -> Any:
+    """A valid value of `setting` that is not `default`."""
+    if setting.kind is bool:
+        return not default
+    if setting.choices:
+        return next(choice for choice in reversed(setting.choices) if choice != default)
+    if setting.kind is tuple:
+        return (3, 4)
+    if setting.kind is int:
+        return default + 1
+    return 0.25 if setting.check == "unit" else (default or 0.0) + 0.5
+
+
+@pytest.mark.parametrize("name", list(Recipe.settings()))
+def test_every_setting_has_a_flag_in_every_spelling_that_sets_its_field_and_no_other(name):
+    setting, default = Recipe.settings()[name], getattr(Recipe(), name)
+    value = a_value_other_than_the_default(setting, default)
+    expected = replace(Recipe(), **{name: value})
+    for flag in setting.names(name):
+        given = [flag] if setting.kind is bool else [flag, setting.shown(value)]
+        assert train_mnist.parse_args(given)[0] == expected
+    if setting.kind is bool:
+        assert train_mnist.parse_args([f"--no-{setting.names(name)[0][2:]}"])[0] == Recipe()
+    assert name not in vars(train_mnist.parse_args([])[1])  # a flag not given leaves the recipe file's entry
+
+
+def test_list_flags_take_comma_separated_integers_and_lr_drops_takes_none():
+    recipe, _ = train_mnist.parse_args(["--hidden", "1024,1024", "--lr-drops", "50,55"])
+    assert recipe.hidden == (1024, 1024) and recipe.lr_drops == (50, 55)
+    recipe, _ = train_mnist.parse_args(["--recipe", "ibp-wide", "--lr-drops", "none"])
+    assert recipe.lr_drops == () and Recipe.build(recipe_path("ibp-wide")).lr_drops == (110, 125)
 
 
 def test_an_unreadable_or_missing_recipe_is_refused(tmp_path):
@@ -176,8 +212,7 @@ def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certifie
     run = Run.start(recipe, torch.device("cpu"), config=SMALL)
     split = small_split()
     before = [p.detach().clone() for p in run.model.parameters()]
-    expected = batch_loss(run.model, split.images, split.labels, "ce", "linf", recipe.lc_penalty,
-                          Schedule(recipe.eps, 0.5))
+    expected = batch_loss(run.model, split.images, split.labels, recipe.objective(), Schedule(recipe.train_radius, 0.5))
     loss, class_loss, errors, certified = train_step(run, split.images, split.labels).tolist()
     assert loss == pytest.approx(expected.loss.item()) and class_loss == pytest.approx(expected.class_loss.item())
     assert errors == (expected.logits.argmax(dim=1) != split.labels).sum().item()
@@ -304,7 +339,7 @@ def test_the_compiled_loss_and_its_gradients_match_eager(loss):
     results = []
     for loss_fn in (batch_loss, compiled(batch_loss)):
         model.zero_grad()
-        value, class_loss, logits, threshold = loss_fn(model, x, y, loss, "linf", 0.01, schedule, 1.0)
+        value, class_loss, logits, threshold = loss_fn(model, x, y, Objective(loss, "linf", 0.01, 1.0), schedule)
         value.backward()
         results.append((value, class_loss, logits, threshold, *(p.grad for p in model.parameters())))
     for eager, fast in zip(*results):
@@ -329,7 +364,7 @@ def test_a_ramping_radius_does_not_recompile_every_step():
     loss_fn = compiled(batch_loss)
     counters.clear()
     for step in range(6):  # IBP at six different radii, as during --ramp-epochs
-        loss_fn(model, x, y, "ibp", "linf", 0.01, Schedule.at(step / 6, 0.1, 1.0), 1.0)
+        loss_fn(model, x, y, Objective("ibp", "linf", 0.01, 1.0), Schedule.at(step / 6, 0.1, 1.0))
     assert counters["stats"]["unique_graphs"] <= 2  # one specialised graph, then one general
 
 
@@ -342,7 +377,7 @@ def test_a_compile_failure_is_one_line_naming_the_flag(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     model, x, y = small_batch()
     with pytest.raises(Failure, match=r"^torch.compile failed \(no C\+\+ compiler found\): run without --compile$"):
-        compiled(batch_loss)(model, x, y, "ce", "linf", 0.01, Schedule.at(1, 0.1, 0), 1.0)
+        compiled(batch_loss)(model, x, y, Objective("ce", "linf", 0.01, 1.0), Schedule.at(1, 0.1, 0))
 
 
 def test_a_run_started_with_compile_uses_the_compiled_loss(monkeypatch):
