@@ -306,6 +306,8 @@ CERTIFY_CASES = {
                                  "--method lp verifies one radius: give --cert_magnitude, not --eps"),
     "a grid with nothing to draw": (lambda tmp, ckpt: ckpt, ["--save-adversarial", "x.png"],
                                     "--save-adversarial draws counterexamples: add --attack pgd"),
+    "counterexamples in an unknown format": (lambda tmp, ckpt: ckpt, ["--save-adversarial", "x.jpg", "--attack", "pgd"],
+                                             "--save-adversarial x.jpg: name a .pt or .npz file"),
     "zero time limit": (lambda tmp, ckpt: ckpt, ["--method", "exact", "--time-limit", "0"], "must be > 0"),
     "unknown norm": (lambda tmp, ckpt: ckpt, ["--norm", "l7"], "argument --norm: invalid choice: 'l7'"),
     "original demo with a NaN weight": (altered_original("inlayer.weight", with_nan), DEMO_FLAGS,
@@ -353,3 +355,38 @@ def test_certify_output_that_cannot_be_written_is_one_line(small_checkpoint, run
                      "--per-example", blocker / "radii.csv")
     assert_one_line_failure(run, f"{blocker / 'radii.csv'} cannot be written: {blocker} is a file")
     assert sorted(tmp_path.iterdir()) == [blocker]
+
+
+@pytest.mark.parametrize("suffix, flags", [(".pt", ["--method", "all", "--attack", "pgd", "--pgd-steps", "10",
+                                                     "--pgd-restarts", "1"]),
+                                            (".npz", ["--method", "best", "--pgd-steps", "10", "--pgd-restarts", "1",
+                                                      "--time-limit", "2"])])
+def test_saved_counterexamples_load_and_each_is_misclassified_inside_its_ball(suffix, flags, small_checkpoint,
+                                                                               run_script, mnist_root, tmp_path):
+    """Every counterexample found, not only the first 8: the file loads with torch.load(weights_only=True) or
+    numpy.load, and each input lies in the L-inf ball of its digit and in [0, 1], and the float32 network
+    predicts the recorded class there, not the label."""
+    path = tmp_path / f"found{suffix}"
+    run = run_script("certify.py", small_checkpoint, "--data-dir", mnist_root, "--cert_magnitude", "0.1",
+                     "--limit", "60", "--save-adversarial", path, *flags)
+    assert run.returncode == 0, run.stderr
+    if suffix == ".pt":
+        saved = torch.load(path, weights_only=True)
+    else:
+        import numpy as np
+
+        saved = {name: torch.as_tensor(value) if value.dtype != np.str_ else str(value)
+                 for name, value in np.load(path).items()}
+    count = len(saved["index"])
+    assert f"wrote {path} ({count} counterexamples)" in run.stdout and count > 8
+    assert float(saved["radius"]) == 0.1 and str(saved["norm"]) == "linf"
+    model = load_checkpoint(small_checkpoint).model
+    (test,) = load_mnist(mnist_root, splits=("test",))
+    inputs = saved["input"]
+    assert inputs.dtype == torch.float32 and inputs.shape == (count, 784)
+    originals = test.images[saved["index"]]
+    assert ((inputs.double() - originals.double()).abs().amax(dim=1) <= 0.1).all() and ((inputs >= 0) & (inputs <= 1)).all()
+    assert torch.equal(test.labels[saved["index"]], saved["label"])
+    with torch.no_grad():
+        predicted = model(inputs).argmax(dim=1)
+    assert torch.equal(predicted, saved["predicted"]) and (predicted != saved["label"]).all()
