@@ -22,7 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_TESTS = ["tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_operators.py", "tests/test_groupsort.py",
-              "tests/test_models.py", "tests/test_ibp.py", "tests/test_certificates.py", "tests/test_milp.py"]
+              "tests/test_models.py", "tests/test_ibp.py", "tests/test_certificates.py", "tests/test_overflow.py",
+              "tests/test_milp.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
 MUTANTS = [
@@ -117,14 +118,28 @@ MUTANTS = [
     # Sound in floating point: every allowance for rounding is needed.
     ("rounding.py", "count = weight.shape[1] + 1 + extra_roundings", "count = 2 + extra_roundings",
      "a dot product's rounding bounded as if it had two terms"),
-    ("allowance.py", "return (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
-     "return 0 * (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
+    ("allowance.py", "lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
+     "lost = 0 * (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
      "the Lipschitz methods without the float32 allowance"),
     ("allowance.py", "return self.lower - self.allowance", "return self.lower - 0 * self.allowance",
      "IBP without the float32 allowance"),
     ("lipschitz.py", "return (top / bottom).sqrt() * (1 + 4 * rounding.unit_roundoff(f64))",
      "return (top / bottom).sqrt() * (1 - 1e-9)", "spectral norm a relative 1e-9 below its upper bound"),
     ("certificates.py", "if float(written) > value:", "if False:", "radii rounded to nearest, not down"),
+    # No certificate without a finite network: overflow in each operator, non-finite logits at x, the verifier.
+    ("rounding.py", "return ~(bound * (1 + 2 * unit_roundoff(dtype)) < torch.finfo(dtype).max)",
+     "return ~(bound * (1 + 2 * unit_roundoff(dtype)) < 1.02 * torch.finfo(dtype).max)",
+     "overflow checked 2 % past float32's largest value"),
+    ("operators.py", "return box.overflow | rounding.linear_overflows(self.weight, self.bias, box.magnitude, dtype)",
+     "return box.overflow", "Linear: rounding rule without its overflow check"),
+    ("operators.py", "overflow = box.overflow | rounding.overflows(torch.maximum(distance, magnitude), runs_in).any(dim=1)",
+     "overflow = box.overflow", "Normalise: rounding rule without its overflow check"),
+    ("allowance.py", "return torch.where(overflow.view(-1, *[1] * (allowance.ndim - 1)), torch.inf, allowance)",
+     "return allowance", "an allowance that may overflow, not voided"),
+    ("measure.py", "return (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)",
+     "return logits.argmax(dim=1) == labels", "non-finite logits at x counted clean"),
+    ("milp.py", "if allowance.voided(gaps.allowance)[0]:", "if False:",
+     "exact verification of a net that may overflow"),
     # Deep nets in L2 and L1: the error vector's L2 norm.
     ("rounding.py", "error_norm[:, None] * rows * grow)", "0.98 * error_norm[:, None] * rows * grow)",
      "a unit's carried error 2 % below ||w||_2 times the error vector's L2 norm"),

@@ -114,3 +114,23 @@ def test_certify_cli_warns_once_and_certifies_nothing_that_may_overflow(run_scri
     assert 0 < count <= 200
     table = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines()[2:]}
     assert all(float(table[m][1]) <= 100 * (200 - count) / 200 for m in METHODS)
+
+
+def test_an_overflow_in_the_normalisation_voids_every_certificate():
+    """std = 2e-39: (x - 0) / std is 3e38 at a pixel of 0.6 and past float32's largest value at 0.7, while the
+    first layer scales it back to about 3; in exact arithmetic every rule certifies the L-inf 0.1 ball."""
+    model = LipschitzMLP(MLPConfig(hidden=(10,), activation="relu", mean=0.0, std=2e-39))
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model.layers[0].weight[0, STROKE[0]] = 1e-38
+        model.layers[2].weight[LABEL, 0] = -1.0
+        model.layers[2].bias[LABEL] = 10.0
+    x, labels = digit(), torch.tensor([LABEL])
+    raised = x.clone()
+    raised[0, STROKE[0]] += 0.1
+    with torch.no_grad():
+        assert model(x).argmax().item() == LABEL and model(raised).argmax().item() != LABEL
+    masks = measure.certify_split(model.eval(), Split(x, labels), Ball("linf", 0.1, PIXEL_RANGE), METHODS)
+    assert masks["clean"].item() and masks["overflow"].item() and not any(masks[m].item() for m in METHODS)
