@@ -11,6 +11,7 @@ prints the same two lines as the end of `train_mnist.py`. Beside them:
     python certify.py CKPT --method exact --limit 100         # exact verification (MILP on HiGHS)
     python certify.py CKPT --method exact --shard 3/16 --per-example s3.csv   # one shard of a run
     python certify.py --merge exact.csv s0.csv s1.csv ...     # the shards' CSVs joined: the whole run's
+    python certify.py CKPT --export-vnnlib bench --limit 100  # ONNX and VNN-LIB for other verifiers
 
 The methods are those of `certificates.py` and, for lp, exact and best, of `milp.py`;
 the measurements are `measure.py`'s; this script parses, calls them and prints.
@@ -118,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar=("OUT.csv", "SHARD.csv"),
                         help="instead of certifying: join the --per-example CSVs of a run's shards into OUT.csv, "
                              "the unsharded run's table (give no checkpoint)")
+    parser.add_argument("--export-vnnlib", type=Path, default=None, metavar="DIR",
+                        help="instead of certifying: write DIR/network.onnx, DIR/prop_<index>.vnnlib for every test "
+                             "digit (the L-inf ball of --cert_magnitude) and DIR/instances.csv (--time-limit each)")
+    parser.add_argument("--export-simplify", action="store_true",
+                        help="with --export-vnnlib, ReLU nets: drop the units dead on [0, 1]^784, scale every kept "
+                             "unit's row to L1 norm 1 (what Marabou needs)")
     parser.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE",
                         help="the counterexamples found by PGD (--attack pgd) or by exact/best: FILE.pt or FILE.npz "
                              "holds every one's input, FILE.png draws up to 8")
@@ -158,6 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise cli.UsageError(f"{flag} applies to --method lp, exact and best, not {args.method}")
     if args.workers is None:
         args.workers = cli.cores()
+    if args.export_simplify and args.export_vnnlib is None:
+        raise cli.UsageError("--export-simplify simplifies the network that --export-vnnlib DIR writes: add it")
+    if args.export_vnnlib is not None:
+        check_export(args)
     if args.eps is not None and args.cert_magnitude is not None:
         raise cli.UsageError("give one radius with --cert_magnitude or several with --eps, not both")
     if args.cert_magnitude is None:
@@ -192,6 +203,27 @@ def check_merge(args: argparse.Namespace) -> None:
     if out.resolve() in {path.resolve() for path in inputs}:
         raise cli.UsageError(f"--merge {out}: the output is also one of the shards")
     cli.check_output_file(out, "--merge")
+
+
+def check_export(args: argparse.Namespace) -> None:
+    """--export-vnnlib DIR: one radius in L-inf, and a folder that can be written."""
+    if args.norm != "linf" or args.eps is not None:
+        raise cli.UsageError("--export-vnnlib writes L-inf boxes of one radius: give --norm linf and --cert_magnitude")
+    if args.export_vnnlib.exists() and not args.export_vnnlib.is_dir():
+        raise cli.UsageError(f"--export-vnnlib {args.export_vnnlib} is a file: give a folder")
+    cli.check_output_file(args.export_vnnlib / "instances.csv", "--export-vnnlib")
+
+
+def export_benchmark(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Ball) -> None:
+    """--export-vnnlib DIR: the network as ONNX (simplified with --export-simplify), a VNN-LIB property per digit
+    and instances.csv (`export.write_benchmark`)."""
+    import export  # onnx is needed only here
+
+    model = model.cpu()
+    if args.export_simplify:
+        model = export.simplified(model)
+    written = export.write_benchmark(args.export_vnnlib, model, test, list(range(len(test))), ball, args.time_limit)
+    print(f"wrote {written.network}, {len(written.properties)} properties and {written.instances}")
 
 
 def merge(args: argparse.Namespace) -> None:
@@ -310,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
                              f"but MNIST images have {test.images.shape[1]} pixels")
     model, test = checkpoint.model.to(device), test.to(device)
     ball = Ball(args.norm, args.cert_magnitude, DOMAINS[args.domain])
+    if args.export_vnnlib is not None:
+        export_benchmark(args, model, test, ball)
+        return
     if args.method in milp.METHODS:
         verify(args, model, shard_of(test.to("cpu"), args.shard), ball)
         return

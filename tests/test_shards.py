@@ -12,8 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import certify
-import cli
-from conftest import assert_one_line_failure
+from conftest import assert_one_line_failure, run_in_process
 from shards import Shard, record_path
 
 RUN = ["--activation", "relu", "--method", "exact", "--limit", "9", "--cert_magnitude", "0.06", "--workers", "1"]
@@ -33,14 +32,7 @@ def test_a_shard_outside_zero_to_n_or_not_k_slash_n_is_refused(text):
 
 
 def run_certify(capsys, *argv: str | Path) -> tuple[int, str, str]:
-    """certify.py in this process, as its command line runs it: (exit status, stdout, stderr)."""
-    status = 0
-    try:
-        cli.run(lambda: certify.main([str(word) for word in argv]))
-    except SystemExit as exit:
-        status = exit.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_in_process(certify.main, list(argv), capsys)
 
 
 def one_line(status: int, err: str, fragment: str) -> None:
