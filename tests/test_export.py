@@ -148,3 +148,17 @@ def test_export_misuses_are_refused_in_one_line(flags, fragment, original_demo, 
     argv = [checkpoint, "--data-dir", mnist_root, "--limit", "2", *[f.format(tmp=tmp_path) for f in flags]]
     status, _, err = run_in_process(certify.main, argv, capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_an_operator_without_an_onnx_rule_is_refused_before_anything_is_written(tmp_path):
+    import export
+    from operators import Activation, MissingRule
+
+    class Square(Activation):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * x
+
+    model = LipschitzMLP(MLPConfig(in_features=4, hidden=(2,), out_features=2, activation="relu"))
+    model.layers[1] = Square()
+    with pytest.raises(MissingRule, match="ONNX export needs the onnx rule of every layer, and Square has none"):
+        export.onnx_model(model)
