@@ -9,6 +9,9 @@ prints the same two lines as the end of `train_mnist.py`. Beside them:
     python certify.py CKPT --method all --eps 0 0.05 0.1      # radius curves: CSV and PNG
     python certify.py CKPT --method all --per-example r.csv   # certified radius of every example
     python certify.py CKPT --method exact --limit 100         # exact verification (MILP on HiGHS)
+    python certify.py CKPT --method exact --shard 3/16 --per-example s3.csv   # one shard of a run
+    python certify.py --merge exact.csv s0.csv s1.csv ...     # the shards' CSVs joined: the whole run's
+    python certify.py CKPT --export-vnnlib bench --limit 100  # ONNX and VNN-LIB for other verifiers
 
 The methods are those of `certificates.py` and, for lp, exact and best, of `milp.py`;
 the measurements are `measure.py`'s; this script parses, calls them and prints.
@@ -24,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +37,7 @@ import grids
 import lipschitz
 import measure
 import milp
+import shards
 from attacks import Counterexample
 from certificates import METHODS, RADIUS_DIGITS, Accuracy
 from checkpoints import COUNTEREXAMPLE_FORMATS, Expected, load_checkpoint, write_counterexamples, write_csv
@@ -40,6 +45,7 @@ from lipschitz import NORM_NAMES, Ball
 from measure import Row
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 from models import LipschitzMLP
+from shards import Record, Shard
 
 # Where IBP and the attack look: valid images only (the ball cut to [0, 1]), or the whole ball.
 DOMAINS = {"pixels": PIXEL_RANGE, "ball": None}
@@ -95,7 +101,8 @@ def write_per_example(path: Path, split: Split, radii: dict[str, torch.Tensor], 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags; long because it is the one flat list of them, read top to bottom."""
     parser = cli.Parser(description="Certify a saved Lipschitz MLP on the MNIST test set.")
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint from train_mnist.py or the original demo")
+    parser.add_argument("checkpoint", type=Path, nargs="?", default=None,
+                        help="a checkpoint from train_mnist.py or the original demo")
     parser.add_argument("--cert_magnitude", "--cert-magnitude", type=cli.nonnegative_float, default=None,
                         help="radius in pixel units, in --norm (default: 0.1)")
     parser.add_argument("--method", choices=(*METHODS, "all", *milp.METHODS), default="global",
@@ -103,6 +110,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with HiGHS, L-inf only (default: %(default)s)")
     parser.add_argument("--time-limit", type=cli.positive_float, default=60.0, metavar="SECONDS",
                         help="lp, exact, best: time limit per example (default: %(default)s)")
+    parser.add_argument("--workers", type=cli.positive_int, default=None, metavar="N",
+                        help="lp, exact, best: verify N examples at once, in N processes (default: every core "
+                             "this process may use)")
+    parser.add_argument("--shard", type=cli.shard, default=None, metavar="K/N",
+                        help="lp, exact, best: only every N-th test digit from digit K; --merge joins the shards' "
+                             "--per-example CSVs")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar=("OUT.csv", "SHARD.csv"),
+                        help="instead of certifying: join the --per-example CSVs of a run's shards into OUT.csv, "
+                             "the unsharded run's table (give no checkpoint)")
+    parser.add_argument("--export-vnnlib", type=Path, default=None, metavar="DIR",
+                        help="instead of certifying: write DIR/network.onnx, DIR/prop_<index>.vnnlib for every test "
+                             "digit (the L-inf ball of --cert_magnitude) and DIR/instances.csv (--time-limit each)")
+    parser.add_argument("--export-simplify", action="store_true",
+                        help="with --export-vnnlib, ReLU nets: drop the units dead on [0, 1]^784, scale every kept "
+                             "unit's row to L1 norm 1 (what Marabou needs)")
     parser.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE",
                         help="the counterexamples found by PGD (--attack pgd) or by exact/best: FILE.pt or FILE.npz "
                              "holds every one's input, FILE.png draws up to 8")
@@ -133,6 +155,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="input normalisation std; must match a checkpoint's (original demo: 1)")
     cli.add_device_flags(parser)
     args = parser.parse_args(argv)
+    if args.merge is not None:
+        check_merge(args)
+        return args
+    if args.checkpoint is None:
+        raise cli.UsageError("give a checkpoint to certify, or --merge OUT.csv SHARD.csv ... to join shards")
+    for flag, value in (("--workers", args.workers), ("--shard", args.shard)):
+        if value is not None and args.method not in milp.METHODS:
+            raise cli.UsageError(f"{flag} applies to --method lp, exact and best, not {args.method}")
+    if args.workers is None:
+        args.workers = cli.cores()
+    if args.export_simplify and args.export_vnnlib is None:
+        raise cli.UsageError("--export-simplify simplifies the network that --export-vnnlib DIR writes: add it")
+    if args.export_vnnlib is not None:
+        check_export(args)
     if args.eps is not None and args.cert_magnitude is not None:
         raise cli.UsageError("give one radius with --cert_magnitude or several with --eps, not both")
     if args.cert_magnitude is None:
@@ -157,6 +193,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_merge(args: argparse.Namespace) -> None:
+    """--merge OUT.csv SHARD.csv ...: an output, at least one shard, none the output, and nothing to certify."""
+    if args.checkpoint is not None:
+        raise cli.UsageError("--merge joins shard CSVs and certifies nothing: give no checkpoint")
+    if len(args.merge) < 2:
+        raise cli.UsageError("--merge OUT.csv SHARD.csv ...: name the output, then every shard's CSV")
+    out, *inputs = args.merge
+    if out.resolve() in {path.resolve() for path in inputs}:
+        raise cli.UsageError(f"--merge {out}: the output is also one of the shards")
+    cli.check_output_file(out, "--merge")
+
+
+def check_export(args: argparse.Namespace) -> None:
+    """--export-vnnlib DIR: one radius in L-inf, and a folder that can be written."""
+    if args.norm != "linf" or args.eps is not None:
+        raise cli.UsageError("--export-vnnlib writes L-inf boxes of one radius: give --norm linf and --cert_magnitude")
+    if args.export_vnnlib.exists() and not args.export_vnnlib.is_dir():
+        raise cli.UsageError(f"--export-vnnlib {args.export_vnnlib} is a file: give a folder")
+    cli.check_output_file(args.export_vnnlib / "instances.csv", "--export-vnnlib")
+
+
+def export_benchmark(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Ball) -> None:
+    """--export-vnnlib DIR: the network as ONNX (simplified with --export-simplify), a VNN-LIB property per digit
+    and instances.csv (`export.write_benchmark`)."""
+    import export  # onnx is needed only here
+
+    model = model.cpu()
+    if args.export_simplify:
+        model = export.simplified(model)
+    written = export.write_benchmark(args.export_vnnlib, model, test, list(range(len(test))), ball, args.time_limit)
+    print(f"wrote {written.network}, {len(written.properties)} properties and {written.instances}")
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Join the shards' CSVs (`shards.merge`) into OUT.csv, with the whole run's record beside it."""
+    out, *inputs = args.merge
+    rows, record = shards.merge(inputs)
+    shards.write_with_record(out, rows, record)
+    print(f"wrote {out} ({len(rows) - 1} digits from {len(inputs)} shards)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The digits that a run certifies: the test split, or one shard of it, with their indices in it."""
+
+    test: Split
+    indices: list[int]
+    digits: int  # of the whole run, every shard together
+    shard: Shard
+
+
+def shard_of(test: Split, shard: Shard | None) -> Run:
+    """The digits of `shard` (all of them without one)."""
+    shard = shard or Shard()
+    indices = list(shard.positions(len(test)))
+    return Run(Split(test.images[indices], test.labels[indices]), indices, len(test), shard)
+
+
 def expected(args: argparse.Namespace) -> Expected:
     """What the flags say the checkpoint holds."""
     normalisation = None if args.mean is None and args.std is None else (
@@ -175,18 +269,24 @@ def write_curves(args: argparse.Namespace, rows: list[Row], methods: tuple[str, 
     print(f"wrote {args.curves} and {args.curves.with_suffix('.png')}")
 
 
-def verify(args: argparse.Namespace, model: LipschitzMLP, test: Split, ball: Ball) -> None:
+def verify(args: argparse.Namespace, model: LipschitzMLP, run: Run, ball: Ball) -> None:
     """lp, exact or best: a verdict per example, a table of their counts, and the files asked for."""
+    test = run.test
     verdicts = milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps,
-                                 args.pgd_restarts, args.seed, progress=sys.stderr.isatty())
+                                 args.pgd_restarts, args.seed, progress=sys.stderr.isatty(), workers=args.workers,
+                                 indices=run.indices)
     print(verdict_table(verdicts, args.method, ball, len(test), args.domain, args.time_limit))
     warn_overflow(sum(v.decided_by == "overflow" for v in verdicts))
     if args.per_example is not None:
-        write_csv(args.per_example, [["index", "label", "verdict", "decided_by", "seconds", "predicted"],
-                                     *([i, int(y), v.status, v.decided_by, f"{v.seconds:.4f}",
-                                        "" if v.counterexample is None else v.counterexample.predicted]
-                                       for i, (y, v) in enumerate(zip(test.labels.tolist(), verdicts)))])
-        print(f"wrote {args.per_example}")
+        rows = [["index", "label", "verdict", "decided_by", "seconds", "predicted"],
+                *([i, int(y), v.status, v.decided_by, f"{v.seconds:.4f}",
+                   "" if v.counterexample is None else v.counterexample.predicted]
+                  for i, y, v in zip(run.indices, test.labels.tolist(), verdicts))]
+        record = Record(shards.sha256_of(args.checkpoint), args.cert_magnitude, args.norm, args.domain, args.method,
+                        args.time_limit, args.pgd_steps, args.pgd_restarts, args.seed, run.digits,
+                        shards.code_version(Path(__file__).resolve().parent), str(run.shard))
+        shards.write_with_record(args.per_example, rows, record)
+        print(f"wrote {args.per_example} and {shards.record_path(args.per_example)}")
     if args.save_adversarial is not None:
         found = [v.counterexample for v in verdicts if v.counterexample is not None and v.decided_by != "clean"]
         save_counterexamples(args, found)
@@ -229,6 +329,9 @@ def save_counterexamples(args: argparse.Namespace, found: list[Counterexample]) 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge is not None:
+        merge(args)
+        return
     device = cli.pick_device(args.device, args.no_cuda)
     checkpoint = load_checkpoint(args.checkpoint, expected(args))
     (test,) = load_mnist(args.data_dir, splits=("test",))
@@ -239,8 +342,11 @@ def main(argv: list[str] | None = None) -> None:
                              f"but MNIST images have {test.images.shape[1]} pixels")
     model, test = checkpoint.model.to(device), test.to(device)
     ball = Ball(args.norm, args.cert_magnitude, DOMAINS[args.domain])
+    if args.export_vnnlib is not None:
+        export_benchmark(args, model, test, ball)
+        return
     if args.method in milp.METHODS:
-        verify(args, model, test, ball)
+        verify(args, model, shard_of(test.to("cpu"), args.shard), ball)
         return
     methods = METHODS if args.method == "all" else (args.method,)
     keep = None if args.save_adversarial is not None and args.save_adversarial.suffix != ".png" else 8

@@ -66,11 +66,18 @@ def write_json(path: Path, content: Any) -> None:
     atomic_write(path, lambda stream: stream.write(text.encode()))
 
 
-def write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
-    """Rows (the header first) as CSV, written atomically."""
+def csv_bytes(rows: Iterable[Sequence[Any]]) -> bytes:
+    """Rows (the header first) as the bytes of a CSV file."""
     text = io.StringIO(newline="")
     csv.writer(text).writerows(rows)
-    atomic_write(path, lambda stream: stream.write(text.getvalue().encode()))
+    return text.getvalue().encode()
+
+
+def write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> bytes:
+    """Rows (the header first) as CSV, written atomically; returns the bytes written."""
+    content = csv_bytes(rows)
+    atomic_write(path, lambda stream: stream.write(content))
+    return content
 
 
 COUNTEREXAMPLE_FORMATS = (".pt", ".npz")  # the inputs themselves; ".png" draws them (grids.py)

@@ -14,6 +14,7 @@ import torch
 
 from errors import Failure
 from groupsort import ACTIVATIONS
+from shards import Shard
 
 if TYPE_CHECKING:
     from training import Recipe, Setting
@@ -69,6 +70,22 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
 positive_int = _number(int, 0, strict=True)
 positive_float = _number(float, 0.0, strict=True)
 nonnegative_float = _number(float, 0.0, strict=False)
+
+
+def shard(text: str) -> Shard:
+    """A shard K/N, 0 <= K < N."""
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system has one (what a scheduler such as
+    SLURM grants), else os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def unit_float(text: str) -> float:

@@ -19,6 +19,7 @@ import torch
 
 from errors import ConfigError
 from lipschitz import OperatorNorm
+from onnxgraph import Flow, Graph
 from operators import Activation, Box, Slope
 from program import Program, Wire, Wires
 
@@ -107,6 +108,25 @@ class GroupSort(Activation):
                       for w in sort(program, wires[start:start + size],
                                     None if apart is None else apart[group].numpy())])
 
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        """The sort as the sorting network of `sort`, every compare-exchange one Min and one Max node, on all
+        groups at once: Reshape to (batch, groups, size), Split into the size wires, the network, Concat and
+        Reshape back. Exact (a min or max returns one of its inputs), and Min/Max are what verifiers read,
+        where TopK (a sort in one node) is not."""
+        size = self.group_size
+        if size == 1:
+            return flow
+        name = flow.plain(self)
+        grouped = graph.node("Reshape", [name, graph.constant("shape", np.array([0, -1, size], dtype=np.int64))], "groups")[0]
+        wires = graph.node("Split", [grouped, graph.constant("split", np.ones(size, dtype=np.int64))], "wire",
+                           outputs=size, axis=2)
+        for i, j in sorting_network(size):
+            low = graph.node("Min", [wires[i], wires[j]], "min")[0]
+            high = graph.node("Max", [wires[i], wires[j]], "max")[0]
+            wires[i], wires[j] = low, high
+        joined = graph.node("Concat", wires, "sorted", axis=2)[0]
+        return Flow(graph.node("Reshape", [joined, graph.constant("shape", np.array([0, -1], dtype=np.int64))], "flat")[0])
+
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}"
 
@@ -194,6 +214,10 @@ class ReLU(Activation):
                 program.row([h, d], [1.0, -high], -math.inf, 0.0)
                 out.append(Wire(h, 0.0, high))
         return Wires(out)
+
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        """One Relu node."""
+        return Flow(graph.node("Relu", [flow.plain(self)], "relu")[0])
 
 
 def make_activation(name: str, group_size: int) -> GroupSort | ReLU:

@@ -47,8 +47,12 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
+import pickle
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from typing import Iterator, Sequence
 
 import highspy
 import numpy as np
@@ -207,8 +211,10 @@ METHODS = ("lp", "exact", "best")
 
 
 def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, time_limit: float = 60.0,
-                 pgd_steps: int = 50, pgd_restarts: int = 5, seed: int = 0, progress: bool = True) -> list[Verdict]:
-    """Every example's verdict under `method`, with a progress bar (examples done, verdict counts, time left).
+                 pgd_steps: int = 50, pgd_restarts: int = 5, seed: int = 0, progress: bool = True,
+                 workers: int = 1, indices: Sequence[int] | None = None) -> list[Verdict]:
+    """Every example's verdict under `method`, in order, with a progress bar (examples done, verdict counts, time
+    left). `indices` are the examples' indices in the whole split, for the records (default 0, 1, ...).
 
     lp and exact: `verify` on every example (IBP first, inside it). best: the
     cheap methods first, each on the whole split at once: IBP's certificate
@@ -217,14 +223,22 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
     HARD_RESTARTS restarts (on the seed-0 demo GroupSort net at L-inf 0.1 it
     breaks a third of the digits that the mixed-integer program cannot settle
     in 60 s), then `verify` on the rest (the relaxation, then the program).
+
+    With `workers` > 1 the `verify` calls run in that many spawned processes, one torch and one HiGHS thread
+    each: every call depends on its example alone, so the verdicts are those of one worker (but for a time
+    limit that a busier machine reaches first).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown verification method {method!r}: choose one of {', '.join(METHODS)}")
     if ball.norm != "linf":
         raise ConfigError("exact and lp verification take L-inf balls only: the L2 ball is not linear")
+    if workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers}")
     require(model.operators()[:-1], "exact verification", "propagate", "rounding", "encode")
     model, split = copy.deepcopy(model).cpu().eval(), split.to("cpu")
-    model64 = in_float64(model)
+    indices = list(range(len(split))) if indices is None else [int(i) for i in indices]
+    if len(indices) != len(split):
+        raise ConfigError(f"{len(indices)} indices for {len(split)} examples")
     ibp_seconds = 0.0
     proved = torch.zeros(len(split), dtype=torch.bool)
     attacked: dict[int, Verdict] = {}
@@ -245,21 +259,73 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
             spent += (time.perf_counter() - start) / len(index)
             subset = Split(split.images[index], split.labels[index])
             for k, found_one in attacks.counterexamples(model, subset, ball, broken, found, "pgd").items():
-                attacked[int(index[k])] = Verdict("counterexample", "pgd", spent, replace(found_one, index=int(index[k])))
-    verdicts: list[Verdict] = []
+                position = int(index[k])
+                attacked[position] = Verdict("counterexample", "pgd", spent, replace(found_one, index=indices[position]))
+    settled = {k: Verdict("robust", "ibp", ibp_seconds) for k in proved.nonzero().flatten().tolist()}
+    settled.update(attacked)
+    tasks = [(k, split.images[k], int(split.labels[k]), indices[k]) for k in range(len(split)) if k not in settled]
+    options = {"ball": ball, "relax": method == "lp", "time_limit": time_limit}
+    verdicts: dict[int, Verdict] = {}
     counts = dict.fromkeys(VERDICTS, 0)
     bar = tqdm(total=len(split), disable=not progress, unit="example", desc=method, leave=False)
-    for index in range(len(split)):
-        if proved[index]:
-            verdict = Verdict("robust", "ibp", ibp_seconds)
-        elif index in attacked:
-            verdict = attacked[index]
-        else:
-            verdict = verify(model, split.images[index], int(split.labels[index]), ball, relax=method == "lp",
-                             time_limit=time_limit, model64=model64, index=index)
-        verdicts.append(verdict)
+    for position, verdict in [*settled.items(), *verdicts_of(model, tasks, options, workers)]:
+        verdicts[position] = verdict
         counts[verdict.status] += 1
         bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
         bar.update()
     bar.close()
-    return verdicts
+    return [verdicts[k] for k in range(len(split))]
+
+
+Task = tuple[int, torch.Tensor, int, int]  # (position in the split, image, label, index in the whole split)
+
+
+def verdicts_of(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) -> Iterator[tuple[int, Verdict]]:
+    """(position, `verify`'s verdict) for every task, in the order they finish: in this process with one worker,
+    else in a pool of spawned processes (`pooled`)."""
+    if workers == 1 or len(tasks) < 2:
+        model64 = in_float64(model)
+        for position, image, label, index in tasks:
+            yield position, verify(model, image, label, model64=model64, index=index, **options)
+        return
+    yield from pooled(model, tasks, options, min(workers, len(tasks)))
+
+
+def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) -> Iterator[tuple[int, Verdict]]:
+    """`verify` on every task in `workers` spawned processes. The model travels once per process, pickled
+    whole, the images as numpy arrays, and each verdict comes back pickled: every tensor inline, none through
+    torch's shared memory, whose file descriptors a long run would exhaust."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
+                             initargs=(pickle.dumps(model),)) as pool:
+        futures = {pool.submit(verify_in_worker, image.numpy(), label, index, options): position
+                   for position, image, label, index in tasks}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], pickle.loads(future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+class WorkerModel:
+    """The model (and its float64 copy) of one pool process, set once by `start_worker`: the process's own
+    copy, read by every `verify_in_worker` call that this process runs."""
+
+    model: LipschitzMLP | None = None
+    model64: LipschitzMLP | None = None
+
+
+def start_worker(model: bytes) -> None:
+    """A pool process's start: one torch thread (HiGHS runs single-threaded already, `program.Program.highs`),
+    and the pickled model."""
+    torch.set_num_threads(1)
+    WorkerModel.model = pickle.loads(model)
+    WorkerModel.model64 = in_float64(WorkerModel.model)
+
+
+def verify_in_worker(image: np.ndarray, label: int, index: int, options: dict) -> bytes:
+    """`verify` in a pool process, its verdict pickled with its tensors inline."""
+    verdict = verify(WorkerModel.model, torch.from_numpy(image), label, model64=WorkerModel.model64, index=index,
+                     **options)
+    return pickle.dumps(verdict)

@@ -7,7 +7,8 @@ An operator is a torch module (its forward pass) with these rules beside it:
   rounding   how bounds on rounding errors pass through it, and the new rounding it adds;
   propagate  its interval and rounding rules together, on IBP's `Box` (with the differences a GroupSort
              after it compares, and the cut of deeper boxes to their Lipschitz reach);
-  encode     its encoding in the mixed-integer program of `milp` (`program.Program`).
+  encode     its encoding in the mixed-integer program of `milp` (`program.Program`);
+  onnx       its ONNX nodes, appended to the graph that `export` writes (`onnxgraph.Graph`).
 
 This file holds the base class, the input normalisation and the Linear layer; groupsort.py holds the
 activations. An analysis names the rules it needs when it starts (`require`): an operator that lacks one is
@@ -26,9 +27,10 @@ import lipschitz
 import rounding
 from errors import ConfigError
 from lipschitz import Ball, OperatorNorm
+from onnxgraph import Flow, Graph
 from program import Program, Wire, Wires
 
-RULES = ("slope", "interval", "rounding", "propagate", "encode")
+RULES = ("slope", "interval", "rounding", "propagate", "encode", "onnx")
 
 
 class MissingRule(ConfigError):
@@ -135,6 +137,9 @@ class Operator(nn.Module):
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         raise self._missing("encode")
 
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        raise self._missing("onnx")
+
     def _missing(self, rule: str) -> MissingRule:
         return MissingRule(f"{type(self).__name__} has no {rule} rule")
 
@@ -216,6 +221,16 @@ class Normalise(Operator):
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """No variable: the wires stay the pixels, with the normalisation pending for the Linear layer after."""
         return Wires(wires, self.mean, self.std, pending=True)
+
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        """No node: the flattened pixels, with the normalisation pending for the Linear layer after."""
+        return Flow(flow.name, self.mean, self.std, pending=True)
+
+
+def fold_normalisation(weight: np.ndarray, bias: np.ndarray, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
+    """The weight and bias of h -> W ((h - mean) / std) + b as one affine map, (W / std) h + b - W 1 mean / std,
+    in the arrays' precision (exact up to its rounding)."""
+    return weight / std, bias - weight.sum(axis=1) * mean / std
 
 
 class Linear(Operator, nn.Linear):
@@ -334,10 +349,10 @@ class Linear(Operator, nn.Linear):
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """One variable per unit, equal to its affine function of the wires by one row each, bounded by the
         box after this layer widened by its float64 error (so that it holds for the exact network). A pending
-        normalisation is folded in: W ((w - mean) / std) + b = (W / std) w + b - W 1 mean / std."""
+        normalisation is folded in (`fold_normalisation`)."""
         weight, bias = self.weight.detach().numpy(), self.bias.detach().numpy()
         if wires.pending:
-            weight, bias = weight / wires.std, bias - weight.sum(axis=1) * wires.mean / wires.std
+            weight, bias = fold_normalisation(weight, bias, wires.mean, wires.std)
         slack = after.errors[1][0].numpy()
         lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() + slack
         live = [k for k, wire in enumerate(wires) if wire.column is not None]
@@ -351,6 +366,16 @@ class Linear(Operator, nn.Linear):
                         float(bias[unit]), float(bias[unit]))
             outputs.append(Wire(column, float(lower[unit]), float(upper[unit])))
         return Wires(outputs)
+
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        """One Gemm, y = x W^T + b, in float32, a pending normalisation folded in (`fold_normalisation`, in
+        float64, then rounded to float32)."""
+        weight, bias = self.weight.detach().double().numpy(), self.bias.detach().double().numpy()
+        if flow.pending:
+            weight, bias = fold_normalisation(weight, bias, flow.mean, flow.std)
+        inputs = [flow.name, graph.constant("weight", weight.astype(np.float32)),
+                  graph.constant("bias", bias.astype(np.float32))]
+        return Flow(graph.node("Gemm", inputs, "linear", transB=1)[0])
 
     def folded(self, scale: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight and bias of s (W h + b - mean) + shift as one layer, (s W) h + s (b - mean) + shift: a

@@ -40,6 +40,19 @@ def assert_one_line_failure(run: subprocess.CompletedProcess[str], fragment: str
     assert fragment in lines[0] and "Traceback" not in run.stderr
 
 
+def run_in_process(main, argv: list, capsys) -> tuple[int, str, str]:
+    """A script's main in this process, as its command line runs it (`cli.run`): (exit status, stdout, stderr)."""
+    import cli
+
+    status = 0
+    try:
+        cli.run(lambda: main([str(word) for word in argv]))
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The genuine MNIST files (torchvision root layout); fails when they are missing."""

@@ -210,3 +210,40 @@ def test_the_time_limit_ends_the_rivals_loop(monkeypatch):
     monkeypatch.setattr(milp.time, "perf_counter", lambda: clock["now"])
     verdicts = milp.verify_split(model, split, ball, "exact", time_limit=100.0, progress=False)
     assert [(v.status, v.decided_by) for v in verdicts] == [("timeout", "milp")] * 4
+
+
+def test_a_pool_of_workers_gives_the_verdicts_and_counterexamples_of_one():
+    """Two spawned worker processes: the same verdicts, in the same order, with the same counterexamples (the
+    same float32 inputs) and the indices given; each verdict pickles."""
+    import pickle
+
+    torch.manual_seed(5)
+    model = LipschitzMLP(MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu")).eval()
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            layer.weight.mul_(3.0)
+    x = torch.rand(8, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    labels[0] = (labels[0] + 1) % 3  # one example wrong at x itself
+    split, ball = Split(x, labels), Ball("linf", 0.2, PIXEL_RANGE)
+    indices = list(range(100, 108))
+    one = milp.verify_split(model, split, ball, "exact", progress=False, indices=indices)
+    two = milp.verify_split(model, split, ball, "exact", progress=False, workers=2, indices=indices)
+    assert {v.status for v in one} >= {"robust", "counterexample"}
+    for a, b in zip(one, two, strict=True):
+        assert (a.status, a.decided_by) == (b.status, b.decided_by)
+        assert pickle.loads(pickle.dumps(b)).status == b.status
+        if a.counterexample is not None:
+            assert a.counterexample.index == b.counterexample.index in indices
+            assert a.counterexample.predicted == b.counterexample.predicted
+            assert torch.equal(a.counterexample.perturbed, b.counterexample.perturbed)
+        else:
+            assert b.counterexample is None
+
+
+def test_workers_below_one_are_refused():
+    model = LipschitzMLP(MLPConfig(in_features=4, hidden=(4,), out_features=2, group_size=2))
+    split = Split(torch.rand(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ConfigError, match="workers must be a positive integer"):
+        milp.verify_split(model, split, Ball("linf", 0.1), "exact", progress=False, workers=0)
