@@ -44,7 +44,9 @@ def test_the_normalisations_rounding_bounds_float32s(mean, std, seed):
     normalise = Normalise(mean, std)
     lower, upper = x.double() - 0.01, x.double() + 0.01
     slack = 2 ** -53 * (lower.abs() + upper.abs())
-    box = normalise.propagate(Box(lower, upper, torch.stack([torch.zeros_like(slack), slack])), Step(F32))
+    errors = torch.stack([torch.zeros_like(slack), slack])
+    box = normalise.propagate(Box(lower, upper, errors, overflow=torch.zeros(64, dtype=torch.bool)), Step(F32))
+    assert not box.overflow.any()
     computed = normalise(x).double()
     exact = (x.double() - mean) / std
     assert ((computed - exact).abs() <= box.errors[0] * (1 - 1e-12)).all()
