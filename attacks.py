@@ -189,8 +189,9 @@ class APGDStage:
 
     loss: "ce" (cross-entropy of the label, APGD-CE), "margin" (`attack_loss`,
     the best other logit minus the label's), "dlr-t" (targeted difference of
-    logits ratio, APGD-T) or "margin-t" (targeted margin f_t - f_y). A targeted loss runs once per rival class t, the `targets`
-    most likely first (ranked at x). start: where runs begin: "centre" (the
+    logits ratio, APGD-T) or "margin-t" (targeted margin f_t - f_y). A
+    targeted loss runs once per rival class t, the `targets` most likely
+    first (ranked at x). start: where runs begin: "centre" (the
     first run at x, the others at uniform random points of the ball),
     "random" (every run at a uniform random point) or "vertex" (every run at a
     random corner of the L-inf ball, or a random point of the L2 sphere).
@@ -309,13 +310,15 @@ def apgd_start(
     start: str, run: torch.Tensor, shape: torch.Size, radius: torch.Tensor, norm: str, generator: torch.Generator
 ) -> torch.Tensor:
     """The offset from x at which each row's run begins (see `APGDStage.start`): `run` numbers each row's run
-    (0 for the first), radius is (n, 1). Random numbers are drawn for every row, in order, whatever the start."""
-    uniform = torch.rand(shape, generator=generator, dtype=radius.dtype, device=radius.device)
-    gaussian = torch.randn(shape, generator=generator, dtype=radius.dtype, device=radius.device)
+    (0 for the first), radius is (n, 1)."""
     if start == "vertex" and norm == "linf":
-        return torch.where(uniform < 0.5, -radius, radius)
+        heads = torch.rand(shape, generator=generator, dtype=radius.dtype, device=radius.device) < 0.5
+        return torch.where(heads, -radius, radius)
     if start == "vertex":
-        return radius * gaussian / lipschitz.lp_vector_norm(gaussian, norm)[:, None].clamp_min(1e-30)
+        direction = torch.randn(shape, generator=generator, dtype=radius.dtype, device=radius.device)
+        return radius * direction / lipschitz.lp_vector_norm(direction, norm)[:, None].clamp_min(1e-30)
+    if start == "centre" and not run.any():
+        return radius.new_zeros(shape)
     inside = lp_random_start(shape, radius, norm, generator)
     return torch.where((run == 0)[:, None], torch.zeros_like(inside), inside) if start == "centre" else inside
 
@@ -447,15 +450,16 @@ def apgd(
     win. Random starts come from `seed`: the same inputs, seed and batch size
     give the same result. Model parameters get no gradient.
 
-    In L1 this falls back to `pgd` (the longest stage's steps, as many
-    restarts as `stages` has runs per row): APGD's L1 version (Croce & Hein
-    2021) needs its own sparse step and projection, not implemented here.
+    In L1 this falls back to `pgd` (the longest stage's steps, one restart
+    per stage): APGD's L1 version (Croce & Hein 2021) needs its own sparse
+    step and projection, not implemented here.
     """
     x = x.flatten(1)
     if ball.norm == "l1":
-        runs = sum(stage.runs * max(stage.targets, 1) for stage in stages)
-        return pgd(model, x, labels, ball, steps=max(stage.steps for stage in stages), restarts=runs, seed=seed,
-                   batch_size=batch_size)
+        return pgd(model, x, labels, ball, steps=max([stage.steps for stage in stages], default=1),
+                   restarts=max(len(stages), 1), seed=seed, batch_size=batch_size)
+    if not len(x):
+        return torch.zeros(0, dtype=torch.bool, device=x.device), x.clone()
     eps_rows = ball.radii(x)
     params = {name: p.detach() for name, p in model.named_parameters()}
 
@@ -483,9 +487,9 @@ def apgd(
             if stage.focus is not None:
                 eligible &= best >= stage.focus * margin_at_x
             for chunk in eligible.nonzero()[:, 0].split(per_chunk):
-                index = chunk[best[chunk] < 0].repeat_interleave(stage.runs)
-                if not len(index):
+                if not len(chunk):  # split gives one empty chunk when nothing is eligible
                     continue
+                index = chunk.repeat_interleave(stage.runs)
                 radius = eps_rows[index][:, None]
                 run = torch.arange(stage.runs, device=x.device).repeat(len(index) // stage.runs)
                 delta = apgd_start(stage.start, run, x[index].shape, radius, ball.norm, generator)
