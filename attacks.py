@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import allowance
 import certificates
 import lipschitz
 from lipschitz import Ball
 from mnist_data import EVAL_BATCH, Split
+from models import LipschitzMLP, in_float64
 L1_STEP_FRACTION = 0.01  # an L1 step moves this fraction of the coordinates (at least one)
 
 
@@ -165,6 +168,342 @@ def pgd(
             better = loss > best[index]
             found[index[better]], best[index[better]] = z[better], loss[better]
     return best >= 0, found
+
+
+# APGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+# parameter-free attacks", ICML 2020): step-size schedule, momentum and best-point restarts.
+APGD_MOMENTUM = 0.75  # weight of the new step against the previous one, after the first step
+APGD_RHO = 0.75  # a checkpoint halves the step when at most this fraction of its steps raised the loss
+APGD_FIRST_CHECKPOINT = 0.22  # the first checkpoint, as a fraction of the steps
+APGD_CHECKPOINT_DECAY = 0.03  # each interval between checkpoints is this fraction shorter than the one before
+APGD_MIN_INTERVAL = 0.06  # down to this fraction of the steps
+DLR_EPSILON = 1e-12  # keeps the DLR loss finite when its denominator vanishes
+IBP_BATCH = 2_000  # examples per IBP bound: caps the float64 intermediates
+STARTS = ("centre", "random", "vertex")
+APGD_COMPACT_FRACTION = 0.05  # rows leave a run between checkpoints once this fraction of them is broken
+
+
+@dataclass(frozen=True)
+class APGDStage:
+    """One stage of `apgd`: `runs` APGD runs of `steps` steps on `loss`, on every example not broken yet.
+
+    loss: "ce" (cross-entropy of the label, APGD-CE), "margin" (`attack_loss`,
+    the best other logit minus the label's), "dlr-t" (targeted difference of
+    logits ratio, APGD-T) or "margin-t" (targeted margin f_t - f_y). A
+    targeted loss runs once per rival class t, the `targets` most likely
+    first (ranked at x). start: where runs begin: "centre" (the
+    first run at x, the others at uniform random points of the ball),
+    "random" (every run at a uniform random point) or "vertex" (every run at a
+    random corner of the L-inf ball, or a random point of the L2 sphere).
+    initial_step: the first step size, times the radius (APGD: 2).
+    focus: when set, the stage attacks only the rows that earlier stages
+    brought within this fraction of their margin at x from breaking:
+    best attack_loss >= focus * attack_loss(x) (both negative).
+    """
+
+    loss: str
+    steps: int = 100
+    runs: int = 1
+    targets: int = 0
+    start: str = "centre"
+    initial_step: float = 2.0
+    focus: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown APGD loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.start not in STARTS:
+            raise ValueError(f"unknown APGD start {self.start!r}: choose one of {', '.join(STARTS)}")
+        if self.steps < 1 or self.runs < 1 or self.initial_step <= 0 or (self.focus is not None and self.focus < 0):
+            raise ValueError(f"an APGD stage needs steps >= 1, runs >= 1, a positive step and focus >= 0: {self}")
+        if (self.targets > 0) != self.loss.endswith("-t"):
+            raise ValueError(f"targeted losses, and only they, take targets >= 1: {self}")
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the label, per row: APGD-CE's loss. `targets` is ignored."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """`attack_loss`, max_{j != y} f_j - f_y per row (the loss of `pgd`). `targets` is ignored."""
+    return attack_loss(logits, labels)
+
+
+def targeted_margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """f_t - f_y per row: >= 0 exactly when the target ties or beats the label."""
+    return logits.gather(1, targets[:, None])[:, 0] - logits.gather(1, labels[:, None])[:, 0]
+
+
+def targeted_dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted difference of logits ratio, per row: (f_t - f_y) / (f_(1) - (f_(3) + f_(4)) / 2) (APGD-T).
+
+    f_(k) is the k-th largest logit. The denominator makes the loss invariant
+    to the scale of the logits; with fewer than 4 classes it is undefined and
+    the loss is the plain margin f_t - f_y.
+    """
+    margin = targeted_margin_loss(logits, labels, targets)
+    if logits.shape[1] < 4:
+        return margin
+    top = logits.topk(4, dim=1).values
+    return margin / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + DLR_EPSILON)
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+LOSSES: dict[str, Loss] = {"ce": cross_entropy_loss, "margin": margin_loss, "dlr-t": targeted_dlr_loss,
+                           "margin-t": targeted_margin_loss}
+
+# APGD-CE and APGD-T over 9 targets, 100 steps each, as AutoAttack runs them (from x, where AutoAttack starts
+# from a random point).
+APGD_BASE: tuple[APGDStage, ...] = (APGDStage("ce"), APGDStage("dlr-t", targets=9))
+# The default: APGD_BASE; then 4 short runs from random corners on each row's likeliest rival; then, on the
+# rows brought within 5 % of their margin at x from breaking, many more runs from random corners, targeted
+# and not. Those break the narrow counterexamples of GroupSort nets that AutoAttack's Square finds and one
+# APGD run from x misses: each run finds one with a chance of a few percent to 50 %, hence the many runs,
+# spent only where they pay.
+APGD_DEFAULT: tuple[APGDStage, ...] = APGD_BASE + (
+    APGDStage("margin-t", steps=50, runs=4, targets=1, start="vertex", initial_step=0.1),
+    APGDStage("dlr-t", runs=8, targets=1, start="vertex", focus=0.05),
+    APGDStage("margin", steps=50, runs=40, start="vertex", initial_step=0.1, focus=0.05),
+)
+
+
+def apgd_intervals(steps: int) -> list[int]:
+    """The lengths of the intervals between APGD's checkpoints, which sum to at most `steps`.
+
+    The first is 22 % of the steps; each next one is 3 % of the steps shorter,
+    down to 6 % (Croce & Hein 2020, section 3.2), each at least one step.
+    """
+    interval = max(int(APGD_FIRST_CHECKPOINT * steps), 1)
+    decay, shortest = max(int(APGD_CHECKPOINT_DECAY * steps), 1), max(int(APGD_MIN_INTERVAL * steps), 1)
+    intervals, total = [], 0
+    while total + interval <= steps:
+        intervals.append(interval)
+        total += interval
+        interval = max(interval - decay, shortest)
+    return intervals
+
+
+def ibp_open_rivals(model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, ball: Ball) -> torch.Tensor:
+    """(n, classes): the classes other than the label that IBP cannot rule out anywhere in the ball.
+
+    A class is ruled out when IBP's lower bound of f_y - f_j, rounding
+    included (`allowance.certified_gap_lower_bounds`), is > 0: the network, as
+    it runs in its own precision, ranks y above j at every point of the ball,
+    so no attack can make j win. A row with no open rival is certified
+    (as `certificates.gaps_certified` says).
+    """
+    x = x.flatten(1)
+    runs_in = model.layers[0].weight.dtype
+    model64 = in_float64(model)
+    eps_rows = ball.radii(x).double()
+    lower = []
+    for start in range(0, len(x), IBP_BATCH):
+        rows = slice(start, start + IBP_BATCH)
+        bounds = allowance.certified_gap_lower_bounds(model64, x[rows].double(), ball.with_eps(eps_rows[rows]),
+                                                      runs_in)
+        lower.append(bounds.gather(1, labels[rows, None, None].expand(-1, 1, bounds.shape[2]))[:, 0])
+    lower_gaps = torch.cat(lower) if lower else x.new_zeros(0, model.config.out_features, dtype=torch.float64)
+    return (lower_gaps <= 0) & (torch.arange(lower_gaps.shape[1], device=x.device) != labels[:, None])
+
+
+def apgd_start(
+    start: str, run: torch.Tensor, shape: torch.Size, radius: torch.Tensor, norm: str, generator: torch.Generator
+) -> torch.Tensor:
+    """The offset from x at which each row's run begins (see `APGDStage.start`): `run` numbers each row's run
+    (0 for the first), radius is (n, 1)."""
+    if start == "vertex" and norm == "linf":
+        heads = torch.rand(shape, generator=generator, dtype=radius.dtype, device=radius.device) < 0.5
+        return torch.where(heads, -radius, radius)
+    if start == "vertex":
+        direction = torch.randn(shape, generator=generator, dtype=radius.dtype, device=radius.device)
+        return radius * direction / lipschitz.lp_vector_norm(direction, norm)[:, None].clamp_min(1e-30)
+    if start == "centre" and not run.any():
+        return radius.new_zeros(shape)
+    inside = lp_random_start(shape, radius, norm, generator)
+    return torch.where((run == 0)[:, None], torch.zeros_like(inside), inside) if start == "centre" else inside
+
+
+def apgd_run(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    targets: torch.Tensor | None,
+    delta: torch.Tensor,
+    radius: torch.Tensor,
+    ball: Ball,
+    loss_of: Loss,
+    steps: int,
+    initial_step: float = 2.0,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run on `loss_of` from xs + delta: per row, the highest `attack_loss` seen and its x'.
+
+    Each step moves by the step size along `lp_ascent_direction` (L-inf or
+    L2), projects into the ball and the domain, then mixes in the previous move
+    with weight 1 - APGD_MOMENTUM and projects again. The step starts at
+    `initial_step` times the radius; at each checkpoint (`apgd_intervals`) a row
+    halves it and goes back to the best point of `loss_of` it has seen when at
+    most APGD_RHO of the interval's steps raised the loss, or when the interval
+    found no better point and the step was not halved at the checkpoint before.
+    Rows leave the run once broken; rows of one group (`groups`: copies of one
+    example from different starts; by default each row alone) leave together.
+    """
+    best = torch.full((len(xs),), float("-inf"), dtype=xs.dtype, device=xs.device)
+    found = xs.clone()
+    groups = torch.arange(len(xs), device=xs.device) if groups is None else groups
+    settled = torch.zeros(int(groups.max()) + 1 if len(groups) else 0, dtype=torch.bool, device=xs.device)
+    rows = torch.arange(len(xs), device=xs.device)  # the rows still attacked, into xs
+
+    def evaluate(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+            point = point.detach().requires_grad_(True)
+            logits = logits_of(point)
+            loss = loss_of(logits, ys[rows], None if targets is None else targets[rows])
+            (grad,) = torch.autograd.grad(loss.sum(), point)
+        margin = attack_loss(logits.detach(), ys[rows])
+        better = margin > best[rows]
+        found[rows[better]], best[rows[better]] = point.detach()[better], margin[better]
+        settled[groups[rows[margin >= 0]]] = True
+        return loss.detach(), grad
+
+    def projector(centre: torch.Tensor, size: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Points onto the ball around `centre` cut to the domain: in L-inf one clamp to the box."""
+        if ball.norm != "linf":
+            return lambda z: centre + into_ball(z - centre, centre, size, ball)
+        low, high = centre - size, centre + size
+        if ball.domain is not None:
+            low, high = low.clamp(min=ball.domain[0]), high.clamp(max=ball.domain[1])
+        return lambda z: torch.clamp(z, low, high)
+
+    project = projector(xs, radius)
+    x_now = project(xs + delta)
+    loss, grad = evaluate(x_now)
+    s = {"x_now": x_now, "x_before": x_now, "x_best": x_now.clone(), "grad": grad, "grad_best": grad.clone(),
+         "step": initial_step * radius, "loss_before": loss, "loss_best": loss.clone(), "raised": torch.zeros_like(loss),
+         "best_at_checkpoint": loss.clone(), "halved_at_checkpoint": torch.ones_like(loss, dtype=torch.bool)}
+    intervals = iter(apgd_intervals(steps))
+    interval, count = next(intervals, steps + 1), 0
+    movable = torch.ones(1, dtype=torch.bool, device=xs.device)  # L-inf and L2 directions ignore it
+    for iteration in range(steps):
+        with torch.no_grad():
+            direction = lp_ascent_direction(s["grad"], ball.norm, movable)
+            plain = project(torch.addcmul(s["x_now"], s["step"], direction))
+            weight = 1.0 if iteration == 0 else APGD_MOMENTUM
+            # x + w (plain - x) + (1 - w) (x - x_before), as two interpolations
+            mixed = torch.lerp(torch.lerp(s["x_before"], s["x_now"], 2.0), plain, weight)
+            s["x_before"], s["x_now"] = s["x_now"], project(mixed)
+        loss, s["grad"] = evaluate(s["x_now"])
+        with torch.no_grad():
+            s["raised"] += loss > s["loss_before"]
+            s["loss_before"] = loss
+            better = loss > s["loss_best"]
+            s["x_best"][better], s["loss_best"][better], s["grad_best"][better] = s["x_now"][better], loss[better], \
+                s["grad"][better]
+            count += 1
+            if count == interval:
+                halve = (s["raised"] <= APGD_RHO * interval) | (~s["halved_at_checkpoint"]
+                                                                & (s["best_at_checkpoint"] >= s["loss_best"]))
+                s["step"] = torch.where(halve[:, None], s["step"] / 2, s["step"])
+                s["x_now"] = torch.where(halve[:, None], s["x_best"], s["x_now"])
+                s["grad"] = torch.where(halve[:, None], s["grad_best"], s["grad"])
+                s["loss_before"] = torch.where(halve, s["loss_best"], s["loss_before"])
+                s["best_at_checkpoint"], s["halved_at_checkpoint"] = s["loss_best"].clone(), halve
+                s["raised"] = torch.zeros_like(s["raised"])
+                interval, count = next(intervals, steps + 1), 0
+            done = settled[groups[rows]]
+            if done.any() and (count == 0 or done.float().mean() >= APGD_COMPACT_FRACTION):
+                keep = ~done
+                rows = rows[keep]
+                if not len(rows):
+                    break
+                s = {name: value[keep] for name, value in s.items()}
+                project = projector(xs[rows], radius[rows])
+    return best, found
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    ball: Ball,
+    stages: tuple[APGDStage, ...] = APGD_DEFAULT,
+    seed: int = 0,
+    batch_size: int = EVAL_BATCH,
+    use_ibp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD (Croce & Hein 2020) inside the ball (cut to its domain) around each row of x: `stages` in order.
+
+    Returns (broken, found) as `pgd` does: found[i] is the x' of highest
+    `attack_loss` seen over all runs (x itself when no run attacked row i), and
+    broken[i] says that another class ties or beats labels[i] there, as the
+    model computes found in batches of `batch_size` (evaluated once more at
+    the end, so that a tie seen in another batch is not reported). Each stage
+    attacks the rows not broken yet, its runs side by side as copies of each
+    row (`batch_size` copies at a time), all copies of a row stopping when one
+    breaks it; a targeted stage attacks each row's rivals in the order of its
+    logits at x.
+
+    With `use_ibp` and a `LipschitzMLP`, IBP first settles what no attack can
+    change: rows it certifies get no step, and rivals it rules out
+    (`ibp_open_rivals`) are no target. That saves most of the time and breaks
+    nothing less, since those rows cannot be broken and those classes cannot
+    win. Random starts come from `seed`: the same inputs, seed and batch size
+    give the same result. Model parameters get no gradient.
+
+    In L1 this falls back to `pgd` (the longest stage's steps, one restart
+    per stage): APGD's L1 version (Croce & Hein 2021) needs its own sparse
+    step and projection, not implemented here.
+    """
+    x = x.flatten(1)
+    if ball.norm == "l1":
+        return pgd(model, x, labels, ball, steps=max([stage.steps for stage in stages], default=1),
+                   restarts=max(len(stages), 1), seed=seed, batch_size=batch_size)
+    if not len(x):
+        return torch.zeros(0, dtype=torch.bool, device=x.device), x.clone()
+    eps_rows = ball.radii(x)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def logits_of(v: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, params, (v,))
+
+    def in_batches(v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([logits_of(v[start:start + batch_size]) for start in range(0, len(v), batch_size)])
+
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    best = torch.full((len(x),), float("-inf"), dtype=x.dtype, device=x.device)
+    found = x.clone()
+    logits = in_batches(x)
+    if use_ibp and isinstance(model, LipschitzMLP):
+        rivals = ibp_open_rivals(model, x, labels, ball)
+    else:
+        rivals = torch.arange(logits.shape[1], device=x.device) != labels[:, None]
+    ranked = logits.masked_fill(~rivals, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    margin_at_x = attack_loss(logits, labels)
+    for stage in stages:
+        per_chunk = max(1, batch_size // stage.runs)
+        for rank in range(stage.targets) if stage.targets else [None]:
+            eligible = (best < 0) & (rivals.sum(dim=1) > (0 if rank is None else rank))
+            if stage.focus is not None:
+                eligible &= best >= stage.focus * margin_at_x
+            for chunk in eligible.nonzero()[:, 0].split(per_chunk):
+                if not len(chunk):  # split gives one empty chunk when nothing is eligible
+                    continue
+                index = chunk.repeat_interleave(stage.runs)
+                radius = eps_rows[index][:, None]
+                run = torch.arange(stage.runs, device=x.device).repeat(len(index) // stage.runs)
+                delta = apgd_start(stage.start, run, x[index].shape, radius, ball.norm, generator)
+                target = None if rank is None else ranked[index, rank]
+                margin, z = apgd_run(logits_of, x[index], labels[index], target, delta, radius, ball,
+                                     LOSSES[stage.loss], stage.steps, stage.initial_step,
+                                     groups=torch.arange(len(index), device=x.device) // stage.runs)
+                winner = margin.view(-1, stage.runs).argmax(dim=1) + torch.arange(0, len(index), stage.runs,
+                                                                                  device=x.device)
+                rows, margin, z = index[winner], margin[winner], z[winner]
+                better = margin > best[rows]
+                found[rows[better]], best[rows[better]] = z[better], margin[better]
+    return attack_loss(in_batches(found), labels) >= 0, found
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""PGD stays in the ball and the domain, projects correctly, and finds the optimum of linear models."""
+"""PGD and APGD stay in the ball and the domain, project correctly, and find the optimum of linear models; APGD
+breaks what PGD breaks, and more."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,10 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attacks
+import certificates
+import checkpoints
 import lipschitz
+import measure
 from conftest import REL
 from lipschitz import Ball
-from mnist_data import PIXEL_RANGE
+from mnist_data import PIXEL_RANGE, load_mnist
+from models import LipschitzMLP, MLPConfig, in_float64
 from nets import net_from_weights, norms, random_nets, seeds
 
 
@@ -87,3 +94,216 @@ def test_batching_does_not_change_what_pgd_finds(model, norm, seed):
 def test_attack_loss_is_the_best_other_logit_minus_the_label():
     logits = torch.tensor([[1.0, 3.0, 2.0], [2.0, 2.0, 0.0]])
     assert torch.equal(attacks.attack_loss(logits, torch.tensor([1, 0])), torch.tensor([-1.0, 0.0]))
+
+
+# APGD: the same contract as pgd, and at least pgd's strength.
+
+
+def first_order_radius(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, norm: str) -> float:
+    """The median over rows of the radius at which the margin's linearisation at x reaches 0: attacks at it break
+    some rows and not others."""
+    x = x.clone().requires_grad_(True)
+    loss = attacks.attack_loss(model(x), y)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return (-loss / lipschitz.lp_dual_norm(grad, norm)).median().item()
+
+STAGE = attacks.APGDStage
+SMALL_APGD = (STAGE("ce", steps=12, runs=2), STAGE("dlr-t", steps=12, targets=2),
+              STAGE("margin-t", steps=6, runs=3, targets=1, start="vertex", initial_step=0.1, focus=0.5))
+
+
+@given(random_nets(), norms, st.booleans(), st.booleans(), seeds)
+@settings(max_examples=20, deadline=None)
+def test_every_point_apgd_reports_is_in_the_ball_the_domain_and_misclassified(model, norm, pixels, use_ibp, seed):
+    domain = PIXEL_RANGE if pixels else None
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(40, model.config.in_features, generator=g, dtype=torch.float64)
+    y = torch.randint(0, model.config.out_features, (40,), generator=g)
+    eps = torch.rand(40, generator=g, dtype=torch.float64)
+    broken, found = attacks.apgd(model, x, y, Ball(norm, eps, domain), SMALL_APGD, seed=seed, use_ibp=use_ibp)
+    assert (lipschitz.vector_norm(found - x, norm) <= eps * (1 + 1e-6) + 1e-12).all()
+    if domain is not None:
+        assert ((found >= 0) & (found <= 1)).all()
+    with torch.no_grad():
+        assert torch.equal(attacks.attack_loss(model(found), y) >= 0, broken)
+        assert not (model(x).argmax(dim=1) != y)[~broken].any()  # misclassified inputs are broken at once
+
+
+@given(random_nets(max_hidden_layers=1), st.sampled_from(["linf", "l2"]), seeds)
+@settings(max_examples=15, deadline=None)
+def test_a_point_apgd_breaks_is_misclassified_by_the_float32_network(model, norm, seed):
+    model = model.float()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(60, model.config.in_features, generator=g)
+    y = torch.randint(0, model.config.out_features, (60,), generator=g)
+    broken, found = attacks.apgd(model, x, y, Ball(norm, 0.5, PIXEL_RANGE), SMALL_APGD, seed=seed)
+    assert found.dtype == torch.float32
+    with torch.no_grad():
+        logits = model(found)
+    beaten = (logits >= logits.gather(1, y[:, None])) & (torch.arange(logits.shape[1]) != y[:, None])
+    assert torch.equal(beaten.any(dim=1), broken)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_finds_the_one_narrow_counterexample_that_pgd_misses(norm):
+    """Label 0 (logit 0); class 1 (w1 = 0.5 everywhere) is the strongest rival at x but can never win; class 2
+    (w2 = +-5, alternating) wins only within 0.01 of its best point over the ball, eps ||w2||_q away."""
+    d, eps = 6, 0.1
+    w2 = 5.0 * torch.tensor([1.0, -1.0] * (d // 2), dtype=torch.float64)
+    x = torch.full((1, d), 0.5, dtype=torch.float64)  # the domain [0, 1] does not bind at radius 0.1
+    reach = eps * lipschitz.lp_dual_norm(w2, norm)
+    weight = torch.stack([torch.zeros(d), torch.full((d,), 0.5), w2, torch.zeros(d)])
+    model = net_from_weights([weight], [[0.0, -0.5 - 0.5 * x.sum(), -w2 @ x[0] - reach + 0.01, -5.0]])
+    y = torch.zeros(1, dtype=torch.long)
+    ball = Ball(norm, eps, PIXEL_RANGE)
+    with torch.no_grad():
+        assert (model(x).argmax(dim=1) == 0).all()
+    assert not attacks.pgd(model, x, y, ball)[0].any()  # the margin's gradient follows class 1 only
+    broken, found = attacks.apgd(model, x, y, ball)
+    assert broken.all()
+    assert lipschitz.vector_norm(found - x, norm) <= eps * (1 + REL)
+    with torch.no_grad():
+        assert model(found)[0, 2] > model(found)[0, 0]
+
+
+@pytest.mark.parametrize("seed, activation, norm", [(5, "relu", "linf"), (0, "groupsort", "linf"),
+                                                   (7, "relu", "l2")])
+def test_apgd_breaks_whatever_pgd_breaks_on_random_nets(seed, activation, norm):
+    """Seed 5: pgd's counterexample for one row beats the label with the second likeliest rival, which
+    runs on the likeliest rival alone miss; the untargeted runs of APGD_DEFAULT find it."""
+    torch.manual_seed(seed)
+    config = MLPConfig(in_features=20, hidden=(24,), out_features=10, activation=activation,
+                       group_size=4 if activation == "groupsort" else 1)
+    model = LipschitzMLP(config).double().eval()
+    x = torch.rand(60, 20, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # every input starts correct
+    ball = Ball(norm, first_order_radius(model, x, y, norm), PIXEL_RANGE)
+    by_pgd, _ = attacks.pgd(model, x, y, ball, seed=seed)
+    by_apgd, _ = attacks.apgd(model, x, y, ball, seed=seed)
+    assert 0 < by_pgd.sum() < len(x) and not (by_pgd & ~by_apgd).any()
+
+
+def test_apgd_breaks_whatever_pgd_breaks_on_the_original_relu_net(original_demo, mnist_root):
+    model = checkpoints.load_checkpoint(original_demo / "relu.p", checkpoints.Expected(activation="relu")).model
+    (test,) = load_mnist(mnist_root, ("test",), allow_download=False)
+    x, y = test.images[:100], test.labels[:100]
+    ball = Ball("linf", 0.1, PIXEL_RANGE)
+    by_pgd, _ = attacks.pgd(model, x, y, ball)
+    by_apgd, _ = attacks.apgd(model, x, y, ball)
+    assert not (by_pgd & ~by_apgd).any() and by_apgd.sum() > by_pgd.sum()
+
+
+@given(random_nets(), st.sampled_from(["linf", "l2"]), seeds)
+@settings(max_examples=10, deadline=None)
+def test_apgd_is_deterministic_given_its_seed(model, norm, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(30, model.config.in_features, generator=g, dtype=torch.float64)
+    y = torch.randint(0, model.config.out_features, (30,), generator=g)
+    ball = Ball(norm, 0.3, PIXEL_RANGE)
+    first = attacks.apgd(model, x, y, ball, SMALL_APGD, seed=seed)
+    again = attacks.apgd(model, x, y, ball, SMALL_APGD, seed=seed)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@given(random_nets(), st.sampled_from(["linf", "l2"]), seeds)
+@settings(max_examples=10, deadline=None)
+def test_batching_does_not_change_what_apgd_finds_from_x(model, norm, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(30, model.config.in_features, generator=g, dtype=torch.float64)
+    y = torch.randint(0, model.config.out_features, (30,), generator=g)
+    ball = Ball(norm, 0.3, PIXEL_RANGE)
+    stages = (STAGE("ce", steps=8), STAGE("dlr-t", steps=8, targets=3))  # every run starts at x: nothing random
+    whole = attacks.apgd(model, x, y, ball, stages)
+    batched = attacks.apgd(model, x, y, ball, stages, batch_size=7)
+    assert torch.equal(whole[0], batched[0]) and torch.allclose(whole[1], batched[1])
+
+
+def test_apgd_seeds_its_random_starts():
+    torch.manual_seed(3)
+    model = LipschitzMLP(MLPConfig(in_features=8, hidden=(8,), out_features=5, activation="relu",
+                                   group_size=1)).double().eval()
+    x = torch.rand(50, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    stages = (STAGE("ce", steps=5, start="random"),)
+    ball = Ball("linf", 1e-3, PIXEL_RANGE)  # too small to break anything: every run goes to its end
+    first, second = (attacks.apgd(model, x, y, ball, stages, seed=seed, use_ibp=False) for seed in (0, 1))
+    assert not first[0].any() and not torch.equal(first[1], second[1])
+
+
+def test_ibp_rules_out_exactly_the_rivals_of_uncertified_rows_and_its_skips_change_no_outcome(original_demo,
+                                                                                              mnist_root):
+    model = checkpoints.load_checkpoint(original_demo / "groupsort.p",
+                                        checkpoints.Expected(activation="groupsort", group_size=10)).model
+    (test,) = load_mnist(mnist_root, ("test",), allow_download=False)
+    x, y = test.images[:100], test.labels[:100]
+    ball = Ball("linf", 0.1, PIXEL_RANGE)
+    rivals = attacks.ibp_open_rivals(model, x, y, ball)
+    proved = measure.ibp_certified(in_float64(model), x.double(), y, ball)
+    assert torch.equal(~rivals.any(dim=1), proved) and 50 < proved.sum() < 100
+    assert not rivals[torch.arange(100), y].any()
+    stages = (STAGE("ce", steps=20), STAGE("dlr-t", steps=20, targets=9))
+    with_ibp, found = attacks.apgd(model, x, y, ball, stages)
+    without, found_without = attacks.apgd(model, x, y, ball, stages, use_ibp=False)
+    assert torch.equal(with_ibp, without) and torch.equal(found[proved], x[proved])
+    with torch.no_grad():  # no class that IBP rules out wins anywhere the attack without IBP went
+        logits = model(found_without)
+    assert not ((logits >= logits.gather(1, y[:, None])) & ~rivals).scatter(1, y[:, None], False).any()
+
+
+def test_apgd_checkpoints_follow_croce_and_hein():
+    assert attacks.apgd_intervals(100) == [22, 19, 16, 13, 10, 7, 6, 6]
+    assert attacks.apgd_intervals(1) == [1]
+    assert all(sum(attacks.apgd_intervals(n)) <= n for n in range(1, 300))
+
+
+@given(st.integers(4, 10), seeds, st.floats(0.1, 100))
+def test_targeted_dlr_is_scale_free_and_positive_exactly_when_the_target_wins(classes, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(50, classes, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (50,), generator=g)
+    t = (y + torch.randint(1, classes, (50,), generator=g)) % classes
+    loss = attacks.targeted_dlr_loss(logits, y, t)
+    assert torch.allclose(attacks.targeted_dlr_loss(scale * logits, y, t), loss)
+    assert torch.equal(loss > 0, logits.gather(1, t[:, None])[:, 0] > logits.gather(1, y[:, None])[:, 0])
+
+
+def test_a_stage_with_focus_attacks_only_the_rows_close_to_breaking():
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=20, hidden=(24,), out_features=10, activation="groupsort",
+                                   group_size=4)).double().eval()
+    x = torch.rand(100, 20, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    ball = Ball("linf", first_order_radius(model, x, y, "linf"), PIXEL_RANGE)
+    first = (STAGE("ce", steps=3),)
+    broken_first, found_first = attacks.apgd(model, x, y, ball, first)
+    with torch.no_grad():
+        close = attacks.attack_loss(model(found_first), y) >= 0.3 * attacks.attack_loss(model(x), y)
+    restarts = STAGE("margin", steps=10, runs=5, start="vertex")
+    focused = attacks.apgd(model, x, y, ball, first + (replace(restarts, focus=0.3),))[0]
+    everywhere = attacks.apgd(model, x, y, ball, first + (restarts,))[0]
+    assert torch.equal(attacks.apgd(model, x, y, ball, first + (replace(restarts, focus=0.0),))[0], broken_first)
+    assert broken_first.sum() < focused.sum() <= everywhere.sum()
+    assert (close | broken_first)[focused].all() and not (focused & ~broken_first & ~close).any()
+
+
+def test_apgd_stages_refuse_what_they_cannot_run():
+    for bad in ({"loss": "cw"}, {"loss": "ce", "start": "corner"}, {"loss": "margin", "targets": 2},
+                {"loss": "dlr-t"}, {"loss": "ce", "steps": 0}, {"loss": "ce", "focus": -0.1}):
+        with pytest.raises(ValueError):
+            STAGE(**bad)
+
+
+def test_apgd_falls_back_to_pgd_in_l1():
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=6, hidden=(6,), out_features=3, activation="relu",
+                                   group_size=1)).double().eval()
+    x = torch.rand(20, 6, dtype=torch.float64)
+    y = torch.zeros(20, dtype=torch.long)
+    ball = Ball("l1", 0.5, PIXEL_RANGE)
+    stages = (STAGE("ce", steps=7), STAGE("dlr-t", steps=5, targets=2))
+    by_apgd = attacks.apgd(model, x, y, ball, stages, seed=4)
+    by_pgd = attacks.pgd(model, x, y, ball, steps=7, restarts=2, seed=4)
+    assert torch.equal(by_apgd[0], by_pgd[0]) and torch.equal(by_apgd[1], by_pgd[1])
