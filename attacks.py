@@ -317,7 +317,7 @@ def apgd_start(
         return torch.where(heads, -radius, radius)
     if start == "vertex":
         direction = torch.randn(shape, generator=generator, dtype=radius.dtype, device=radius.device)
-        return radius * direction / lipschitz.lp_vector_norm(direction, norm)[:, None].clamp_min(1e-30)
+        return radius * direction / lipschitz.vector_norm(direction, norm)[:, None].clamp_min(1e-30)
     if start == "centre" and not run.any():
         return radius.new_zeros(shape)
     inside = lp_random_start(shape, radius, norm, generator)

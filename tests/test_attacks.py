@@ -105,7 +105,7 @@ def first_order_radius(model: LipschitzMLP, x: torch.Tensor, y: torch.Tensor, no
     x = x.clone().requires_grad_(True)
     loss = attacks.attack_loss(model(x), y)
     (grad,) = torch.autograd.grad(loss.sum(), x)
-    return (-loss / lipschitz.lp_dual_norm(grad, norm)).median().item()
+    return (-loss / lipschitz.dual_norm(grad, norm)).median().item()
 
 STAGE = attacks.APGDStage
 SMALL_APGD = (STAGE("ce", steps=12, runs=2), STAGE("dlr-t", steps=12, targets=2),
@@ -151,7 +151,7 @@ def test_apgd_finds_the_one_narrow_counterexample_that_pgd_misses(norm):
     d, eps = 6, 0.1
     w2 = 5.0 * torch.tensor([1.0, -1.0] * (d // 2), dtype=torch.float64)
     x = torch.full((1, d), 0.5, dtype=torch.float64)  # the domain [0, 1] does not bind at radius 0.1
-    reach = eps * lipschitz.lp_dual_norm(w2, norm)
+    reach = eps * lipschitz.dual_norm(w2, norm)
     weight = torch.stack([torch.zeros(d), torch.full((d,), 0.5), w2, torch.zeros(d)])
     model = net_from_weights([weight], [[0.0, -0.5 - 0.5 * x.sum(), -w2 @ x[0] - reach + 0.01, -5.0]])
     y = torch.zeros(1, dtype=torch.long)
