@@ -506,6 +506,20 @@ def apgd(
     return attack_loss(in_batches(found), labels) >= 0, found
 
 
+ATTACKS = ("apgd", "pgd")  # the first is the default
+
+
+def attack(name: str, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, ball: Ball, steps: int = 50,
+           restarts: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(broken, found) of the attack called `name`: `apgd` with its default stages, or `pgd` with `steps` and
+    `restarts`."""
+    if name == "apgd":
+        return apgd(model, x, labels, ball, seed=seed)
+    if name == "pgd":
+        return pgd(model, x, labels, ball, steps, restarts, seed=seed)
+    raise ValueError(f"unknown attack {name!r}: choose one of {', '.join(ATTACKS)}")
+
+
 @dataclass(frozen=True)
 class Counterexample:
     """A test example and an input in its ball, inside the domain, that the float32 network misclassifies: how it

@@ -38,7 +38,7 @@ import lipschitz
 import measure
 import milp
 import shards
-from attacks import Counterexample
+from attacks import ATTACKS, Counterexample
 from certificates import METHODS, RADIUS_DIGITS, Accuracy
 from checkpoints import COUNTEREXAMPLE_FORMATS, Expected, load_checkpoint, write_counterexamples, write_csv
 from lipschitz import NORM_NAMES, Ball
@@ -55,14 +55,15 @@ EXIT_UNSOUND = 1  # an attack broke a certified example
 def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, domain: str = "pixels") -> str:
     """One radius: a row per method. Several radii: a row per radius, certified % per method."""
     attacked = rows[0].robust is not None
+    name = rows[0].attack if attacked else "pgd"
     where = ""
     if attacked or "ibp" in methods:
-        where = "; ibp and pgd " + ("within the pixel range [0, 1]" if domain == "pixels" else "in the whole ball")
+        where = f"; ibp and {name} " + ("within the pixel range [0, 1]" if domain == "pixels" else "in the whole ball")
     if len(rows) == 1:
         return one_radius_table(rows[0], methods, norm, examples, where)
     lines = [f"{NORM_NAMES[norm]} certified accuracy (%) by radius, {examples} test examples, "
              f"clean {rows[0].clean:.3f}{where}",
-             f"{'eps':<8}" + "".join(f"{m:>10}" for m in methods) + (f"{'pgd':>10}{'broken':>8}" if attacked else "")]
+             f"{'eps':<8}" + "".join(f"{m:>10}" for m in methods) + (f"{name:>10}{'broken':>8}" if attacked else "")]
     for row in rows:
         line = f"{row.eps!r:<8}" + "".join(f"{row.certified[m]:>10.3f}" for m in methods)
         if attacked:
@@ -72,11 +73,11 @@ def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, d
 
 
 def one_radius_table(row: Row, methods: tuple[str, ...], norm: str, examples: int, where: str) -> str:
-    """A row per method at one radius: clean, certified and, when attacked, PGD's figures."""
+    """A row per method at one radius: clean, certified and, when attacked, the attack's figures."""
     attacked = row.robust is not None
     lines = [f"{NORM_NAMES[norm]} radius {row.eps!r}, {examples} test examples{where}",
              f"{'method':<10}{'clean (%)':>11}{'certified (%)':>15}"
-             + (f"{'pgd robust (%)':>16}{'broken by pgd':>15}" if attacked else "")]
+             + (f"{row.attack + ' robust (%)':>16}{'broken by ' + row.attack:>15}" if attacked else "")]
     for method in methods:
         line = f"{method:<10}{row.clean:>11.3f}{row.certified[method]:>15.3f}"
         if attacked:
@@ -139,8 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--domain", choices=tuple(DOMAINS), default="pixels",
                         help="where ibp and the attack look: valid images (the ball cut to [0, 1]) or the "
                              "whole ball; the Lipschitz methods always certify the whole ball (default: %(default)s)")
-    parser.add_argument("--attack", choices=("none", "pgd"), default="none",
-                        help="also attack every example: empirical robust accuracy (default: %(default)s)")
+    parser.add_argument("--attack", choices=("none", *ATTACKS), nargs="?", const=ATTACKS[0], default="none",
+                        help="also attack every example: empirical robust accuracy; --attack alone is apgd (APGD-CE, "
+                             "APGD-T and random-corner runs, as strong as AutoAttack here), --attack pgd the plain "
+                             "PGD of --pgd-steps and --pgd-restarts (default: %(default)s)")
     parser.add_argument("--pgd-steps", type=cli.positive_int, default=50, help="PGD steps (default: %(default)s)")
     parser.add_argument("--pgd-restarts", type=cli.positive_int, default=5,
                         help="PGD restarts, the first from the input itself (default: %(default)s)")
@@ -274,6 +277,7 @@ def verify(args: argparse.Namespace, model: LipschitzMLP, run: Run, ball: Ball) 
     test = run.test
     verdicts = milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps,
                                  args.pgd_restarts, args.seed, progress=sys.stderr.isatty(), workers=args.workers,
+                                 attack=ATTACKS[0] if args.attack == "none" else args.attack,
                                  indices=run.indices)
     print(verdict_table(verdicts, args.method, ball, len(test), args.domain, args.time_limit))
     warn_overflow(sum(v.decided_by == "overflow" for v in verdicts))
@@ -303,7 +307,7 @@ def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain
         count = sum(v.status == status for v in verdicts)
         lines.append(f"{status:<16}{count:>10d}{100 * count / max(1, examples):>10.2f}")
     decided = {stage: sum(v.decided_by == stage for v in verdicts)
-               for stage in ("clean", "ibp", "pgd", "lp", "milp", "overflow")}
+               for stage in ("clean", "ibp", *ATTACKS, "lp", "milp", "overflow")}
     lines.append("decided by: " + ", ".join(f"{stage} {count}" for stage, count in decided.items() if count))
     lines.append(f"seconds per example: mean {sum(seconds) / max(1, examples):.3f}, max {max(seconds, default=0):.3f}")
     return "\n".join(lines)
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         save_counterexamples(args, rows[0].counterexamples or [])
     broken = sum(sum(row.broken.values()) for row in rows if row.broken)
     if broken:
-        print(f"error: pgd broke {broken} certified examples: a certificate is unsound", file=sys.stderr)
+        print(f"error: {rows[0].attack} broke {broken} certified examples: a certificate is unsound", file=sys.stderr)
         sys.exit(EXIT_UNSOUND)
 
 

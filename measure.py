@@ -228,12 +228,13 @@ class Row:
     broken: dict[str, int] | None = None  # certified examples that the attack broke: must be 0
     counterexamples: list[Counterexample] | None = None  # the attack's, re-checked in float32
     overflow: int = 0  # examples not certified because the float32 network may overflow in their ball
+    attack: str = "none"  # the attack's name
 
 
 def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...], attack: str = "none",
             steps: int = 50, restarts: int = 5, seed: int = 0, keep: int | None = 8) -> Row:
-    """Certify every method in `ball` and, with attack "pgd", attack every example (certified ones too),
-    keeping the first `keep` counterexamples (None: every one).
+    """Certify every method in `ball` and, with attack "apgd" or "pgd" (`attacks.ATTACKS`), attack every example
+    (certified ones too), keeping the first `keep` counterexamples (None: every one).
 
     IBP and the attack both work in the ball cut to its domain; the Lipschitz
     certificates hold in the whole ball, which contains it.
@@ -244,8 +245,8 @@ def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, .
     if attack == "none":
         return Row(ball.eps, percent(masks["clean"]), certified, overflow=overflow)
     model.eval()
-    broken, found = attacks.pgd(model, split.images, split.labels, ball, steps, restarts, seed=seed)
+    broken, found = attacks.attack(attack, model, split.images, split.labels, ball, steps, restarts, seed)
     broken_certified = {m: int((masks[m] & broken).sum()) for m in methods}
-    kept = attacks.counterexamples(model, split, ball, broken, found, "pgd", limit=keep)
+    kept = attacks.counterexamples(model, split, ball, broken, found, attack, limit=keep)
     return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken), broken_certified, list(kept.values()),
-               overflow)
+               overflow, attack)

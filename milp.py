@@ -212,14 +212,16 @@ METHODS = ("lp", "exact", "best")
 
 def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, time_limit: float = 60.0,
                  pgd_steps: int = 50, pgd_restarts: int = 5, seed: int = 0, progress: bool = True,
-                 workers: int = 1, indices: Sequence[int] | None = None) -> list[Verdict]:
+                 workers: int = 1, indices: Sequence[int] | None = None, attack: str = attacks.ATTACKS[0]
+                 ) -> list[Verdict]:
     """Every example's verdict under `method`, in order, with a progress bar (examples done, verdict counts, time
     left). `indices` are the examples' indices in the whole split, for the records (default 0, 1, ...).
 
     lp and exact: `verify` on every example (IBP first, inside it). best: the
     cheap methods first, each on the whole split at once: IBP's certificate
-    (robust), then PGD (a counterexample, re-checked in float32 inside the
-    exact box), then PGD again on what is left with HARD_STEPS steps and
+    (robust), then `attack` (APGD by default, `attacks.attack`; a
+    counterexample, re-checked in float32 inside the exact box), then PGD on
+    what is left with HARD_STEPS steps and
     HARD_RESTARTS restarts (on the seed-0 demo GroupSort net at L-inf 0.1 it
     breaks a third of the digits that the mixed-integer program cannot settle
     in 60 s), then `verify` on the rest (the relaxation, then the program).
@@ -247,20 +249,20 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
         proved = measure.certify_split(model, split, ball, ("ibp",))["ibp"]
         ibp_seconds = (time.perf_counter() - start) / max(1, len(split))
         spent = ibp_seconds  # per example that went through every stage so far
-        for steps, restarts, attempt in ((pgd_steps, pgd_restarts, 0), (HARD_STEPS, HARD_RESTARTS, 1)):
+        for name, steps, restarts, attempt in ((attack, pgd_steps, pgd_restarts, 0), ("pgd", HARD_STEPS, HARD_RESTARTS, 1)):
             left = (~proved).clone()
             left[list(attacked)] = False
             if not left.any():
                 break
             start = time.perf_counter()
             index = left.nonzero().flatten()
-            broken, found = attacks.pgd(model, split.images[index], split.labels[index], ball, steps, restarts,
-                                        seed=seed + attempt)
+            broken, found = attacks.attack(name, model, split.images[index], split.labels[index], ball, steps,
+                                           restarts, seed + attempt)
             spent += (time.perf_counter() - start) / len(index)
             subset = Split(split.images[index], split.labels[index])
-            for k, found_one in attacks.counterexamples(model, subset, ball, broken, found, "pgd").items():
+            for k, found_one in attacks.counterexamples(model, subset, ball, broken, found, name).items():
                 position = int(index[k])
-                attacked[position] = Verdict("counterexample", "pgd", spent, replace(found_one, index=indices[position]))
+                attacked[position] = Verdict("counterexample", name, spent, replace(found_one, index=indices[position]))
     settled = {k: Verdict("robust", "ibp", ibp_seconds) for k in proved.nonzero().flatten().tolist()}
     settled.update(attacked)
     tasks = [(k, split.images[k], int(split.labels[k]), indices[k]) for k in range(len(split)) if k not in settled]
