@@ -17,8 +17,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import cli
 import checkpoints
+import cli
+from attacks import ATTACKS
 from errors import Failure
 from lipschitz import NORM_NAMES
 STYLES = {  # colour and marker per method; the attack is the dashed black upper curve
@@ -35,13 +36,14 @@ class CurveError(Failure):
 
 @dataclass(frozen=True)
 class Curve:
-    """Accuracies in percent at each radius: clean, certified per method, and PGD's (or None)."""
+    """Accuracies in percent at each radius: clean, certified per method, and the attack's (or None)."""
 
     norm: str
     eps: list[float]
     clean: list[float]
     certified: dict[str, list[float]]
     robust: list[float] | None = None
+    attack: str = "pgd"  # the attack behind `robust`, its column's name
 
     @classmethod
     def from_rows(cls, norm: str, rows: list, methods: tuple[str, ...]) -> Curve:
@@ -49,12 +51,12 @@ class Curve:
         attacked = rows[0].robust is not None
         return cls(norm, [r.eps for r in rows], [r.clean for r in rows],
                    {m: [r.certified[m] for r in rows] for m in methods},
-                   [r.robust for r in rows] if attacked else None)
+                   [r.robust for r in rows] if attacked else None, rows[0].attack if attacked else "pgd")
 
 
 def write_csv(path: Path, curve: Curve) -> None:
-    """Columns: norm, eps, clean, one per method, and pgd when attacked."""
-    header = ["norm", "eps", "clean", *curve.certified] + (["pgd"] if curve.robust is not None else [])
+    """Columns: norm, eps, clean, one per method, and the attack's (apgd or pgd) when attacked."""
+    header = ["norm", "eps", "clean", *curve.certified] + ([curve.attack] if curve.robust is not None else [])
     rows = [header]
     for i, eps in enumerate(curve.eps):
         values = [curve.clean[i], *(v[i] for v in curve.certified.values())]
@@ -73,11 +75,12 @@ def read_csv(path: Path) -> Curve:
         raise CurveError(f"cannot read curve {path}: {err.strerror or err}") from None
     if not rows or not {"norm", "eps", "clean"} <= set(rows[0]):
         raise CurveError(f"{path} is not a radius-curve CSV written by certify.py --eps")
-    methods = [name for name in rows[0] if name not in ("norm", "eps", "clean", "pgd")]
+    attacks = [name for name in rows[0] if name in ATTACKS]
+    methods = [name for name in rows[0] if name not in ("norm", "eps", "clean", *ATTACKS)]
     try:
         number = lambda name: [float(row[name]) for row in rows]  # noqa: E731
         return Curve(rows[0]["norm"], number("eps"), number("clean"), {m: number(m) for m in methods},
-                     number("pgd") if "pgd" in rows[0] else None)
+                     number(attacks[0]) if attacks else None, attacks[0] if attacks else "pgd")
     except (TypeError, ValueError):
         raise CurveError(f"{path} holds a value that is not a number") from None
 
@@ -93,7 +96,7 @@ def plot(panels: list[tuple[str, Curve]], path: Path) -> None:
             colour, marker = STYLES.get(method, ("tab:gray", "x"))
             ax.plot(curve.eps, values, color=colour, marker=marker, markersize=4, label=f"certified: {method}")
         if curve.robust is not None:
-            ax.plot(curve.eps, curve.robust, color="black", linestyle="--", label="PGD robust (upper bound)")
+            ax.plot(curve.eps, curve.robust, color="black", linestyle="--", label=f"{curve.attack.upper()} robust (upper bound)")
         ax.axhline(curve.clean[0], color="gray", linestyle=":", linewidth=1, label="clean")
         ax.set_title(title)
         ax.set_xlabel(f"{NORM_NAMES.get(curve.norm, curve.norm)} radius ε (pixels in [0, 1])")
