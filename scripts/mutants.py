@@ -190,7 +190,8 @@ def main() -> None:
             if text.count(original) != 1:
                 sys.exit(f"mutant {number} ({what}): its original text is not found exactly once in {file}")
             (tree / file).write_text(text.replace(original, mutant))
-            own = [t for t in (f"tests/test_{Path(file).stem}.py", "tests/test_operators.py") if t in FAST_TESTS]
+            own = [t for t in dict.fromkeys((f"tests/test_{Path(file).stem}.py", "tests/test_operators.py"))
+                   if t in FAST_TESTS]
             fast = [*own, *(t for t in FAST_TESTS if t not in own)]  # the likeliest killers first
             verdict = "killed by the unit tests" if killed(tree, fast) else (
                 "killed by the whole suite" if killed(tree, ["tests"]) else "SURVIVED")
