@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_TESTS = ["tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_operators.py", "tests/test_groupsort.py",
-              "tests/test_models.py", "tests/test_ibp.py", "tests/test_certificates.py", "tests/test_overflow.py",
+FAST_TESTS = ["tests/test_operators.py", "tests/test_ibp.py", "tests/test_groupsort.py", "tests/test_rounding.py",
+              "tests/test_lipschitz.py", "tests/test_certificates.py", "tests/test_overflow.py", "tests/test_models.py",
               "tests/test_milp.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
