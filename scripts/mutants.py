@@ -171,8 +171,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--only", type=int, nargs="+", metavar="N", help="run only these mutants (numbers of --list)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the run of the unit tests on the unmutated tree (when the suite has just passed)")
     args = parser.parse_args()
-    if not args.list:
+    if not args.list and not args.no_baseline:
         with tempfile.TemporaryDirectory() as folder:
             copy_tree(Path(folder) / "repo")
             if killed(Path(folder) / "repo", FAST_TESTS):
