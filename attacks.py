@@ -1,4 +1,10 @@
-"""PGD attacks in L-inf, L2 and L1: search the p-ball around an input for a misclassified point.
+"""PGD and APGD attacks in L-inf, L2 and L1: search the p-ball around an input for a misclassified point.
+
+`pgd` is plain projected gradient ascent on the smallest gap. `apgd` runs APGD
+(Croce & Hein 2020) on several losses, skips what IBP proves and spends many
+short restarts on the examples that come close to breaking: on the demo's two
+checkpoints it breaks every digit that the standard AutoAttack breaks
+(scripts/compare_autoattack.py). In L1 `apgd` falls back to `pgd`.
 
 An attack gives an UPPER bound on robust accuracy (every point it finds is a
 real counterexample), where a certificate gives a lower bound. So on every

@@ -187,7 +187,7 @@ def test_apgd_breaks_whatever_pgd_breaks_on_random_nets(seed, activation, norm):
 def test_apgd_breaks_whatever_pgd_breaks_on_the_original_relu_net(original_demo, mnist_root):
     model = checkpoints.load_checkpoint(original_demo / "relu.p", checkpoints.Expected(activation="relu")).model
     (test,) = load_mnist(mnist_root, ("test",), allow_download=False)
-    x, y = test.images[:100], test.labels[:100]
+    x, y = test.images[:60], test.labels[:60]
     ball = Ball("linf", 0.1, PIXEL_RANGE)
     by_pgd, _ = attacks.pgd(model, x, y, ball)
     by_apgd, _ = attacks.apgd(model, x, y, ball)
