@@ -11,12 +11,12 @@ from curves import Curve, CurveError
 
 
 def test_a_curve_survives_its_csv(tmp_path):
-    rows = [Row(0.0, 90.0, {"global": 90.0, "ibp": 90.0}, 90.0, {"global": 0, "ibp": 0}),
-            Row(0.05, 90.0, {"global": 41.5, "ibp": 60.25}, 70.125, {"global": 0, "ibp": 0})]
+    rows = [Row(0.0, 90.0, {"global": 90.0, "ibp": 90.0}, 90.0, {"global": 0, "ibp": 0}, attack="apgd"),
+            Row(0.05, 90.0, {"global": 41.5, "ibp": 60.25}, 70.125, {"global": 0, "ibp": 0}, attack="apgd")]
     curve = Curve.from_rows("l2", rows, ("global", "ibp"))
     assert curve.eps == [0.0, 0.05] and curve.certified["ibp"] == [90.0, 60.25] and curve.robust == [90.0, 70.125]
     curves.write_csv(tmp_path / "c.csv", curve)
-    assert (tmp_path / "c.csv").read_text().splitlines()[0] == "norm,eps,clean,global,ibp,pgd"
+    assert (tmp_path / "c.csv").read_text().splitlines()[0] == "norm,eps,clean,global,ibp,apgd"
     assert curves.read_csv(tmp_path / "c.csv") == curve
     unattacked = Curve.from_rows("linf", [Row(0.1, 80.0, {"margin": 50.0})], ("margin",))
     curves.write_csv(tmp_path / "u.csv", unattacked)
