@@ -221,8 +221,8 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
     cheap methods first, each on the whole split at once: IBP's certificate
     (robust), then `attack` (APGD by default, `attacks.attack`; a
     counterexample, re-checked in float32 inside the exact box), then PGD on
-    what is left with HARD_STEPS steps and
-    HARD_RESTARTS restarts (on the seed-0 demo GroupSort net at L-inf 0.1 it
+    what is left with HARD_STEPS steps and HARD_RESTARTS restarts, side by
+    side (`attacks.pgd`; on the seed-0 demo GroupSort net at L-inf 0.1 it
     breaks a third of the digits that the mixed-integer program cannot settle
     in 60 s), then `verify` on the rest (the relaxation, then the program).
 
@@ -249,15 +249,17 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
         proved = measure.certify_split(model, split, ball, ("ibp",))["ibp"]
         ibp_seconds = (time.perf_counter() - start) / max(1, len(split))
         spent = ibp_seconds  # per example that went through every stage so far
-        for name, steps, restarts, attempt in ((attack, pgd_steps, pgd_restarts, 0), ("pgd", HARD_STEPS, HARD_RESTARTS, 1)):
+        passes = ((attack, lambda xs, ys: attacks.attack(attack, model, xs, ys, ball, pgd_steps, pgd_restarts, seed)),
+                  ("pgd", lambda xs, ys: attacks.pgd(model, xs, ys, ball, HARD_STEPS, HARD_RESTARTS, seed + 1,
+                                                     side_by_side=True)))
+        for name, attack_on in passes:
             left = (~proved).clone()
             left[list(attacked)] = False
             if not left.any():
                 break
             start = time.perf_counter()
             index = left.nonzero().flatten()
-            broken, found = attacks.attack(name, model, split.images[index], split.labels[index], ball, steps,
-                                           restarts, seed + attempt)
+            broken, found = attack_on(split.images[index], split.labels[index])
             spent += (time.perf_counter() - start) / len(index)
             subset = Split(split.images[index], split.labels[index])
             for k, found_one in attacks.counterexamples(model, subset, ball, broken, found, name).items():

@@ -66,8 +66,9 @@ MUTANTS = [
      "Linear: bounds of the differences within a group, from a box 2 % too small"),
     ("operators.py", "width = (error + reach) * (1 + 4 * u)", "width = 0.98 * (error + reach) * (1 + 4 * u)",
      "a deeper box cut 2 % inside the units' Lipschitz reach"),
-    ("operators.py", "bias - weight.sum(axis=1) * wires.mean / wires.std",
-     "bias - 0.98 * weight.sum(axis=1) * wires.mean / wires.std", "Linear: encoding with the normalisation mis-folded"),
+    ("operators.py", "return weight / std, bias - weight.sum(axis=1) * mean / std",
+     "return weight / std, bias - 0.98 * weight.sum(axis=1) * mean / std",
+     "Linear: encoding (and ONNX export) with the normalisation mis-folded"),
     ("operators.py", "lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() + slack",
      "lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() - 0.02 * (after.upper[0] - "
      "after.lower[0]).numpy()", "Linear: encoding whose units' bounds are 2 % too tight"),

@@ -44,15 +44,16 @@ def test_random_starts_lie_in_the_ball(norm, d, seed):
     assert (lipschitz.vector_norm(start, norm) <= 0.3 * (1 + REL)).all()
 
 
-@given(random_nets(), norms, st.booleans(), seeds)
+@given(random_nets(), norms, st.booleans(), st.booleans(), seeds)
 @settings(max_examples=30, deadline=None)
-def test_every_point_pgd_reports_is_in_the_ball_the_domain_and_misclassified(model, norm, pixels, seed):
+def test_every_point_pgd_reports_is_in_the_ball_the_domain_and_misclassified(model, norm, pixels, side_by_side, seed):
     domain = PIXEL_RANGE if pixels else None
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(40, model.config.in_features, generator=g, dtype=torch.float64)
     y = torch.randint(0, model.config.out_features, (40,), generator=g)
     eps = torch.rand(40, generator=g, dtype=torch.float64)
-    broken, found = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=10, restarts=2, seed=seed)
+    broken, found = attacks.pgd(model, x, y, Ball(norm, eps, domain), steps=10, restarts=3, seed=seed,
+                                batch_size=16, side_by_side=side_by_side)
     assert (lipschitz.vector_norm(found - x, norm) <= eps * (1 + 1e-6) + 1e-12).all()
     if domain is not None:
         assert ((found >= 0) & (found <= 1)).all()
@@ -89,6 +90,22 @@ def test_batching_does_not_change_what_pgd_finds(model, norm, seed):
     whole = attacks.pgd(model, x, y, ball, steps=5, restarts=1, seed=seed)
     batched = attacks.pgd(model, x, y, ball, steps=5, restarts=1, seed=seed, batch_size=7)
     assert torch.equal(whole[0], batched[0]) and torch.allclose(whole[1], batched[1])
+
+
+@given(random_nets(), norms, seeds)
+@settings(max_examples=10, deadline=None)
+def test_side_by_side_restarts_break_what_the_first_restart_breaks(model, norm, seed):
+    """The first restart (from x) is the same either way, and each copy's best point is kept for its row."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(30, model.config.in_features, generator=g, dtype=torch.float64)
+    y = torch.randint(0, model.config.out_features, (30,), generator=g)
+    ball = Ball(norm, 0.5, PIXEL_RANGE)
+    first, _ = attacks.pgd(model, x, y, ball, steps=5, restarts=1, seed=seed)
+    together, found = attacks.pgd(model, x, y, ball, steps=5, restarts=40, seed=seed, batch_size=64,
+                                  side_by_side=True)
+    assert (together >= first).all()
+    with torch.no_grad():
+        assert torch.equal(attacks.attack_loss(model(found), y) >= 0, together)
 
 
 def test_attack_loss_is_the_best_other_logit_minus_the_label():
