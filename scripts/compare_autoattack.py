@@ -2,8 +2,9 @@
 
     python scripts/compare_autoattack.py --data-dir ../shared/mnist               # the first 1,000 test digits
     python scripts/compare_autoattack.py --data-dir ../shared/mnist --all-digits  # and apgd, pgd on all 10,000
+    python scripts/compare_autoattack.py --data-dir ../shared/mnist --norm l1 --eps 3 --limit 300  # L1
 
-At L-inf 0.1 within the pixel range [0, 1], on the original demo's relu.p and groupsort.p. The reference
+At L-inf 0.1 (or `--norm`, `--eps`) within the pixel range [0, 1], on the original demo's relu.p and groupsort.p. The reference
 is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T and Square; Croce & Hein 2020) from the
 `pyautoattack` package. The project does not depend on it: install it by hand with
 `pip install --no-deps pyautoattack` (--no-deps keeps the project's torch), and without it this script
@@ -58,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attacks  # noqa: E402
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
+import lipschitz  # noqa: E402
 from lipschitz import Ball  # noqa: E402
 from mnist_data import IMAGE_SIZE, PIXEL_RANGE, Split, load_mnist  # noqa: E402
 from models import LipschitzMLP  # noqa: E402
@@ -66,6 +68,7 @@ REFERENCE = "pyautoattack"
 NETS = {"relu": checkpoints.Expected(activation="relu"),
         "groupsort": checkpoints.Expected(activation="groupsort", group_size=10)}
 PGD_STEPS, PGD_RESTARTS = 50, 5  # certify.py's defaults
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 ORIGINAL_DEMO = Path(__file__).resolve().parents[2] / "shared" / "original-demo"
 
 Attack = Callable[[LipschitzMLP, torch.Tensor, torch.Tensor, Ball], torch.Tensor]
@@ -82,12 +85,12 @@ def autoattack_class() -> type:
 
 
 def autoattack(seed: int) -> Attack:
-    """The standard AutoAttack at the ball's L-inf radius; its points, broken or not."""
+    """The standard AutoAttack in the ball's norm and radius; its points, broken or not."""
     reference = autoattack_class()
 
     def run(model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, ball: Ball) -> torch.Tensor:
         frozen = copy.deepcopy(model).requires_grad_(False)  # FAB's backward passes need no weight gradients
-        attack = reference(frozen, norm="Linf", eps=float(ball.eps), version="standard", seed=seed)
+        attack = reference(frozen, norm=AUTOATTACK_NORMS[ball.norm], eps=float(ball.eps), version="standard", seed=seed)
         images = x.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)  # Square draws squares on the image
         points, _ = attack.run_standard_evaluation(images, labels, batch_size=len(x))
         return points.flatten(1)
@@ -106,8 +109,9 @@ def pgd(seed: int) -> Attack:
 def broken_at(model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, ball: Ball, points: torch.Tensor,
               name: str) -> torch.Tensor:
     """Which digits another class ties or beats at `points`; fails when a point leaves the ball or the domain."""
-    slack = 1e-6  # float32 rounding of x + delta
-    if (points - x).abs().amax() > float(ball.eps) + slack or points.min() < PIXEL_RANGE[0] \
+    slack = 1e-6 * x.shape[1]  # float32 rounding of x + delta, in each coordinate
+    if lipschitz.vector_norm(points.double() - x.double(), ball.norm).max() > float(ball.eps) + slack \
+            or points.min() < PIXEL_RANGE[0] \
             or points.max() > PIXEL_RANGE[1]:
         raise cli.UsageError(f"{name} returned a point outside the ball or the pixel range")
     with torch.no_grad():
@@ -127,14 +131,16 @@ def main() -> None:
                         help="folder holding relu.p and groupsort.p (default: %(default)s)")
     parser.add_argument("--limit", type=cli.positive_int, default=1000,
                         help="compare on the first LIMIT test digits (default: %(default)s)")
-    parser.add_argument("--eps", type=cli.unit_float, default=0.1, help="L-inf radius (default: %(default)s)")
+    parser.add_argument("--norm", choices=tuple(AUTOATTACK_NORMS), default="linf",
+                        help="the ball's norm (default: %(default)s)")
+    parser.add_argument("--eps", type=cli.positive_float, default=0.1, help="the ball's radius (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every attack (default: %(default)s)")
     parser.add_argument("--all-digits", action="store_true",
                         help="also run apgd and pgd on all 10,000 test digits and print their times")
     args = parser.parse_args()
     reference = autoattack(args.seed)  # fails at once when the package is missing
     (test,) = load_mnist(args.data_dir, ("test",), allow_download=False)
-    ball = Ball("linf", args.eps, PIXEL_RANGE)
+    ball = Ball(args.norm, args.eps, PIXEL_RANGE)
     head = test.head(args.limit)
     contenders: dict[str, Attack] = {
         "apgd (APGD_DEFAULT)": apgd(args.seed),
@@ -159,7 +165,7 @@ def main() -> None:
                 totals.append((net, name, broken_at(model, test.images, test.labels, ball, points, name), seconds))
                 print(f"{net}: {name} on all {len(test)} digits {seconds:.1f} s", file=sys.stderr, flush=True)
     version = importlib.metadata.version(REFERENCE)
-    print(f"L-inf {args.eps} within [0, 1], first {len(head)} test digits, seed {args.seed}; "
+    print(f"{args.norm} {args.eps} within [0, 1], first {len(head)} test digits, seed {args.seed}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {REFERENCE} {version}")
     print(f"{'net':<10} {'attack':<28} {'robust (%)':>10} {'AA breaks, missed':>18} {'breaks AA misses':>17} "
           f"{'seconds':>8}")

@@ -1,5 +1,5 @@
-"""PGD and APGD stay in the ball and the domain, project correctly, and find the optimum of linear models; APGD
-breaks what PGD breaks, and more."""
+"""PGD and APGD stay in the ball and the domain, project correctly (L1 onto the ball cut to the box), and find the
+optimum of linear models; APGD breaks what PGD breaks, and more."""
 
 from __future__ import annotations
 
@@ -313,14 +313,45 @@ def test_apgd_stages_refuse_what_they_cannot_run():
             STAGE(**bad)
 
 
-def test_apgd_falls_back_to_pgd_in_l1():
-    torch.manual_seed(0)
-    model = LipschitzMLP(MLPConfig(in_features=6, hidden=(6,), out_features=3, activation="relu",
-                                   group_size=1)).double().eval()
-    x = torch.rand(20, 6, dtype=torch.float64)
-    y = torch.zeros(20, dtype=torch.long)
-    ball = Ball("l1", 0.5, PIXEL_RANGE)
-    stages = (STAGE("ce", steps=7), STAGE("dlr-t", steps=5, targets=2))
-    by_apgd = attacks.apgd(model, x, y, ball, stages, seed=4)
-    by_pgd = attacks.pgd(model, x, y, ball, steps=7, restarts=2, seed=4)
-    assert torch.equal(by_apgd[0], by_pgd[0]) and torch.equal(by_apgd[1], by_pgd[1])
+@given(st.integers(1, 30), st.floats(0.01, 20.0), st.booleans(), seeds)
+@settings(max_examples=60, deadline=None)
+def test_the_l1_box_projection_lands_in_both_and_is_nearest(d, eps, domain, seed):
+    """Inside the L1 ball and the box (x + d in [0, 1]), with the float32 sum x + d too; and nearest, to the
+    bisection's precision: <delta - p, z - p> <= tolerance for points z of the intersection."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(32, d, generator=g)
+    x[:, : d // 3] = 0.0  # background pixels: they can only grow
+    delta = 2 * torch.randn(32, d, generator=g)
+    radius = torch.full((32, 1), eps)
+    low, high = (-x, 1 - x) if domain else (torch.full_like(x, -torch.inf), torch.full_like(x, torch.inf))
+    projected = attacks.project_l1_box(delta, radius, low, high)
+    assert (projected.double().abs().sum(dim=1) <= eps).all()
+    assert ((x + projected) - x).double().abs().sum(dim=1).le(eps).all()  # as the network sees it
+    assert ((projected >= low) & (projected <= high)).all()
+    inside = delta.double().abs().sum(dim=1) < eps * (1 - 1e-3)
+    box_ok = ((delta >= low) & (delta <= high)).all(dim=1)
+    assert torch.allclose(projected[inside & box_ok], delta[inside & box_ok])  # nothing to do: nothing done
+    for _ in range(5):
+        z = attacks.project_l1_box(3 * torch.randn(32, d, generator=g), radius, low, high)
+        assert ((delta - projected).double() * (z - projected).double()).sum(dim=1).max() <= 1e-4 * (1 + eps)
+
+
+@given(st.integers(1, 40), st.integers(1, 45), seeds)
+@settings(max_examples=60)
+def test_the_sparse_l1_step_has_unit_norm_on_the_largest_movable_coordinates(d, count, seed):
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(8, d, generator=g, dtype=torch.float64)
+    movable = torch.rand(8, d, generator=g) < 0.7
+    counts = torch.randint(1, count + 1, (8, 1), generator=g)
+    step = attacks.l1_sparse_direction(grad, movable, counts)
+    moved = step != 0
+    assert not (moved & ~movable).any()
+    for row in range(8):
+        if moved[row].any():
+            assert step[row].abs().sum() == pytest.approx(1.0)
+            assert (step[row][moved[row]].sign() == grad[row][moved[row]].sign()).all()
+            left = grad[row][movable[row] & ~moved[row]].abs()
+            assert not len(left) or grad[row][moved[row]].abs().min() >= left.max()
+            assert moved[row].sum() >= min(int(counts[row]), int(movable[row].sum()))
+        else:
+            assert not (movable[row] & (grad[row] != 0)).any()
