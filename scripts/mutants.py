@@ -150,7 +150,12 @@ MUTANTS = [
 
 
 def copy_tree(target: Path) -> None:
-    """The tracked and untracked-but-not-ignored files of the repository, copied under `target`."""
+    """The tracked and untracked-but-not-ignored files of the repository, copied under `target`, with ../shared
+    (MNIST and the original demo's checkpoints) linked beside it as it lies beside the repository."""
+    shared = REPO.parent / "shared"
+    if shared.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (target.parent / "shared").symlink_to(shared.resolve())
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split("\n")
     for name in filter(None, listed):
