@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "whole ball; the Lipschitz methods always certify the whole ball (default: %(default)s)")
     parser.add_argument("--attack", choices=("none", *ATTACKS), nargs="?", const=ATTACKS[0], default="none",
                         help="also attack every example: empirical robust accuracy; --attack alone is apgd (APGD-CE, "
-                             "APGD-T and random-corner runs, as strong as AutoAttack here), --attack pgd the plain "
+                             "APGD-T and random-corner runs, as strong as AutoAttack in L-inf here), --attack pgd the plain "
                              "PGD of --pgd-steps and --pgd-restarts (default: %(default)s)")
     parser.add_argument("--pgd-steps", type=cli.positive_int, default=50, help="PGD steps (default: %(default)s)")
     parser.add_argument("--pgd-restarts", type=cli.positive_int, default=5,
