@@ -1,8 +1,9 @@
 """GroupSort sorts within groups only; per-unit bounds, whole-vector bounds and intervals pass through GroupSort
-and ReLU soundly; bad group sizes and activations are refused."""
+and ReLU soundly; ReLU's encoding holds exactly its graph; bad group sizes and activations are refused."""
 
 from __future__ import annotations
 
+import highspy
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from errors import ConfigError
 from groupsort import GroupSort, ReLU, make_activation
 from models import LipschitzMLP, MLPConfig
 from operators import Slope
+from program import Program, Wire, Wires
 from nets import norms, seeds
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
@@ -124,3 +126,25 @@ def test_intervals_pass_through_activations_soundly(group_size, groups, seed):
         low, high = activation.interval(lower, upper)
         out = activation(inside)
         assert (low <= out).all() and (out <= high).all()
+
+
+@pytest.mark.parametrize("lower, upper", [(-1.0, 0.05), (-0.05, 1.0), (-1e-3, 1e-3), (0.2, 1.0), (-1.0, -0.2)])
+def test_the_relu_encoding_holds_exactly_the_graph_of_relu(lower, upper):
+    """For a pre-activation a fixed anywhere in its bounds, the program's output h can only be relu(a): its
+    largest and least value are both relu(a), whether the bounds decide the unit or a binary does."""
+    for value in np.linspace(lower, upper, 7):
+        program = Program()
+        a = program.variable(lower, upper)
+        program.row([a], [1.0], value, value)
+        (h,) = ReLU().encode(program, Wires([Wire(a, lower, upper)]), None, None)
+        if h.column is None:  # the bounds decide the unit: 0, a constant
+            assert upper <= 0 and (h.lower, h.upper) == (0.0, 0.0)
+            continue
+        extremes = []
+        for sense in (highspy.ObjSense.kMaximize, highspy.ObjSense.kMinimize):
+            solver = program.highs(relax=False)
+            solver.changeColCost(h.column, 1.0)
+            solver.changeObjectiveSense(sense)
+            solver.run()
+            extremes.append(solver.getInfo().objective_function_value)
+        assert extremes == pytest.approx([max(value, 0.0)] * 2, abs=1e-7), value
