@@ -55,10 +55,11 @@ EXIT_UNSOUND = 1  # an attack broke a certified example
 def table(rows: list[Row], methods: tuple[str, ...], norm: str, examples: int, domain: str = "pixels") -> str:
     """One radius: a row per method. Several radii: a row per radius, certified % per method."""
     attacked = rows[0].robust is not None
-    name = rows[0].attack if attacked else "pgd"
+    name = rows[0].attack if attacked else ""
+    looking = " and ".join(["ibp"] * ("ibp" in methods) + [name] * attacked)
     where = ""
-    if attacked or "ibp" in methods:
-        where = f"; ibp and {name} " + ("within the pixel range [0, 1]" if domain == "pixels" else "in the whole ball")
+    if looking:
+        where = f"; {looking} " + ("within the pixel range [0, 1]" if domain == "pixels" else "in the whole ball")
     if len(rows) == 1:
         return one_radius_table(rows[0], methods, norm, examples, where)
     lines = [f"{NORM_NAMES[norm]} certified accuracy (%) by radius, {examples} test examples, "

@@ -13,6 +13,7 @@ import torch
 
 import attacks
 import certify
+from measure import Row
 import cli
 import measure
 from certificates import LIPSCHITZ_METHODS, METHODS
@@ -392,3 +393,13 @@ def test_saved_counterexamples_load_and_each_is_misclassified_inside_its_ball(su
     with torch.no_grad():
         predicted = model(inputs).argmax(dim=1)
     assert torch.equal(predicted, saved["predicted"]) and (predicted != saved["label"]).all()
+
+
+def test_the_table_says_where_ibp_and_the_attack_look_and_names_only_what_ran():
+    plain = Row(0.1, 90.0, {"global": 70.0, "ibp": 80.0})
+    attacked = Row(0.1, 90.0, {"global": 70.0, "ibp": 80.0}, 85.0, {"global": 0, "ibp": 0}, attack="apgd")
+    assert "; ibp within the pixel range [0, 1]" in certify.table([plain], ("global", "ibp"), "linf", 10)
+    assert "pgd" not in certify.table([plain], ("global", "ibp"), "linf", 10)
+    assert "; ibp and apgd in the whole ball" in certify.table([attacked], ("global", "ibp"), "linf", 10, "ball")
+    lipschitz_only = Row(0.1, 90.0, {"global": 70.0})
+    assert "within" not in certify.table([lipschitz_only], ("global",), "linf", 10)
