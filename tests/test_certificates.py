@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import attacks
 import ibp
 import lipschitz
+import certificates
 from certificates import (
     LIPSCHITZ_METHODS,
     METHODS,
@@ -550,3 +551,12 @@ def test_radii_are_rounded_down_to_six_significant_digits():
     assert floored.tolist() == [0.123456, 1.0, 0.0, 2.5e-7, 0.999999, 123456.0]
     assert all(float(f"{v:.6g}") == v for v in floored.tolist())
     assert (floored <= values).all()
+
+
+def test_a_certified_gap_lower_bound_of_exactly_zero_certifies_nothing():
+    """The rule is strict: a lower bound of 0 (after the allowance) allows a tie, which is not a certificate;
+    the label's own entry is never looked at."""
+    lower = torch.tensor([[[-5.0, 0.0, 1.0], [0, 0, 0], [0, 0, 0]],
+                          [[-5.0, 1e-30, 1.0], [0, 0, 0], [0, 0, 0]]])
+    labels = torch.tensor([0, 0])
+    assert certificates.gaps_certified(lower, labels).tolist() == [False, True]
