@@ -164,17 +164,21 @@ class TimedOut:
         return self.solver.run()
 
 
-def hard_case() -> tuple[LipschitzMLP, Split, Ball]:
-    """A net and digits at a radius where IBP decides nothing, so that every rival needs a program."""
-    torch.manual_seed(3)
-    model = LipschitzMLP(MLPConfig(in_features=12, hidden=(8, 8), out_features=3, group_size=4))
+def scaled_case(net_seed: int, config: MLPConfig, rows: int, data_seed: int) -> tuple[LipschitzMLP, Split]:
+    """A net with every weight tripled (wide intervals) and `rows` random inputs labelled as it predicts them."""
+    torch.manual_seed(net_seed)
+    model = LipschitzMLP(config).eval()
     with torch.no_grad():
         for layer in model.linear_layers():
             layer.weight.mul_(3.0)
-    x = torch.rand(4, 12, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        labels = model(x).argmax(dim=1)
-    return model.eval(), Split(x, labels), Ball("linf", 0.3, PIXEL_RANGE)
+        x = torch.rand(rows, config.in_features, generator=torch.Generator().manual_seed(data_seed))
+        return model, Split(x, model(x).argmax(dim=1))
+
+
+def hard_case() -> tuple[LipschitzMLP, Split, Ball]:
+    """A net and digits at a radius where IBP decides nothing, so that every rival needs a program."""
+    model, split = scaled_case(3, MLPConfig(in_features=12, hidden=(8, 8), out_features=3, group_size=4), 4, 0)
+    return model, split, Ball("linf", 0.3, PIXEL_RANGE)
 
 
 @pytest.mark.parametrize("stage", ["lp", "milp"])
@@ -217,14 +221,8 @@ def test_a_pool_of_workers_gives_the_verdicts_and_counterexamples_of_one():
     same float32 inputs) and the indices given; each verdict pickles."""
     import pickle
 
-    torch.manual_seed(5)
-    model = LipschitzMLP(MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu")).eval()
-    with torch.no_grad():
-        for layer in model.linear_layers():
-            layer.weight.mul_(3.0)
-    x = torch.rand(8, 12, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        labels = model(x).argmax(dim=1)
+    model, made = scaled_case(5, MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu"), 8, 1)
+    x, labels = made.images, made.labels
     labels[0] = (labels[0] + 1) % 3  # one example wrong at x itself
     split, ball = Split(x, labels), Ball("linf", 0.2, PIXEL_RANGE)
     indices = list(range(100, 108))
