@@ -119,3 +119,22 @@ def test_lower_precision_matrix_products_are_refused():
     finally:
         torch.set_float32_matmul_precision(previous)
     rounding.check_exact_float32_matmul()
+
+
+@given(st.floats(0.3, 1.0), st.floats(0.3, 1.0), st.integers(1, 64), seeds)
+@settings(max_examples=80, deadline=None)
+def test_overflows_flags_every_float32_sum_that_rounds_to_infinity(first, second, terms, seed):
+    """Theorem: where `overflows` says no for a bound on the exact value, the float32 result is finite; and
+    every sum that does round to inf is flagged. Sums are drawn near float32's largest value, where a check
+    a few per cent too lax would miss them."""
+    top = torch.finfo(torch.float32).max
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.rand(terms, generator=generator, dtype=torch.float64)
+    parts = torch.cat([torch.tensor([first, second], dtype=torch.float64), scale / (scale.sum() * terms)])
+    values = (parts * top).float()  # finite float32 terms; their exact sum lies anywhere in about [0.6, 3] max
+    computed = values.sum()
+    exact = values.double().sum()
+    if not rounding.overflows(exact, torch.float32):
+        assert torch.isfinite(computed)
+    if not torch.isfinite(computed):
+        assert rounding.overflows(exact, torch.float32)
