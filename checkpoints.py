@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from errors import ConfigError, Failure, OutputError
+import orthonormal
 from models import LipschitzMLP, MLPConfig
 
 CHECKPOINT_FORMAT = "lipschitz-mlp/1"
@@ -112,7 +113,9 @@ def training_state_path(checkpoint: Path) -> Path:
 
 
 def save_checkpoint(path: Path, model: LipschitzMLP, metrics: dict[str, Any]) -> None:
-    """Save weights, config and metrics atomically, and the metrics as JSON beside them."""
+    """Save weights, config and metrics atomically, and the metrics as JSON beside them. Orthonormalised
+    weights are stored as the matrices they compute (`orthonormal.frozen`): those are what is certified."""
+    model = orthonormal.frozen(model)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": model.config.to_dict(),

@@ -189,7 +189,7 @@ def stop_on_signals() -> None:
 
 def add_architecture_flags(parser: argparse.ArgumentParser) -> None:
     """--activation, --group_size, --hidden of a checkpoint, None when not given."""
-    parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="activation: groupsort or relu")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="activation")
     parser.add_argument("--group_size", "--group-size", type=positive_int, default=None,
                         help="GroupSort group size")
     parser.add_argument("--hidden", type=widths, default=None, help="hidden widths, e.g. 500 or 1024,1024")

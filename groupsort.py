@@ -23,7 +23,7 @@ from onnxgraph import Flow, Graph
 from operators import Activation, Box, Slope
 from program import Program, Wire, Wires
 
-ACTIVATIONS = ("groupsort", "relu")
+ACTIVATIONS = ("groupsort", "relu", "maxmin", "fullsort")
 
 
 def sorting_network(size: int) -> list[tuple[int, int]]:
@@ -220,10 +220,15 @@ class ReLU(Activation):
         return Flow(graph.node("Relu", [flow.plain(self)], "relu")[0])
 
 
-def make_activation(name: str, group_size: int) -> GroupSort | ReLU:
-    """The activation called `name` ("groupsort" or "relu")."""
-    if name == "groupsort":
-        return GroupSort(group_size)
+def make_activation(name: str, group_size: int, width: int) -> GroupSort | ReLU:
+    """The activation called `name` after a layer of `width` units: "groupsort" (groups of `group_size`),
+    "relu", "maxmin" (GroupSort with groups of 2) or "fullsort" (GroupSort with one group of the whole
+    layer); MaxMin and FullSort are GroupSort itself, with every rule of it."""
     if name == "relu":
         return ReLU()
-    raise ConfigError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    sizes = {"groupsort": group_size, "maxmin": 2, "fullsort": width}
+    if name not in sizes:
+        raise ConfigError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    activation = GroupSort(sizes[name])
+    activation.check_width(width)
+    return activation

@@ -293,22 +293,40 @@ def project_rows_l1_ball_(weight: torch.Tensor, radius: float) -> None:
     weight.copy_(project_rows_l1_ball(weight, radius))
 
 
-def orthonormalise(weight: torch.Tensor, iterations: int) -> torch.Tensor:
-    """`iterations` steps of Bjorck and Bowie's iteration W <- W (3/2 I - 1/2 W^T W) (Anil, Lucas & Grosse 2019).
+# Taylor coefficients of (1 - z)^(-1/2): W (I + Z/2 + 3 Z^2/8 + ...), Z = I - W^T W, tends to W (W^T W)^(-1/2).
+BJORCK_TAYLOR = (1.0, 1 / 2, 3 / 8, 5 / 16, 35 / 128)
 
-    It maps each singular value s to s (3 - s^2) / 2, so it drives every one in
-    (0, sqrt 3) to 1, quadratically near 1, and keeps the singular vectors: the
-    limit is the closest matrix with orthonormal rows or columns (the polar
-    factor), whose L2 operator norm is 1. The Gram matrix is taken on the
-    smaller side. Differentiable; a certificate never assumes the limit, it
-    bounds the weights it is given (`l2_spectral_norm_upper_bound`).
+
+def orthonormalise(weight: torch.Tensor, iterations: int, order: int = 1, beta: float = 0.5) -> torch.Tensor:
+    """`iterations` steps of Bjorck and Bowie's iteration (Anil, Lucas & Grosse 2019): of order 1,
+    W <- (1 + beta) W - beta W W^T W; of order k <= 4, W <- W (sum_{i <= k} c_i Z^i), Z = I - W^T W, c_i the
+    Taylor coefficients of (1 - z)^(-1/2) (order 1 with beta = 1/2 is the same step).
+
+    Order 1 maps each singular value s to s (1 + beta - beta s^2), so it drives
+    every one in (0, sqrt((1 + beta) / beta)) to 1, and keeps the singular
+    vectors: the limit is the closest matrix with orthonormal rows or columns
+    (the polar factor), whose L2 operator norm is 1. The Gram matrix is taken
+    on the smaller side. Differentiable; a certificate never assumes the limit,
+    it bounds the weights it is given (`l2_spectral_norm_upper_bound`).
     """
+    if order == 1:
+        for _ in range(iterations):
+            if weight.shape[0] <= weight.shape[1]:
+                weight = (1 + beta) * weight - beta * (weight @ weight.T) @ weight
+            else:
+                weight = (1 + beta) * weight - beta * weight @ (weight.T @ weight)
+        return weight
+    wide = weight.shape[0] <= weight.shape[1]
+    w = weight if wide else weight.T  # the same step on W^T: rows orthonormal, W W^T -> I
+    eye = torch.eye(len(w), dtype=w.dtype, device=w.device)
     for _ in range(iterations):
-        if weight.shape[0] <= weight.shape[1]:
-            weight = 1.5 * weight - 0.5 * (weight @ weight.T) @ weight
-        else:
-            weight = 1.5 * weight - 0.5 * weight @ (weight.T @ weight)
-    return weight
+        z = eye - w @ w.T
+        term = total = eye
+        for coefficient in BJORCK_TAYLOR[1:order + 1]:
+            term = term @ z
+            total = total + coefficient * term
+        w = total @ w
+    return w if wide else w.T
 
 
 @torch.no_grad()

@@ -74,9 +74,7 @@ class LipschitzMLP(nn.Module):
         for depth, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(Linear(fan_in, fan_out))
             if depth < len(config.hidden):  # every layer but the last is followed by one
-                activation = make_activation(config.activation, config.group_size)
-                activation.check_width(fan_out)
-                layers.append(activation)
+                layers.append(make_activation(config.activation, config.group_size, fan_out))
         self.layers = nn.Sequential(*layers)
         normalise_rows_l1_(self.linear_layers())
         self._spectral_memo: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # _proved_spectral_norms

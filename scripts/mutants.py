@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FAST_TESTS = ["tests/test_operators.py", "tests/test_milp.py", "tests/test_ibp.py", "tests/test_groupsort.py",
               "tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_overflow.py", "tests/test_certificates.py",
-              "tests/test_models.py"]
+              "tests/test_models.py", "tests/test_wasserstein.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
 MUTANTS = [
@@ -146,6 +146,12 @@ MUTANTS = [
      "a unit's carried error 2 % below ||w||_2 times the error vector's L2 norm"),
     ("rounding.py", "out = torch.minimum(out, operator * error_norm +", "out = torch.minimum(out, 0.98 * operator * error_norm +",
      "the error vector's L2 norm 2 % below ||W||_2 times the incoming one"),
+    # The certified lower bound of a Wasserstein distance.
+    ("wasserstein.py", 'lipschitz = float(model64.certified_logit_bounds("l2").per_logit[0])',
+     'lipschitz = 0.98 * float(model64.certified_logit_bounds("l2").per_logit[0])',
+     "W1's lower bound divided by a Lipschitz bound 2 % too low"),
+    ("wasserstein.py", "numerator = values[0] - values[1] - slack", "numerator = values[0] - values[1]",
+     "W1's lower bound without the critic's rounding errors"),
 ]
 
 

@@ -17,10 +17,11 @@ seeds = st.integers(0, 2**31 - 1)
 
 @st.composite
 def random_nets(draw, max_hidden_layers: int = 2) -> LipschitzMLP:
-    """Small float64 nets of either activation, 0 to `max_hidden_layers` hidden layers, weights of any scale."""
-    activation = draw(st.sampled_from(["groupsort", "relu"]))
-    group_size = draw(st.sampled_from([1, 2, 3, 4]))
-    hidden = tuple(group_size * draw(st.integers(1, 4)) for _ in range(draw(st.integers(0, max_hidden_layers))))
+    """Small float64 nets of every activation (MaxMin and FullSort being GroupSort), 0 to `max_hidden_layers` hidden layers, weights of any scale."""
+    activation = draw(st.sampled_from(["groupsort", "relu", "maxmin", "fullsort"]))
+    group_size = 2 if activation == "maxmin" else draw(st.sampled_from([1, 2, 3, 4]))
+    unit = 1 if activation == "fullsort" else group_size  # FullSort takes any width: one group of all of it
+    hidden = tuple(unit * draw(st.integers(1, 4)) for _ in range(draw(st.integers(0, max_hidden_layers))))
     config = MLPConfig(
         in_features=draw(st.integers(1, 10)),
         hidden=hidden,

@@ -94,9 +94,18 @@ def test_non_positive_group_size_is_rejected(group_size):
         GroupSort(group_size)
 
 
+def test_maxmin_and_fullsort_are_groupsort_with_groups_of_two_and_of_the_whole_layer():
+    x = torch.randn(3, 12)
+    assert torch.equal(make_activation("maxmin", 10, 12)(x), GroupSort(2)(x))
+    assert torch.equal(make_activation("fullsort", 10, 12)(x), x.sort(dim=1).values)
+    assert make_activation("fullsort", 10, 12).compares == 12
+    with pytest.raises(ConfigError, match="group size 2 does not divide the layer width 7"):
+        make_activation("maxmin", 10, 7)
+
+
 def test_unknown_activation_is_rejected():
     with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
-        make_activation("tanh", 10)
+        make_activation("tanh", 10, 20)
     with pytest.raises(ConfigError, match="unknown activation 'tanh'"):
         MLPConfig(activation="tanh")
 

@@ -1,0 +1,107 @@
+"""Orthonormal Linear layers: Bjorck orthonormalisation inside the forward pass (Anil, Lucas & Grosse 2019).
+
+Each Linear weight becomes a function of a free parameter V: W = bjorck(V / s),
+s = sqrt(||V||_1 ||V||_inf) >= ||V||_2, so that every singular value starts in
+(0, 1], where the iteration converges to 1. The gradient flows through the
+iterations, so a training step moves V and the layer stays orthonormal: with
+GroupSort after it, every layer keeps the gradient's norm. Nothing here is
+trusted by a certificate: `freeze` stores the orthonormalised float32 matrix in
+the plain Linear layer, and every bound is then proved for those stored weights
+(`lipschitz.l2_spectral_norm_upper_bound`), never assumed to be 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import lipschitz
+from errors import ConfigError
+from models import LipschitzMLP
+
+@dataclass(frozen=True)
+class Bjorck:
+    """The iteration's settings (`lipschitz.orthonormalise`): `iterations` steps of order `order` (1 to 4),
+    order 1 with the step size `beta`. The defaults are those of Anil, Lucas & Grosse's code."""
+
+    iterations: int = 20
+    order: int = 1
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ConfigError(f"Bjorck iterations must be >= 0, got {self.iterations}")
+        if not 1 <= self.order < len(lipschitz.BJORCK_TAYLOR):
+            raise ConfigError(f"Bjorck order must be between 1 and {len(lipschitz.BJORCK_TAYLOR) - 1}, "
+                              f"got {self.order}")
+        if not 0 < self.beta <= 0.5:
+            raise ConfigError(f"Bjorck beta must be in (0, 0.5], got {self.beta}")
+
+
+def safe_scale(weight: torch.Tensor) -> torch.Tensor:
+    """sqrt(||W||_1 ||W||_inf) >= ||W||_2 (Hoelder's inequality for operator norms): W divided by it has every
+    singular value in [0, 1], where the iteration converges (a zero matrix stays zero)."""
+    columns = weight.abs().sum(dim=0).max()
+    rows = weight.abs().sum(dim=1).max()
+    return (columns * rows).sqrt().clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def bjorck(weight: torch.Tensor, settings: Bjorck = Bjorck()) -> torch.Tensor:
+    """`lipschitz.orthonormalise` of W / safe_scale(W): every nonzero singular value tends to 1 and the
+    singular vectors stay, so the limit is the polar factor. Differentiable."""
+    return lipschitz.orthonormalise(weight / safe_scale(weight), settings.iterations, settings.order, settings.beta)
+
+
+class Orthonormalise(nn.Module):
+    """The parametrisation W = bjorck(V) of one Linear weight (torch.nn.utils.parametrize)."""
+
+    def __init__(self, settings: Bjorck) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return bjorck(weight, self.settings)
+
+
+def orthonormalise_layers_(model: LipschitzMLP, settings: Bjorck = Bjorck()) -> LipschitzMLP:
+    """Every Linear weight of `model` drawn orthogonal (torch.nn.init.orthogonal_) and from then on computed
+    as bjorck(V) from its free parameter V. Returns the model."""
+    for layer in model.linear_layers():
+        with torch.no_grad():
+            nn.init.orthogonal_(layer.weight)
+        parametrize.register_parametrization(layer, "weight", Orthonormalise(settings))
+    return model
+
+
+def is_orthonormalised(model: LipschitzMLP) -> bool:
+    """Whether `model`'s Linear weights are still computed by Bjorck's iteration (not yet frozen)."""
+    return any(parametrize.is_parametrized(layer, "weight") for layer in model.linear_layers())
+
+
+def freeze_(model: LipschitzMLP) -> LipschitzMLP:
+    """Each parametrised weight replaced by the matrix it computes now, a plain parameter: the weights that are
+    saved, evaluated and certified. Returns the model."""
+    for layer in model.linear_layers():
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    model._spectral_memo = None
+    return model
+
+
+def frozen(model: LipschitzMLP) -> LipschitzMLP:
+    """`model` itself where no weight is parametrised, else a plain copy holding the matrices it computes now.
+    Built on the meta device and filled in, so that no random number is drawn (a run saved mid-way goes on
+    bit for bit), and not by deepcopy, which would share the parametrised class with the model."""
+    if not is_orthonormalised(model):
+        return model
+    with torch.device("meta"):
+        plain = type(model)(model.config)
+    state = {}
+    for name in plain.state_dict():
+        module, _, attribute = name.rpartition(".")
+        state[name] = getattr(model.get_submodule(module), attribute).detach().clone()
+    plain.load_state_dict(state, assign=True)
+    return plain.train(model.training)
