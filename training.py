@@ -16,6 +16,7 @@ import torch
 
 import certificates
 import lipschitz
+import orthonormal
 from checkpoints import TrainingState
 from errors import ConfigError, Failure
 from groupsort import ACTIVATIONS
@@ -24,7 +25,7 @@ from models import BatchNormMLP, LipschitzMLP, MLPConfig
 from objectives import LOSSES, RAMP_SHAPES, LossFn, Objective, Schedule, batch_loss
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-CONSTRAINTS = ("none", "linf-proj", "bjorck")
+CONSTRAINTS = ("none", "linf-proj", "bjorck", "orthonormal")
 PRECISIONS = ("float32", "bfloat16")  # of a training step's arithmetic, see `train_step`
 BJORCK_STEP_ITERATIONS = 1  # after each optimiser step, see `constrain_`
 
@@ -156,8 +157,16 @@ class Recipe:
     constraint: str = setting("none", str, "linf-proj: after every step, project each weight row onto the L1 ball, "
                               "so every layer's L-inf operator norm stays <= --constraint-radius; bjorck: start "
                               "orthonormal and take each weight back to orthonormal after every step, so every "
-                              "layer's L2 operator norm stays <= 1", choices=CONSTRAINTS)
+                              "layer's L2 operator norm stays <= 1; orthonormal: every weight computed by Bjorck's "
+                              "iteration inside the forward pass (orthonormal.py), stored orthonormalised",
+                              choices=CONSTRAINTS)
     constraint_radius: float = setting(1.0, float, "L1 radius of the rows under linf-proj", check="positive")
+    bjorck_iterations: int = setting(20, int, "Bjorck iterations in each forward pass under orthonormal",
+                                     check="positive")
+    bjorck_order: int = setting(1, int, "order of each Bjorck iteration under orthonormal (1 to 4)",
+                                check="positive")
+    bjorck_beta: float = setting(0.5, float, "step of an order-1 Bjorck iteration under orthonormal (<= 0.5)",
+                                 check="positive")
     # the certificate of the final report
     cert_magnitude: float = setting(0.1, float, "radius of the certificate in --norm, pixel units",
                                     check="nonnegative", flags=("--cert_magnitude", "--cert-magnitude"))
@@ -176,6 +185,11 @@ class Recipe:
         if self.batch_norm and self.constraint != "none":
             raise ConfigError(f"batch_norm rescales every hidden layer, so constraint {self.constraint} would not "
                               "hold: use one of the two")
+        self.bjorck()  # its settings checked
+
+    def bjorck(self) -> orthonormal.Bjorck:
+        """The settings of Bjorck's iteration under the orthonormal constraint."""
+        return orthonormal.Bjorck(self.bjorck_iterations, self.bjorck_order, self.bjorck_beta)
 
     @classmethod
     def settings(cls) -> dict[str, Setting]:
@@ -297,8 +311,9 @@ class Run:
         return cls(recipe, model, optimizer, scheduler, generator, compiled(batch_loss) if compile else batch_loss)
 
     def network(self) -> LipschitzMLP:
-        """The plain MLP the run has trained: with batch norm, folded with the running statistics (a copy)."""
-        return self.model.folded() if isinstance(self.model, BatchNormMLP) else self.model
+        """The plain MLP the run has trained: with batch norm, folded with the running statistics (a copy);
+        with orthonormal layers, the matrices they compute now (a copy, `orthonormal.frozen`)."""
+        return self.model.folded() if isinstance(self.model, BatchNormMLP) else orthonormal.frozen(self.model)
 
     def state(self) -> TrainingState:
         return TrainingState(self.recipe.to_dict(), self.epoch, list(self.epoch_seconds), self.model.state_dict(),
@@ -329,9 +344,12 @@ def compiled(loss_fn: LossFn) -> LossFn:
 @torch.no_grad()
 def start_constrained_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
     """Start a fresh model in the recipe's constraint set. bjorck: orthonormal weights
-    (torch.nn.init.orthogonal_). linf-proj acts from the first step on, as it always has: the
-    demo's start has row L1 norm 1, inside the set for a radius of 1 or more."""
-    if recipe.constraint == "bjorck":
+    (torch.nn.init.orthogonal_); orthonormal: the same start, and from then on every weight computed by
+    Bjorck's iteration (`orthonormal.orthonormalise_layers_`). linf-proj acts from the first step on, as it
+    always has: the demo's start has row L1 norm 1, inside the set for a radius of 1 or more."""
+    if recipe.constraint == "orthonormal":
+        orthonormal.orthonormalise_layers_(model, recipe.bjorck())
+    elif recipe.constraint == "bjorck":
         for layer in model.linear_layers():
             torch.nn.init.orthogonal_(layer.weight)
 
@@ -346,11 +364,12 @@ def constrain_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
     leaving no singular value above 1 unless the step pushed one past 2
     (`lipschitz.orthonormalise`). A projection after the step, not Anil et
     al.'s reparametrisation through 15 or more iterations in every forward
-    pass, which on a CPU would cost several plain steps. Certificates bound
-    the weights as they are, either way. none, the only choice with batch
-    norm: nothing to do.
+    pass, which on a CPU would cost several plain steps (that is the
+    orthonormal constraint). Certificates bound the weights as they are,
+    either way. none and orthonormal (the forward pass keeps it), the only
+    choice with batch norm being none: nothing to do.
     """
-    if recipe.constraint == "none":
+    if recipe.constraint in ("none", "orthonormal"):
         return
     for layer in model.linear_layers():
         if recipe.constraint == "linf-proj":

@@ -15,6 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import lipschitz
+import orthonormal
 import train_mnist
 from errors import ConfigError, Failure
 from mnist_data import PIXEL_RANGE, Split
@@ -125,6 +126,8 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"batch_norm": 1}, "batch_norm must be true or false, got 1"),
     ({"precision": "float16"}, "unknown precision 'float16'"),
     ({"batch_norm": True, "constraint": "bjorck"}, "batch_norm rescales every hidden layer"),
+    ({"bjorck_order": 5}, "Bjorck order must be between 1 and 4, got 5"),
+    ({"bjorck_beta": 0.75}, "Bjorck beta must be in (0, 0.5], got 0.75"),
 ])
 def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
     path = write_recipe(tmp_path, entries)
@@ -205,6 +208,26 @@ def test_bjorck_training_starts_orthonormal_and_keeps_every_l2_layer_bound_near_
     # so the certified L2 bound of every logit difference is at most sqrt 2: the margin / sqrt 2 rule
     bounds = run.model.certified_logit_bounds("l2")
     assert bounds.output <= 1 + 1e-5 and (bounds.per_gap <= math.sqrt(2) * (1 + 1e-5)).all()
+
+
+def test_orthonormal_training_keeps_every_layer_orthonormal_through_the_forward_pass_and_saves_it_frozen(tmp_path):
+    recipe, _ = train_mnist.parse_args(["--constraint", "orthonormal", "--norm", "l2", "--lc_penalty", "0",
+                                        "--loss", "lmt", "--lr", "0.01", "--batch-size", "16",
+                                        "--bjorck-iterations", "25"])
+    run = Run.start(recipe, torch.device("cpu"), config=SMALL)
+    assert orthonormal.is_orthonormalised(run.model)
+    before = [p.detach().clone() for p in run.model.parameters()]
+    train_epoch(run, small_split())
+    assert all(not torch.equal(old, p) for old, p in zip(before, run.model.parameters()))
+    network = run.network()
+    assert not orthonormal.is_orthonormalised(network) and orthonormal.is_orthonormalised(run.model)
+    for layer in network.linear_layers():  # every weight as it is stored, not merely near the set
+        w = layer.weight.double()
+        assert torch.allclose(w @ w.T, torch.eye(len(w), dtype=torch.float64), atol=1e-5)
+    bounds = network.certified_logit_bounds("l2")
+    assert bounds.output <= 1 + 1e-4 and (bounds.per_gap <= math.sqrt(2) * (1 + 1e-4)).all()
+    x = small_split().images
+    assert torch.equal(network(x), run.model(x))
 
 
 def test_a_train_step_moves_the_weights_and_reports_its_loss_errors_and_certified_count():
