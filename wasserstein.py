@@ -21,6 +21,10 @@ centres; `sphere`, the unit sphere in 128 dimensions against its centre.
 from __future__ import annotations
 
 import math
+import os
+import platform
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -295,16 +299,21 @@ def main(argv: list[str] | None = None) -> None:
         draw = lambda n: tuple(x[torch.randint(0, len(x), (n,), generator=generator)] for x in train_sets)  # noqa: E731
     critic = Critic(args.hidden or hidden, args.activation or activation, args.group_size, bjorck, args.steps,
                     args.batch_size, args.lr, args.seed)
+    start = time.perf_counter()
     model = train(critic, dim, draw)
     estimate = certify(model, *held_out)
+    seconds = time.perf_counter() - start
     print(f"estimate (held-out dual value)   {estimate.dual:.4f}")
     print(f"certified lower bound of W1      {estimate.certified:.4f}  (dual / proved Lipschitz bound "
           f"{estimate.lipschitz:.6f}, rounding included)")
+    print(f"seconds (training and bound)     {seconds:.1f}")
     result = {"estimate": estimate.dual, "certified_lower_bound": estimate.certified,
               "lipschitz_bound": estimate.lipschitz, "held_out": [len(held_out[0]), len(held_out[1])],
               "source": args.task or [str(path) for path in args.samples],
-              "critic": {**asdict(critic), "bjorck": asdict(bjorck)}, "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+              "critic": {**asdict(critic), "bjorck": asdict(bjorck)}, "seconds": seconds,
+              "command": " ".join(["python wasserstein.py", *(argv if argv is not None else sys.argv[1:])]),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     if args.task is not None:
         print("true W1                          1 (also between the held-out sets)")
         result["true"] = 1.0

@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import OFFLINE_ENV, REPO, results
 from training import recipe_flag_table
@@ -58,6 +60,9 @@ def clone(tmp_path_factory, trained, l2_trained, relu_checkpoint, mnist_root, or
     curve = "norm,eps,clean,global\nlinf,0,90.000,80.000\nlinf,0.1,90.000,50.000\n"
     for name in ("curves_groupsort.csv", "curves_relu.csv"):
         (work / "outputs" / name).write_text(curve)
+    generator = torch.Generator().manual_seed(0)
+    for name in ("P.npy", "Q.npy"):  # wasserstein.py's samples
+        np.save(work / name, torch.randn(50, 3, generator=generator, dtype=torch.float64).numpy())
     return work
 
 
@@ -68,6 +73,8 @@ def cheaper(words: list[str]) -> list[str]:
         return [*words, "--dry-run"]
     if script == "certify.py" and ("--attack" in words or "--eps" in words):
         return [*words, "--limit", "100", "--pgd-steps", "2", "--pgd-restarts", "1"]
+    if script == "wasserstein.py":
+        return [*words, "--steps", "2", *(["--holdout", "64"] if "--task" in words else [])]
     if script == "certify.py" and {"lp", "exact", "best"} & set(words):
         return [*words, "--limit", "10", "--time-limit", "2", "--pgd-steps", "2", "--pgd-restarts", "1"]
     return words
@@ -75,7 +82,7 @@ def cheaper(words: list[str]) -> list[str]:
 
 def test_the_documents_hold_commands_of_every_script():
     scripts = {next(w for w in shlex.split(command) if w.endswith(".py")) for _, command, _ in COMMANDS}
-    assert scripts == {"train_mnist.py", "certify.py", "curves.py"}
+    assert scripts == {"train_mnist.py", "certify.py", "curves.py", "wasserstein.py"}
 
 
 @pytest.mark.parametrize("document, command, comment", COMMANDS,

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The three Wasserstein tasks of cemanil/LNets, each with GroupSort (groups of 4), MaxMin, FullSort and ReLU
+# critics (orthonormal layers, the task's widths), seed 0: one JSON per run in results/wasserstein/, and the
+# plots of the default critics of the line and circles tasks in docs/. Run from the repository root:
+#     OMP_NUM_THREADS=2 bash scripts/measure_wasserstein.sh
+set -euo pipefail
+out=results/wasserstein
+mkdir -p "$out"
+for task in ${TASKS:-line circles sphere}; do
+    for activation in ${ACTIVATIONS:-groupsort maxmin fullsort relu}; do
+        extra=()
+        case "$task/$activation" in
+            line/maxmin | circles/maxmin) extra=(--plot "docs/wasserstein_$task.png") ;;
+        esac
+        python wasserstein.py --task "$task" --activation "$activation" --group-size 4 --seed 0 \
+            --json "$out/${task}_$activation.json" "${extra[@]}"
+    done
+done
