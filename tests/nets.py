@@ -98,3 +98,10 @@ def ball_vertices(x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor
 def input_jacobian(model: LipschitzMLP, x: torch.Tensor) -> torch.Tensor:
     """d f_k / d x for every example: shape (n, out, in)."""
     return torch.func.vmap(torch.func.jacrev(lambda v: model(v[None])[0]))(x)
+
+
+def with_singular_values(rows: int, cols: int, values: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A float64 matrix U diag(values) V^T with random orthonormal U, V, and U, V."""
+    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, len(values), generator=g, dtype=torch.float64))
+    return u @ torch.diag(values) @ v.T, u, v

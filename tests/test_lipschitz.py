@@ -17,7 +17,7 @@ from conftest import REL
 from errors import ConfigError
 from lipschitz import Ball
 from models import LipschitzMLP
-from nets import norms, random_directions, seeds
+from nets import norms, random_directions, seeds, with_singular_values
 
 
 def test_norm_helpers_match_their_definitions():
@@ -104,13 +104,6 @@ def test_projection_leaves_rows_inside_the_ball_alone():
     lipschitz.project_rows_l1_ball_(weight, 1.0)
     assert torch.equal(weight[0], torch.tensor([0.2, -0.3, 0.1]))
     assert torch.allclose(weight[1], torch.tensor([1.0, 0.0, 0.0]))
-
-
-def with_singular_values(rows: int, cols: int, values: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """A float64 matrix U diag(values) V^T with random orthonormal U, V, and U, V."""
-    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=g, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(cols, len(values), generator=g, dtype=torch.float64))
-    return u @ torch.diag(values) @ v.T, u, v
 
 
 @given(st.integers(1, 40), st.integers(1, 40), seeds)

@@ -13,15 +13,8 @@ import orthonormal
 from checkpoints import load_checkpoint, save_checkpoint
 from errors import ConfigError
 from models import LipschitzMLP, MLPConfig
-from nets import seeds
+from nets import seeds, with_singular_values
 from orthonormal import Bjorck
-
-
-def with_singular_values(rows: int, cols: int, values: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """A float64 matrix U diag(values) V^T with random orthonormal U, V, and U, V."""
-    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=g, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(cols, len(values), generator=g, dtype=torch.float64))
-    return u @ torch.diag(values) @ v.T, u, v
 
 
 @given(st.integers(1, 30), st.integers(1, 30), st.sampled_from([1, 2, 3, 4]), st.floats(1e-3, 1e3), seeds)
