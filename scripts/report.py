@@ -37,8 +37,20 @@ def wasserstein_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"wasserstein": wasserstein_table}
-MARKED = re.compile(r"(<!-- report:(\w+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
+def gradient_norms_table(results: Path) -> str:
+    """Per net: its proved L2 bound, and the median and 1 % / 99 % quantiles of both gradient ratios."""
+    run = json.loads((results / "gradient_norms.json").read_text())
+    rows = ["| net | proved L2 bound | ‖J(x)‖₂ / bound: median (1 %, 99 %) | top-2 margin's gradient / bound: median (1 %, 99 %) |",
+            "| --- | --- | --- | --- |"]
+    for title, net in run["nets"].items():
+        cells = [f"{net[kind]['quantiles']['0.5']:.4f} ({net[kind]['quantiles']['0.01']:.4f}, "
+                 f"{net[kind]['quantiles']['0.99']:.4f})" for kind in ("jacobian", "margin")]
+        rows.append(f"| {title} | {net['proved_bound']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+TABLES: dict[str, Callable[[Path], str]] = {"wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table}
+MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
 
 
 def regenerate(text: str, results: Path) -> str:
