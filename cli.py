@@ -96,6 +96,14 @@ def unit_float(text: str) -> float:
     return value
 
 
+def half_float(text: str) -> float:
+    """A number in (0, 0.5]."""
+    value = positive_float(text)
+    if value > 0.5:
+        raise argparse.ArgumentTypeError(f"{text} must be <= 0.5")
+    return value
+
+
 def _integers(text: str, what: str) -> tuple[int, ...]:
     """Comma-separated integers, e.g. '1024,1024'."""
     try:
@@ -147,7 +155,8 @@ def recipe_flag_type(setting: Setting) -> Callable[[str], Any]:
         return {"widths": widths, "epochs": epochs}[setting.item]
     if setting.kind is int:
         return {"": int, "positive": positive_int}[setting.check]
-    return {"positive": positive_float, "nonnegative": nonnegative_float, "unit": unit_float}[setting.check]
+    return {"positive": positive_float, "nonnegative": nonnegative_float, "unit": unit_float,
+            "half": half_float}[setting.check]
 
 
 def recipe_overrides(args: argparse.Namespace, recipe: type) -> dict[str, Any]:

@@ -29,11 +29,12 @@ CONSTRAINTS = ("none", "linf-proj", "bjorck", "orthonormal")
 PRECISIONS = ("float32", "bfloat16")  # of a training step's arithmetic, see `train_step`
 BJORCK_STEP_ITERATIONS = 1  # after each optimiser step, see `constrain_`
 
-Check = Literal["", "positive", "nonnegative", "unit"]
+Check = Literal["", "positive", "nonnegative", "unit", "half"]
 CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {  # a number's check: its test, and the bound in words
     "positive": (lambda value: value > 0 and math.isfinite(value), "> 0"),
     "nonnegative": (lambda value: value >= 0 and math.isfinite(value), ">= 0"),
     "unit": (lambda value: 0 <= value <= 1, "in [0, 1]"),
+    "half": (lambda value: 0 < value <= 0.5, "in (0, 0.5]"),
 }
 
 
@@ -165,8 +166,8 @@ class Recipe:
                                      check="positive")
     bjorck_order: int = setting(1, int, "order of each Bjorck iteration under orthonormal (1 to 4)",
                                 check="positive")
-    bjorck_beta: float = setting(0.5, float, "step of an order-1 Bjorck iteration under orthonormal (<= 0.5)",
-                                 check="positive")
+    bjorck_beta: float = setting(0.5, float, "step of an order-1 Bjorck iteration under orthonormal",
+                                 check="half")
     # the certificate of the final report
     cert_magnitude: float = setting(0.1, float, "radius of the certificate in --norm, pixel units",
                                     check="nonnegative", flags=("--cert_magnitude", "--cert-magnitude"))

@@ -279,7 +279,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--bjorck-iterations", type=cli.positive_int, default=20,
                         help="Bjorck iterations in each forward pass (default: 20)")
     parser.add_argument("--bjorck-order", type=int, choices=(1, 2, 3, 4), default=1, help="default: 1")
-    parser.add_argument("--bjorck-beta", type=cli.positive_float, default=0.5, help="order 1's step (default: 0.5)")
+    parser.add_argument("--bjorck-beta", type=cli.half_float, default=0.5, help="order 1's step, at most 0.5 (default: 0.5)")
     parser.add_argument("--holdout", type=cli.positive_int, default=4096,
                         help="held-out samples of a task (default: 4096)")
     parser.add_argument("--holdout-fraction", type=cli.unit_float, default=0.2,

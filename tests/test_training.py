@@ -127,7 +127,7 @@ def test_the_named_recipes_include_the_demo_and_the_demo_is_the_defaults():
     ({"precision": "float16"}, "unknown precision 'float16'"),
     ({"batch_norm": True, "constraint": "bjorck"}, "batch_norm rescales every hidden layer"),
     ({"bjorck_order": 5}, "Bjorck order must be between 1 and 4, got 5"),
-    ({"bjorck_beta": 0.75}, "Bjorck beta must be in (0, 0.5], got 0.75"),
+    ({"bjorck_beta": 0.75}, "bjorck_beta must be a finite number in (0, 0.5], got 0.75"),
 ])
 def test_a_recipe_with_an_invalid_value_is_refused(tmp_path, entries, message):
     path = write_recipe(tmp_path, entries)
@@ -145,7 +145,7 @@ def a_value_other_than_the_default(setting: Setting, default: Any) -> Any:
         return (3, 4)
     if setting.kind is int:
         return default + 1
-    return 0.25 if setting.check == "unit" else (default or 0.0) + 0.5
+    return 0.25 if setting.check in ("unit", "half") else (default or 0.0) + 0.5
 
 
 @pytest.mark.parametrize("name", list(Recipe.settings()))
@@ -295,10 +295,12 @@ def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():
     assert not torch.equal(first.model.linear_layers()[0].weight, other.model.linear_layers()[0].weight)
 
 
-@pytest.mark.parametrize("drops, batch_norm", [((), False), ((1,), False), ((), True)])
-def test_a_restored_run_continues_bit_for_bit(drops, batch_norm):
+@pytest.mark.parametrize("drops, batch_norm, constraint",
+                         [((), False, "none"), ((1,), False, "none"), ((), True, "none"), ((), False, "orthonormal")])
+def test_a_restored_run_continues_bit_for_bit(drops, batch_norm, constraint):
     """Two epochs straight equal one epoch, its state saved and restored into a fresh run, then another."""
-    recipe = Recipe(batch_size=16, lr=0.01, lr_drops=drops, batch_norm=batch_norm)
+    recipe = Recipe(batch_size=16, lr=0.01, lr_drops=drops, batch_norm=batch_norm, constraint=constraint,
+                    bjorck_iterations=10)
     split = small_split(n=80)
     straight = Run.start(recipe, torch.device("cpu"), config=SMALL)
     for _ in range(2):
@@ -312,6 +314,7 @@ def test_a_restored_run_continues_bit_for_bit(drops, batch_norm):
     first.epoch_seconds.append(1.5)
     state = first.state()
     assert state.recipe == recipe.to_dict() and state.epoch == 1 and state.epoch_seconds == [1.5]
+    assert any("parametrizations" in name for name in state.model) == (constraint == "orthonormal")
     resumed = Run.start(recipe, torch.device("cpu"), config=SMALL)
     resumed.restore(state)
     assert resumed.epoch == 1 and resumed.epoch_seconds == [1.5]
