@@ -245,7 +245,10 @@ def uninterrupted(tmp_path_factory, mnist_root, run_script) -> dict[str, torch.T
 def test_killed_run_resumes_to_the_uninterrupted_weights(sig, uninterrupted, mnist_root, run_script, tmp_path):
     args = [sys.executable, str(REPO / "train_mnist.py"), *FAST, "--epochs", "4",
             "--data-dir", str(mnist_root), "--save-dir", str(tmp_path)]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=OFFLINE_ENV)
+    # SIGINT as a terminal's Ctrl-C finds it: a runner may start the suite with SIGINT ignored (a background job,
+    # a pytest-xdist worker), and a child would inherit that and never see the signal.
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=OFFLINE_ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = tmp_path / "mnist_groupsort.last.p"
     deadline = time.monotonic() + 120
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
