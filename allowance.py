@@ -37,7 +37,8 @@ def logit_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
     network's float64 copy `model64` at x. The Lipschitz methods subtract it from each gap (n, out)."""
     box = ibp.propagate(model64, x, ball, runs_in)[-1]
     last = model64.layers[-1]
-    lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
+    lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm,
+                          magnitude_norm=box.magnitude_norm)[0]
             + last.rounding(box.errors[1], box.magnitude, torch.float64)[0])
     return void(lost, last.overflow(box, runs_in))
 
@@ -85,7 +86,8 @@ def certified_gap_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, run
     lower, _, ball_term = pairs.box_interval(box)
     lower = lower.unflatten(1, (out, out))
     own = pairs.own_error(box, ball_term).unflatten(1, (out, out))
-    logit = last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]
+    logit = last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm,
+                          magnitude_norm=box.magnitude_norm)[0]
     allowance = own + logit[:, :, None] + logit[:, None, :]
     allowance = allowance + rounding.gamma(3, torch.float64) * (lower.abs() + allowance)
     return CertifiedGaps(lower, void(allowance, last.overflow(box, runs_in)), boxes)

@@ -49,6 +49,7 @@ from shards import Record, Shard
 
 # Where IBP and the attack look: valid images only (the ball cut to [0, 1]), or the whole ball.
 DOMAINS = {"pixels": PIXEL_RANGE, "ball": None}
+ARITHMETIC = {"float32": torch.float32, "float64": torch.float64}  # --runs-in
 EXIT_UNSOUND = 1  # an attack broke a certified example
 
 
@@ -130,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE",
                         help="the counterexamples found by PGD (--attack pgd) or by exact/best: FILE.pt or FILE.npz "
                              "holds every one's input, FILE.png draws up to 8")
+    parser.add_argument("--runs-in", choices=tuple(ARITHMETIC), default="float32",
+                        help="the arithmetic of the network that is certified: as trained and saved (float32), or its "
+                             "float64 copy, for a network deployed in float64; global to ibp only (default: %(default)s)")
     parser.add_argument("--norm", choices=lipschitz.NORMS, default="linf",
                         help="input norm of the ball (default: %(default)s)")
     parser.add_argument("--eps", type=cli.nonnegative_float, nargs="+", default=None, metavar="EPS",
@@ -177,6 +181,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise cli.UsageError("give one radius with --cert_magnitude or several with --eps, not both")
     if args.cert_magnitude is None:
         args.cert_magnitude = 0.1
+    if args.runs_in != "float32" and (args.method in milp.METHODS or args.export_vnnlib is not None):
+        raise cli.UsageError(f"--runs-in {args.runs_in}: lp, exact, best and --export-vnnlib take the float32 network "
+                             "only")
     if args.method in milp.METHODS and args.norm != "linf":
         raise cli.UsageError(f"--method {args.method} verifies L-inf balls only (an L2 ball is not linear): "
                              "give --norm linf")
@@ -346,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         raise cli.UsageError(f"{args.checkpoint} takes {checkpoint.model.config.in_features} inputs, "
                              f"but MNIST images have {test.images.shape[1]} pixels")
     model, test = checkpoint.model.to(device), test.to(device)
+    if args.runs_in != "float32":  # the float32 weights and pixels are exact in float64
+        arithmetic = ARITHMETIC[args.runs_in]
+        model, test = model.to(arithmetic), Split(test.images.to(arithmetic), test.labels)
     ball = Ball(args.norm, args.cert_magnitude, DOMAINS[args.domain])
     if args.export_vnnlib is not None:
         export_benchmark(args, model, test, ball)

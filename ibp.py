@@ -14,6 +14,8 @@ certificates' rounding allowances.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 import rounding
@@ -51,18 +53,32 @@ def propagate(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.d
     if deep:  # the network at x, every unit's certified Lipschitz reach, and the L2 norm of errors[0]
         point, error_norm = x, x.new_zeros(len(x))
         slopes, radius = model.certified_slopes(ball.norm), ball.radii(x)[:, None]
-        steps = [Step(runs_in, reach=unit * radius, operator=operator)
-                 for unit, operator in zip(slopes.units, slopes.operators)]
+        steps = [Step(runs_in, reach=unit * radius, operator=operator, whole_reach=whole * radius[:, 0])
+                 for unit, operator, whole in zip(slopes.units, slopes.operators, slopes.wholes)]
     whole = None if ball.norm == "linf" else Ball(ball.norm, ball.radii(x))
     box = Box(lower, upper, errors, error_norm=error_norm, overflow=overflow, ball=whole,
               center=None if whole is None else x, point=point)
     boxes = [box]
     for operator, after, step in zip(operators[:-1], operators[1:], steps):
         if apart:
-            step = Step(step.runs_in, after.compares, step.reach, step.operator)
+            step = replace(step, compares=after.compares)
         box = operator.propagate(box, step)
+        if step.whole_reach is not None:
+            box = replace(box, magnitude_norm=magnitude_norm(box, step.whole_reach))
         boxes.append(box)
     return boxes
+
+
+def magnitude_norm(box: Box, whole_reach: torch.Tensor) -> torch.Tensor:
+    """Per example, a bound on ||h||_2 and on the L2 norm of its computed value over the ball, for a box that
+    tracks `point` (h at x in float64), errors and `error_norm`: ||point||_2 + ||errors[0]||_2 (the exact h at x
+    is within errors[0] of point, as `operators.cut_to_reach` takes it) + `whole_reach` (how far h moves over the
+    ball) + error_norm (how far the computed value is from h), capped by the L2 norm of the box's magnitudes; every
+    float64 norm and sum inflated for its own rounding."""
+    grow = 1 + rounding.gamma(box.point.shape[1] + 8, torch.float64)
+    at_x = (torch.linalg.vector_norm(box.point, dim=1) + torch.linalg.vector_norm(box.errors[0], dim=1)) * grow
+    bound = (at_x + whole_reach + box.error_norm) * grow
+    return torch.minimum(bound, torch.linalg.vector_norm(box.magnitude, dim=1) * grow)
 
 
 def gap_lower_bounds(model: LipschitzMLP, x: torch.Tensor, ball: Ball) -> torch.Tensor:

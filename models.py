@@ -56,6 +56,7 @@ class CertifiedSlopes(NamedTuple):
 
     units: list[torch.Tensor]  # per unit of its output
     operators: list[torch.Tensor | None]  # ||W||_2 of a Linear layer, None for the others
+    wholes: list[torch.Tensor]  # of the whole output, in the input p-norm (a scalar)
 
 
 class LipschitzMLP(nn.Module):
@@ -157,14 +158,15 @@ class LipschitzMLP(nn.Module):
     @torch.no_grad()
     def certified_slopes(self, norm: str) -> CertifiedSlopes:
         """Per operator but the last, float64 upper bounds that hold despite rounding: every unit's Lipschitz
-        bound in the input p-norm `norm` (the unit bounds of `layer_bounds`, a prefix of the chain that
-        `certified_logit_bounds` proves), and a Linear layer's L2 operator norm (None for the others)."""
+        bound in the input p-norm `norm` and the whole output's (the bounds of `layer_bounds`, a prefix of the
+        chain that `certified_logit_bounds` proves), and a Linear layer's L2 operator norm (None for the others)."""
         model64 = in_float64(self)
         factor = model64._rounding_factor()
-        units = [slope.unit * factor for slope in model64.layer_bounds(norm, model64._proved_operator_norm)]
+        chain = model64.layer_bounds(norm, model64._proved_operator_norm)
+        units = [slope.unit * factor for slope in chain]
         operators: list[torch.Tensor | None] = [None] * len(units)
         operators[1::2] = model64._proved_spectral_norms()[:-1]  # the Linear layers, after the normalisation
-        return CertifiedSlopes(units, operators)
+        return CertifiedSlopes(units, operators, [slope.whole * factor for slope in chain])
 
     def _proved_spectral_norms(self) -> list[torch.Tensor]:
         """`lipschitz.l2_spectral_norm_upper_bound` of every Linear weight: one float64 eigensolve each, so

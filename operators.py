@@ -57,7 +57,8 @@ class Box:
       overflow    per example (n,), whether some float32 quantity computed so far may overflow somewhere in the
                   ball: where it may, errors[0] bounds nothing;
       error_norm  where tracked (deep nets in L2 and L1), a bound on the L2 norm of the vector whose entries
-                  errors[0] bounds one by one.
+                  errors[0] bounds one by one;
+      magnitude_norm  where error_norm is tracked, a bound on the L2 norm of h and of its computed value.
     Always optional:
       apart       upper bounds of h_a - h_b for every two units a, b of each group that the next operator
                   compares, (n, groups, size, size);
@@ -75,6 +76,7 @@ class Box:
     ball: Ball | None = None
     center: torch.Tensor | None = None
     point: torch.Tensor | None = None
+    magnitude_norm: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Step:
     compares: int | None = None  # the next operator compares groups of this size: bound their differences
     reach: torch.Tensor | None = None  # per unit of the output, its certified Lipschitz bound times the radius
     operator: torch.Tensor | None = None  # a proved upper bound of the operator's L2 norm, for `error_norm`
+    whole_reach: torch.Tensor | None = None  # per example, a bound of ||h(x') - h(x)||_2 over the ball, h the output
 
 
 def tracked(lower: torch.Tensor, upper: torch.Tensor, errors: torch.Tensor | None, **rest: object) -> Box:
@@ -290,13 +293,16 @@ class Linear(Operator, nn.Linear):
     def rounding(
         self, error: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, error_norm: torch.Tensor | None = None,
         operator: torch.Tensor | None = None, extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
+        magnitude_norm: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit, a bound on |fl(W h^ + b) - (W h + b)| in `dtype` when |h^ - h| <= error and |h^|, |h| <=
-        magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm`, which also
-        returns the outgoing error vector's L2 norm. `extra_roundings` and `extra`: see `rounding.fresh_error`."""
+        magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm` (which also
+        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2). `extra_roundings`
+        and `extra`: see `rounding.fresh_error`."""
         if error_norm is None:
             return rounding.linear_error(self.weight, self.bias, magnitude, error, dtype, extra_roundings, extra), None
-        return rounding.linear_error_with_norm(self.weight, self.bias, magnitude, error, error_norm, dtype, operator)
+        return rounding.linear_error_with_norm(self.weight, self.bias, magnitude, error, error_norm, dtype, operator,
+                                               magnitude_norm)
 
     def overflow(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
         """Per example, whether the layer's output, computed in `dtype` from inputs bounded by the box's
@@ -338,7 +344,8 @@ class Linear(Operator, nn.Linear):
         lower, upper, ball_term = self.box_interval(box)
         errors, error_norm, overflow = box.errors, box.error_norm, None
         if errors is not None:
-            network, error_norm = self.rounding(errors[0], box.magnitude, step.runs_in, error_norm, step.operator)
+            network, error_norm = self.rounding(errors[0], box.magnitude, step.runs_in, error_norm, step.operator,
+                                                magnitude_norm=box.magnitude_norm)
             errors = torch.stack([network, self.own_error(box, ball_term)])
             overflow = self.overflow(box, step.runs_in)
         point = None if box.point is None else self(box.point)

@@ -83,7 +83,7 @@ def fresh_error(
 
 def linear_error_with_norm(
     weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, error_norm: torch.Tensor,
-    dtype: torch.dtype, operator: torch.Tensor | None = None,
+    dtype: torch.dtype, operator: torch.Tensor | None = None, magnitude_norm: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= error_norm (n,).
 
@@ -92,13 +92,22 @@ def linear_error_with_norm(
     given `operator` (an upper bound of ||W||_2), at most operator * error_norm +
     ||fresh||_2. Through wide near-orthonormal layers the per-unit rule alone
     grows the error some sqrt(n) times per layer; the error's L2 norm does not.
-    The float64 norms, sums and products here are inflated by 1 + gamma_{k+4},
-    k the larger side of W, for their own rounding. Returns the per-unit
-    bounds (n, out) and the outgoing error_norm (n,).
+    Given `magnitude_norm` (n,), a bound on ||h^||_2 (the input as computed),
+    each unit's new rounding is also at most gamma_{n+1} (||w||_2 magnitude_norm
+    + |b|) plus the underflows, since |w| . |h^| <= ||w||_2 ||h^||_2
+    (Cauchy-Schwarz): the smaller of the two is taken. Over an L2 ball the
+    box's magnitudes add every unit's own reach, some sqrt(n) times the whole
+    vector's. The float64 norms, sums and products here are inflated by 1 +
+    gamma_{k+4}, k the larger side of W, for their own rounding. Returns the
+    per-unit bounds (n, out) and the outgoing error_norm (n,).
     """
     grow = 1 + gamma(max(weight.shape) + 4, torch.float64)
     fresh = fresh_error(weight, bias, magnitude, dtype)
     rows = torch.linalg.vector_norm(weight, dim=1) * grow
+    if magnitude_norm is not None:
+        count = weight.shape[1] + 1
+        by_norm = gamma(count, dtype) * (magnitude_norm[:, None] * rows + bias.abs()) * grow + count * underflow(dtype)
+        fresh = torch.minimum(fresh, by_norm)
     carried = torch.minimum(error @ weight.abs().T, error_norm[:, None] * rows * grow)  # rows, then the product
     unit = (carried + fresh) * grow
     out = torch.linalg.vector_norm(unit, dim=1)

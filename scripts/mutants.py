@@ -146,6 +146,10 @@ MUTANTS = [
      "a unit's carried error 2 % below ||w||_2 times the error vector's L2 norm"),
     ("rounding.py", "out = torch.minimum(out, operator * error_norm +", "out = torch.minimum(out, 0.98 * operator * error_norm +",
      "the error vector's L2 norm 2 % below ||W||_2 times the incoming one"),
+    ("ibp.py", "bound = (at_x + whole_reach + box.error_norm) * grow", "bound = (at_x + box.error_norm) * grow",
+     "the L2 norm of a deep box's values without how far they move over the ball"),
+    ("ibp.py", "bound = (at_x + whole_reach + box.error_norm) * grow", "bound = (at_x + 0.98 * whole_reach + box.error_norm) * grow",
+     "the L2 norm of a deep box's values with 2 % less of how far they move over the ball"),
     # The certified lower bound of a Wasserstein distance.
     ("wasserstein.py", 'lipschitz = float(model64.certified_logit_bounds("l2").per_logit[0])',
      'lipschitz = 0.98 * float(model64.certified_logit_bounds("l2").per_logit[0])',

@@ -4,6 +4,7 @@ bound the float32 network."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,6 +146,9 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     assert (exact >= box.lower[:, None] - box.errors[1][:, None] - slack).all()
     assert (exact <= box.upper[:, None] + box.errors[1][:, None] + slack).all()
     assert (exact.abs() <= box.magnitude[:, None] + slack).all()
+    if box.magnitude_norm is not None:  # deep nets in L2 and L1: the exact and computed h's L2 norms
+        for values in (exact, computed):
+            assert (torch.linalg.vector_norm(values, dim=2) <= box.magnitude_norm[:, None] * (1 + 1e-12)).all()
 
 
 def check_group_differences(model, boxes: list, points: torch.Tensor, norm: str) -> None:
@@ -234,3 +238,61 @@ def test_the_lipschitz_cut_holds_where_a_unit_moves_by_its_whole_reach():
             assert lower[0, unit] - errors[1][0, unit] <= value <= upper[0, unit] + errors[1][0, unit]
     centre = model.layers[:3](model.normalise(x))[0]
     assert torch.allclose(upper[0] - centre, torch.full((16,), 0.3, dtype=torch.float64), atol=1e-5)
+
+
+def test_a_deep_boxs_l2_norm_is_attained_where_the_input_moves_along_itself():
+    """In the linear orthonormal net above (groups of 1), h = Q (x - mean) / std + c with Q orthonormal and zero
+    biases: moving x by r along its normalised self moves h's L2 norm by r / std exactly, which the bound of
+    ||h||_2 over the ball (`ibp.magnitude_norm`) must cover, up to the rounding allowances it adds."""
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=16, hidden=(16, 16), out_features=4, group_size=1)).double()
+    with torch.no_grad():
+        for layer in model.linear_layers():
+            torch.nn.init.orthogonal_(layer.weight)
+            layer.bias.zero_()
+    x = torch.full((1, 16), 0.5, dtype=torch.float64)
+    radius = 0.3
+    boxes = ibp.propagate(model, x, Ball("l2", radius), torch.float32)
+    along = model.normalise(x) / model.normalise(x).norm()
+    moved = x + radius * along  # the normalisation is x / std shifted, so h moves along h(x) / ||h(x)||
+    for index, box in enumerate(linear_outputs(model, boxes)):
+        value = model.layers[:2 * index + 1](model.normalise(moved))[0]
+        slack = box.errors[0].norm() + box.error_norm[0]
+        assert value.norm() <= box.magnitude_norm[0]
+        assert box.magnitude_norm[0] <= value.norm() + 4 * slack + 1e-9
+
+
+def extended_precision_logits(model, points: torch.Tensor) -> np.ndarray:
+    """The model's logits at `points` in numpy's extended precision (a 64-bit significand here, 11 bits more than
+    float64): a reference for the float64 network's own rounding errors."""
+    h = (points.numpy().astype(np.longdouble) - np.longdouble(model.config.mean)) / np.longdouble(model.config.std)
+    for layer in model.layers:
+        if isinstance(layer, Linear):
+            weight = layer.weight.detach().numpy().astype(np.longdouble)
+            h = h @ weight.T + layer.bias.detach().numpy().astype(np.longdouble)
+        elif hasattr(layer, "group_size"):
+            h = np.sort(h.reshape(len(h), -1, layer.group_size), axis=-1).reshape(len(h), -1)
+        else:
+            h = np.maximum(h, 0)
+    return h
+
+
+@given(random_nets(), norms, seeds)
+@settings(max_examples=40, deadline=None)
+def test_the_float64_allowance_bounds_the_network_run_in_float64(model, norm, seed):
+    """`--runs-in float64`: at sampled points of the ball, each float64 logit is within the float64 allowance
+    (`allowance.logit_allowance` with runs_in float64) of the logit in extended precision."""
+    assert np.finfo(np.longdouble).nmant >= 63, "this test needs an extended-precision long double"
+    g = torch.Generator().manual_seed(seed)
+    n, d = 4, model.config.in_features
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    eps = torch.rand(n, generator=g, dtype=torch.float64)
+    ball = Ball(norm, eps, PIXEL_RANGE)
+    bound = allowance.logit_allowance(model, x, ball, torch.float64).detach().numpy()
+    points = x[:, None] + eps[:, None, None] * random_directions(n * 8, d, norm, g).view(n, 8, d)
+    points = torch.cat([points, ball_vertices(x, eps, norm), x[:, None]], dim=1).clamp(*PIXEL_RANGE)
+    with torch.no_grad():
+        computed = model(points.flatten(0, 1)).view(n, points.shape[1], -1).numpy().astype(np.longdouble)
+    exact = extended_precision_logits(model, points.flatten(0, 1)).reshape(computed.shape)
+    slack = 1e-17 * (1 + np.abs(exact))  # the reference's own rounding, some 2^-64 of its magnitudes per step
+    assert (np.abs(computed - exact) <= bound[:, None] + slack).all()

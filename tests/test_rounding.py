@@ -70,6 +70,32 @@ def test_linear_error_with_norm_bounds_each_unit_and_the_whole_error_vector(fan_
         assert (out < torch.linalg.vector_norm(per_unit, dim=1) / 4).all()
 
 
+@given(st.integers(100, 400), st.integers(1, 300), seeds)
+@settings(max_examples=30, deadline=None)
+def test_the_inputs_l2_norm_bounds_each_units_new_rounding(fan_in, units, seed):
+    """Given a bound on ||h^||_2 as well, each unit's new rounding is also at most gamma (||w||_2 ||h^||_2 +
+    |b|): the bounds hold on a positive orthonormal-scale layer (no cancellation), and where the per-unit
+    magnitudes are loose, as over an L2 ball, where each unit may move by the whole radius, they shrink."""
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.rand(units, fan_in, generator=g) / fan_in ** 0.5).float()
+    bias = torch.rand(units, generator=g).float()
+    h = (0.1 * torch.rand(4, fan_in, generator=g)).float()
+    no_error = torch.zeros(4, fan_in, dtype=torch.float64)
+    loose = h.double() + 1.0  # every unit's own reach, radius 1, where the vector moves by 1 in all
+    norm = torch.linalg.vector_norm(h.double(), dim=1)
+    by_box, _ = rounding.linear_error_with_norm(weight.double(), bias.double(), loose, no_error, norm.new_zeros(4),
+                                                torch.float32)
+    both, out = rounding.linear_error_with_norm(weight.double(), bias.double(), loose, no_error, norm.new_zeros(4),
+                                                torch.float32, magnitude_norm=norm + 1.0)
+    exact = h.double() @ weight.double().T + bias.double()
+    for rows in (4, 1):
+        computed = torch.cat([torch.nn.functional.linear(h[i:i + rows], weight, bias) for i in range(0, 4, rows)])
+        moved = computed.double() - exact
+        assert (moved.abs() <= both).all()
+        assert (torch.linalg.vector_norm(moved, dim=1) <= out).all()
+    assert (both <= by_box).all() and (both < by_box / 2).any()
+
+
 def test_linear_error_with_norm_is_attained_by_an_error_along_a_row():
     """An incoming error d = c w_0 moves unit 0 by c ||w_0||^2 = ||w_0||_2 ||d||_2: the bound through the error's L2 norm,
     which the per-unit rule (each |d_j| <= 1e-2, far above c |w_0j|) does not give."""
