@@ -281,19 +281,34 @@ def write_curves(args: argparse.Namespace, rows: list[Row], methods: tuple[str, 
 
 
 def verify(args: argparse.Namespace, model: LipschitzMLP, run: Run, ball: Ball) -> None:
-    """lp, exact or best: a verdict per example, a table of their counts, and the files asked for."""
-    test = run.test
-    verdicts = milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps,
-                                 args.pgd_restarts, args.seed, progress=sys.stderr.isatty(), workers=args.workers,
-                                 attack=ATTACKS[0] if args.attack == "none" else args.attack,
-                                 indices=run.indices)
-    print(verdict_table(verdicts, args.method, ball, len(test), args.domain, args.time_limit))
+    """lp, exact or best: a verdict per example, a table of their counts, and the files asked for. Interrupted
+    (Ctrl-C, SIGTERM), it writes the verdicts reached so far to the same files, says so, and exits 130 (or
+    128 + the signal)."""
+    test, done = run.test, {}
+    try:
+        milp.verify_split(model, test, ball, args.method, args.time_limit, args.pgd_steps, args.pgd_restarts,
+                          args.seed, progress=sys.stderr.isatty(), workers=args.workers,
+                          attack=ATTACKS[0] if args.attack == "none" else args.attack, indices=run.indices, into=done)
+    except (KeyboardInterrupt, cli.Stopped) as stop:
+        print(f"\ninterrupted: {len(done)} of {len(test)} examples verified", file=sys.stderr)
+        write_verdicts(args, run, ball, done)
+        sys.exit(getattr(stop, "status", 130))
+    write_verdicts(args, run, ball, done)
+
+
+def write_verdicts(args: argparse.Namespace, run: Run, ball: Ball, done: dict[int, milp.Verdict]) -> None:
+    """The table of the verdicts in `done` (by position in the run) and the files asked for; an interrupted
+    run's per-example CSV holds the examples it verified, which --merge refuses as a shard with digits missing."""
+    positions = sorted(done)
+    verdicts = [done[k] for k in positions]
+    print(verdict_table(verdicts, args.method, ball, len(verdicts), args.domain, args.time_limit))
     warn_overflow(sum(v.decided_by == "overflow" for v in verdicts))
     if args.per_example is not None:
+        labels = run.test.labels.tolist()
         rows = [["index", "label", "verdict", "decided_by", "seconds", "predicted"],
-                *([i, int(y), v.status, v.decided_by, f"{v.seconds:.4f}",
+                *([run.indices[k], labels[k], v.status, v.decided_by, f"{v.seconds:.4f}",
                    "" if v.counterexample is None else v.counterexample.predicted]
-                  for i, y, v in zip(run.indices, test.labels.tolist(), verdicts))]
+                  for k, v in zip(positions, verdicts))]
         record = Record(shards.sha256_of(args.checkpoint), args.cert_magnitude, args.norm, args.domain, args.method,
                         args.time_limit, args.pgd_steps, args.pgd_restarts, args.seed, run.digits,
                         shards.code_version(Path(__file__).resolve().parent), str(run.shard))
@@ -387,4 +402,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    cli.stop_on_signals()
     cli.run(main)

@@ -40,7 +40,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a script's main, turning the project's own failures into one line on stderr and their exit status.
+    """Run a script's main, turning the project's own failures into one line on stderr and their exit status,
+    and Ctrl-C or a termination signal (`Stopped`) into one line and 130 (or 128 + the signal).
 
     Any other exception is a programming error: it keeps its traceback.
     """
@@ -49,6 +50,9 @@ def run(main: Callable[[], None]) -> None:
     except Failure as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.status)
+    except (KeyboardInterrupt, Stopped) as stop:  # a run that keeps partial results says so before it gets here
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(getattr(stop, "status", 130))
 
 
 def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:

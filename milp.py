@@ -49,6 +49,7 @@ import copy
 import math
 import multiprocessing
 import pickle
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -212,10 +213,11 @@ METHODS = ("lp", "exact", "best")
 
 def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, time_limit: float = 60.0,
                  pgd_steps: int = 50, pgd_restarts: int = 5, seed: int = 0, progress: bool = True,
-                 workers: int = 1, indices: Sequence[int] | None = None, attack: str = attacks.ATTACKS[0]
-                 ) -> list[Verdict]:
+                 workers: int = 1, indices: Sequence[int] | None = None, attack: str = attacks.ATTACKS[0],
+                 into: dict[int, Verdict] | None = None) -> list[Verdict]:
     """Every example's verdict under `method`, in order, with a progress bar (examples done, verdict counts, time
-    left). `indices` are the examples' indices in the whole split, for the records (default 0, 1, ...).
+    left). `indices` are the examples' indices in the whole split, for the records (default 0, 1, ...). Each
+    verdict is also put in `into`, by position, as it arrives: what a caller keeps when the run is interrupted.
 
     lp and exact: `verify` on every example (IBP first, inside it). best: the
     cheap methods first, each on the whole split at once: IBP's certificate
@@ -269,7 +271,7 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
     settled.update(attacked)
     tasks = [(k, split.images[k], int(split.labels[k]), indices[k]) for k in range(len(split)) if k not in settled]
     options = {"ball": ball, "relax": method == "lp", "time_limit": time_limit}
-    verdicts: dict[int, Verdict] = {}
+    verdicts: dict[int, Verdict] = {} if into is None else into
     counts = dict.fromkeys(VERDICTS, 0)
     bar = tqdm(total=len(split), disable=not progress, unit="example", desc=method, leave=False)
     for position, verdict in [*settled.items(), *verdicts_of(model, tasks, options, workers)]:
@@ -307,8 +309,11 @@ def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) 
         try:
             for future in as_completed(futures):
                 yield futures[future], pickle.loads(future.result())
-        except BaseException:
+        except BaseException:  # Ctrl-C, a signal, an error: stop every worker now, not after its program
+            processes = list((pool._processes or {}).values())  # the executor has no public way to stop them
             pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
             raise
 
 
@@ -324,6 +329,7 @@ def start_worker(model: bytes) -> None:
     """A pool process's start: one torch thread (HiGHS runs single-threaded already, `program.Program.highs`),
     and the pickled model."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the pool
     WorkerModel.model = pickle.loads(model)
     WorkerModel.model64 = in_float64(WorkerModel.model)
 

@@ -5,6 +5,12 @@ fails in one line on bad input."""
 from __future__ import annotations
 
 import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,9 +23,10 @@ import certify
 from measure import Row
 import cli
 import measure
+import milp
 from certificates import LIPSCHITZ_METHODS, METHODS
 from checkpoints import Expected, load_checkpoint, save_checkpoint
-from conftest import L2_RADIUS, ORIGINAL_DEMO, assert_one_line_failure, results
+from conftest import L2_RADIUS, OFFLINE_ENV, ORIGINAL_DEMO, REPO, assert_one_line_failure, results
 from lipschitz import Ball
 from mnist_data import PIXEL_RANGE, Split, load_mnist
 
@@ -421,3 +428,27 @@ def test_the_table_says_where_ibp_and_the_attack_look_and_names_only_what_ran():
     assert "; ibp and apgd in the whole ball" in certify.table([attacked], ("global", "ibp"), "linf", 10, "ball")
     lipschitz_only = Row(0.1, 90.0, {"global": 70.0})
     assert "within" not in certify.table([lipschitz_only], ("global",), "linf", 10)
+
+
+@pytest.mark.parametrize("sig, workers", [(signal.SIGINT, 2), (signal.SIGTERM, 1)], ids=["ctrl-c, 2 workers", "term"])
+def test_an_interrupted_verification_writes_the_verdicts_it_reached(sig, workers, small_checkpoint, mnist_root,
+                                                                     tmp_path):
+    """Ctrl-C (or a scheduler's SIGTERM) during a long `exact` run: one line saying how many examples were
+    verified, their verdicts in the per-example CSV and its record, no traceback, and the signal's exit status."""
+    out = tmp_path / "exact.csv"
+    args = [sys.executable, str(REPO / "certify.py"), str(small_checkpoint), "--method", "exact", "--time-limit", "5",
+            "--workers", str(workers), "--data-dir", str(mnist_root), "--per-example", str(out)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=OFFLINE_ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    time.sleep(15)  # started, and some of the 10,000 digits verified (GroupSort programs: a second or more each)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == (130 if sig == signal.SIGINT else 128 + sig), ("not interrupted", stderr)
+    assert "Traceback" not in stderr
+    done = int(re.search(r"interrupted: (\d+) of 10000 examples verified", stderr)[1])
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == done < 10_000 and f"wrote {out}" in stdout
+    indices = [int(row["index"]) for row in rows]
+    assert indices == sorted(set(indices)) and all(row["verdict"] in milp.VERDICTS for row in rows)
+    assert json.loads(out.with_name(out.name + ".json").read_text())["method"] == "exact"

@@ -54,7 +54,7 @@ def clone(tmp_path_factory, trained, l2_trained, relu_checkpoint, mnist_root, or
     (top / "shared" / "original-demo").symlink_to(original_demo)
     shutil.copy(trained[0], work / "outputs" / "mnist_groupsort.p")
     shutil.copy(relu_checkpoint, work / "outputs" / "mnist_relu.p")  # a ReLU net where the documents name one
-    shutil.copy(l2_trained[0], work / "outputs" / "mnist_groupsort_l2.p")
+    shutil.copy(l2_trained[0], work / "outputs" / "mnist_l2.p")  # what --recipe l2 writes
     (work / "path" / "to").mkdir(parents=True)
     (work / "path" / "to" / "custom.json").write_text('{"hidden": [100]}\n')
     curve = "norm,eps,clean,global\nlinf,0,90.000,80.000\nlinf,0.1,90.000,50.000\n"
@@ -99,6 +99,19 @@ def test_a_documented_command_runs_as_written(document, command, comment, clone,
     figures = FIGURES.search(comment)
     if figures:
         assert results(run.stdout) == {"acc": float(figures[1]), "certified": float(figures[2])}
+
+
+def test_the_python_blocks_run_as_written_in_a_users_clone(clone):
+    """The documents' ```python blocks (loading a model from a notebook) run in a clone's folder."""
+    blocks = [block for document in DOCUMENTS
+              for block in re.findall(r"```python\n(.*?)```", (REPO / document).read_text(), re.S)]
+    assert blocks
+    for block in blocks:
+        code = block.replace('sys.path.insert(0, ".")', f"sys.path.insert(0, {str(REPO)!r})")
+        run = subprocess.run([sys.executable, "-c", code], cwd=clone, env=OFFLINE_ENV, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert float(run.stdout.split()[0]) > 50 and "'margin'" in run.stdout and "'ibp'" in run.stdout
 
 
 def test_the_recipe_flag_table_of_the_usage_is_generated_from_the_recipes_declaration():
