@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 import allowance
 import certificates
@@ -190,6 +191,7 @@ def pgd(
     relative_step: float | None = None,
     batch_size: int = EVAL_BATCH,
     side_by_side: bool = False,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on `attack_loss` inside the ball (cut to its domain) around each row of x.
 
@@ -203,7 +205,8 @@ def pgd(
     With `side_by_side`, the random restarts run at once as copies of the rows
     the first leaves unbroken, `batch_size` copies at a time: the same attack,
     far fewer Python steps when the rows are few and the restarts many, but
-    other random starts than one restart after another.
+    other random starts than one restart after another. With `progress`, a
+    bar on stderr counts the restarts.
     """
     x = x.flatten(1)
     eps_rows = ball.radii(x)
@@ -216,7 +219,8 @@ def pgd(
     def logits_of(v: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(model, params, (v,))
 
-    for restart in range(1 if side_by_side else restarts):
+    for restart in tqdm(range(1 if side_by_side else restarts), desc="pgd", unit="restart", disable=not progress,
+                        leave=False):
         for start in range(0, len(x), batch_size):
             index = torch.arange(start, min(start + batch_size, len(x)), device=x.device)
             index = index[best[index] < 0]
@@ -552,6 +556,7 @@ def apgd(
     seed: int = 0,
     batch_size: int = EVAL_BATCH,
     use_ibp: bool = True,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD (Croce & Hein 2020) inside the ball (cut to its domain) around each row of x: `stages` in order.
 
@@ -574,9 +579,8 @@ def apgd(
 
     In L1 each run first searches balls 3 and 2 times wider, each from the best
     point of the one before, and then the ball itself (`L1_WIDER_BALLS`); only
-    that last search's points are reported. On the first 300 test digits at L1
-    radius 3 it breaks every digit that AutoAttack's L1 version breaks on the
-    original ReLU net, but misses 13 on the GroupSort net (docs/results.md).
+    that last search's points are reported (docs/results.md compares it with
+    AutoAttack's L1 version). With `progress`, a bar on stderr counts the stages.
     """
     x = x.flatten(1)
     if not len(x):
@@ -603,7 +607,9 @@ def apgd(
         rivals = torch.arange(logits.shape[1], device=x.device) != labels[:, None]
     ranked = logits.masked_fill(~rivals, float("-inf")).argsort(dim=1, descending=True, stable=True)
     margin_at_x = attack_loss(logits, labels)
-    for stage in stages:
+    bar = tqdm(stages, desc="apgd", unit="stage", disable=not progress, leave=False)
+    for stage in bar:
+        bar.set_postfix(broken=int((best >= 0).sum()), refresh=False)
         per_chunk = max(1, batch_size // stage.runs)
         for rank in range(stage.targets) if stage.targets else [None]:
             eligible = (best < 0) & (rivals.sum(dim=1) > (0 if rank is None else rank))
@@ -635,13 +641,13 @@ ATTACKS = ("apgd", "pgd")  # the first is the default
 
 
 def attack(name: str, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, ball: Ball, steps: int = 50,
-           restarts: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+           restarts: int = 5, seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(broken, found) of the attack called `name`: `apgd` with its default stages, or `pgd` with `steps` and
-    `restarts`."""
+    `restarts`; with `progress`, a bar on stderr."""
     if name == "apgd":
-        return apgd(model, x, labels, ball, seed=seed)
+        return apgd(model, x, labels, ball, seed=seed, progress=progress)
     if name == "pgd":
-        return pgd(model, x, labels, ball, steps, restarts, seed=seed)
+        return pgd(model, x, labels, ball, steps, restarts, seed=seed, progress=progress)
     raise ValueError(f"unknown attack {name!r}: choose one of {', '.join(ATTACKS)}")
 
 

@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     methods = METHODS if args.method == "all" else (args.method,)
     keep = None if args.save_adversarial is not None and args.save_adversarial.suffix != ".png" else 8
     rows = [measure.measure(model, test, ball.with_eps(eps), methods, args.attack, args.pgd_steps, args.pgd_restarts,
-                            args.seed, keep) for eps in (args.eps or [args.cert_magnitude])]
+                            args.seed, keep, progress=sys.stderr.isatty())
+            for eps in (args.eps or [args.cert_magnitude])]
     if args.eps is None and args.method != "all" and args.attack == "none":
         print(Accuracy(rows[0].clean, rows[0].certified[args.method]).lines())
     else:

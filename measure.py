@@ -232,9 +232,10 @@ class Row:
 
 
 def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...], attack: str = "none",
-            steps: int = 50, restarts: int = 5, seed: int = 0, keep: int | None = 8) -> Row:
+            steps: int = 50, restarts: int = 5, seed: int = 0, keep: int | None = 8, progress: bool = False) -> Row:
     """Certify every method in `ball` and, with attack "apgd" or "pgd" (`attacks.ATTACKS`), attack every example
-    (certified ones too), keeping the first `keep` counterexamples (None: every one).
+    (certified ones too, with a progress bar on stderr if asked), keeping the first `keep` counterexamples (None:
+    every one).
 
     IBP and the attack both work in the ball cut to its domain; the Lipschitz
     certificates hold in the whole ball, which contains it.
@@ -245,7 +246,7 @@ def measure(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, .
     if attack == "none":
         return Row(ball.eps, percent(masks["clean"]), certified, overflow=overflow)
     model.eval()
-    broken, found = attacks.attack(attack, model, split.images, split.labels, ball, steps, restarts, seed)
+    broken, found = attacks.attack(attack, model, split.images, split.labels, ball, steps, restarts, seed, progress)
     broken_certified = {m: int((masks[m] & broken).sum()) for m in methods}
     kept = attacks.counterexamples(model, split, ball, broken, found, attack, limit=keep)
     return Row(ball.eps, percent(masks["clean"]), certified, percent(~broken), broken_certified, list(kept.values()),

@@ -251,7 +251,8 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
         proved = measure.certify_split(model, split, ball, ("ibp",))["ibp"]
         ibp_seconds = (time.perf_counter() - start) / max(1, len(split))
         spent = ibp_seconds  # per example that went through every stage so far
-        passes = ((attack, lambda xs, ys: attacks.attack(attack, model, xs, ys, ball, pgd_steps, pgd_restarts, seed)),
+        passes = ((attack, lambda xs, ys: attacks.attack(attack, model, xs, ys, ball, pgd_steps, pgd_restarts, seed,
+                                                         progress)),
                   ("pgd", lambda xs, ys: attacks.pgd(model, xs, ys, ball, HARD_STEPS, HARD_RESTARTS, seed + 1,
                                                      side_by_side=True)))
         for name, attack_on in passes:

@@ -355,3 +355,18 @@ def test_the_sparse_l1_step_has_unit_norm_on_the_largest_movable_coordinates(d, 
             assert moved[row].sum() >= min(int(counts[row]), int(movable[row].sum()))
         else:
             assert not (movable[row] & (grad[row] != 0)).any()
+
+
+@pytest.mark.parametrize("name", attacks.ATTACKS)
+def test_the_progress_bar_goes_to_stderr_and_changes_no_result(name, capsys):
+    """A long attack shows a bar on stderr when asked (certify.py asks when stderr is a terminal), and finds
+    exactly what it finds without one."""
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=20, hidden=(8,), out_features=3, group_size=2))
+    x, labels = torch.rand(30, 20), torch.randint(0, 3, (30,))
+    ball = Ball("linf", 0.3, PIXEL_RANGE)
+    quiet = attacks.attack(name, model, x, labels, ball, steps=5, restarts=2)
+    assert capsys.readouterr().err == ""
+    shown = attacks.attack(name, model, x, labels, ball, steps=5, restarts=2, progress=True)
+    assert name in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(quiet, shown))
