@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use only the first N test examples")
     cli.add_data_flag(parser)
     cli.add_architecture_flags(parser)
-    parser.add_argument("--mean", type=float, default=None,
+    parser.add_argument("--mean", type=cli.finite_float, default=None,
                         help="input normalisation mean; must match a checkpoint's (original demo: 0.1307)")
     parser.add_argument("--std", type=cli.positive_float, default=None,
                         help="input normalisation std; must match a checkpoint's (original demo: 1)")

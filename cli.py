@@ -61,9 +61,9 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} {kind.__name__}") from None
-        if value in (float("inf"), float("-inf")):
+        if value in (float("inf"), float("-inf")) or value != value:
             raise argparse.ArgumentTypeError(f"{text} is not finite")
-        if value != value or value < minimum or (strict and value == minimum):
+        if value < minimum or (strict and value == minimum):
             relation = ">" if strict else ">="
             raise argparse.ArgumentTypeError(f"{text} must be {relation} {minimum}")
         return value
@@ -71,6 +71,7 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
     return parse
 
 
+finite_float = _number(float, float("-inf"), strict=False)
 positive_int = _number(int, 0, strict=True)
 positive_float = _number(float, 0.0, strict=True)
 nonnegative_float = _number(float, 0.0, strict=False)
@@ -222,6 +223,9 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def pick_device(name: str, no_cuda: bool) -> torch.device:
+    """--device, --no-cuda: the device to run on; the two flags may not contradict each other."""
+    if no_cuda and name == "cuda":
+        raise UsageError("--no-cuda and --device cuda contradict each other: give one")
     if no_cuda or name == "cpu":
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():

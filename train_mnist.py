@@ -40,6 +40,7 @@ from models import LipschitzMLP
 from training import NonFiniteError, Recipe, Run, recipe_path, train_epoch
 
 DRY_RUN_BATCHES = 3
+ADAM_LR_RANGE = (1e-6, 1.0)  # learning rates outside it train nothing useful, or diverge: a warning
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Recipe, argparse.Namespace]:
@@ -143,6 +144,10 @@ def train_one(recipe: Recipe, args: argparse.Namespace, save_path: Path, data: t
     accuracy = measure.evaluate(network, test, Ball(recipe.norm, recipe.cert_magnitude, PIXEL_RANGE),
                                      recipe.method)
     print(accuracy.lines())
+    chance = 100 / network.config.out_features
+    if accuracy.clean < 2 * chance and not args.dry_run:  # a dry run trains a few batches only
+        print(f"warning: {accuracy.clean:.2f} % clean is near chance ({chance:.0f} %): the training did not work; "
+              f"check --lr ({recipe.lr:g}) and the other recipe flags", file=sys.stderr)
     if args.dry_run:
         print("dry run: nothing saved")
         return accuracy
@@ -178,6 +183,19 @@ def check_outputs(args: argparse.Namespace, save_paths: list[Path]) -> None:
                                  f"(a larger --epochs extends a finished run), or start afresh with --overwrite")
 
 
+def check_architecture(recipe: Recipe) -> None:
+    """Build the network once, before any work: an impossible architecture, or one too large for this machine's
+    memory, fails here in one line."""
+    config = recipe.model_config()
+    try:
+        LipschitzMLP(config)
+    except RuntimeError as err:
+        if "allocate" not in str(err):
+            raise
+        widths = ", ".join(str(w) for w in (config.in_features, *config.hidden, config.out_features))
+        raise cli.UsageError(f"a network of widths {widths} does not fit in this machine's memory") from None
+
+
 def seed_paths(args: argparse.Namespace) -> list[Path]:
     """The checkpoint of each run: one, or one per seed of --seeds."""
     path = args.save_dir / args.save_fn
@@ -190,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     recipe, args = parse_args(argv)
     cli.stop_on_signals()
     device = cli.pick_device(args.device, args.no_cuda)
-    LipschitzMLP(recipe.model_config())  # an impossible architecture fails here, before any work
+    check_architecture(recipe)
+    if not ADAM_LR_RANGE[0] <= recipe.lr <= ADAM_LR_RANGE[1]:
+        print(f"warning: --lr {recipe.lr:g} is far outside Adam's useful range ({ADAM_LR_RANGE[0]:g} to "
+              f"{ADAM_LR_RANGE[1]:g}); the run goes on", file=sys.stderr)
     paths = seed_paths(args)
     check_outputs(args, paths)
     data = tuple(split.to(device) for split in load_mnist(args.data_dir))

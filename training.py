@@ -220,8 +220,16 @@ class Recipe:
 
     @classmethod
     def build(cls, file: Path | None = None, **overrides: Any) -> Recipe:
-        """The defaults, then the recipe file's entries, then `overrides` (the flags given)."""
+        """The defaults, then the recipe file's entries, then `overrides` (the flags given). Every entry of the
+        file is checked against its setting, also one that a flag overrides: a bad file is a bad file."""
         entries = {} if file is None else read_recipe(file)
+        settings = cls.settings()
+        for name, value in entries.items():
+            try:
+                settings[name].check_type(name, value)
+                settings[name].check_value(name, tuple(value) if settings[name].kind is tuple else value)
+            except ConfigError as err:
+                raise ConfigError(f"recipe {file}: {err}") from None
         return cls(**{**entries, **overrides})
 
 

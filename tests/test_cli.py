@@ -65,7 +65,9 @@ def test_every_project_error_is_a_failure(kind):
     (cli.positive_float, "inf", "inf is not finite"),
     (cli.positive_float, "-inf", "-inf is not finite"),
     (cli.nonnegative_float, "Infinity", "Infinity is not finite"),
-    (cli.positive_float, "nan", "nan must be > 0.0"),
+    (cli.positive_float, "nan", "nan is not finite"),
+    (cli.finite_float, "nan", "nan is not finite"),
+    (cli.finite_float, "-inf", "-inf is not finite"),
     (cli.nonnegative_float, "-0.1", "-0.1 must be >= 0.0"),
     (cli.widths, "500x2", "'500x2' is not a comma-separated list of widths"),
     (cli.widths, "10,0", "hidden widths must be positive, got '10,0'"),
@@ -78,6 +80,13 @@ def test_number_and_width_flags_refuse_bad_values(parse, text, message):
 def test_number_and_width_flags_accept_good_values():
     assert cli.positive_int("3") == 3 and cli.positive_float("1e-3") == 1e-3
     assert cli.nonnegative_float("0") == 0.0 and cli.widths("1024,512") == (1024, 512)
+    assert cli.finite_float("-0.5") == -0.5
+
+
+def test_no_cuda_and_device_cuda_contradict_each_other():
+    with pytest.raises(cli.UsageError, match="contradict"):
+        cli.pick_device("cuda", no_cuda=True)
+    assert cli.pick_device("auto", no_cuda=True).type == "cpu"
 
 
 def test_data_dir_defaults_to_mnist_root_when_set(monkeypatch, tmp_path):

@@ -104,6 +104,10 @@ TRAIN_CASES = {
     "resume and overwrite": (["--resume", "--overwrite"], "drop one of the two"),
     "empty checkpoint name": (["--save-fn", ""], "--save-fn must be a file name"),
     "checkpoint name with a folder": (["--save-fn", "sub/model.p"], "--save-fn must be a file name"),
+    "network too large to allocate": (["--hidden", "100000000"],
+                                      "error: a network of widths 784, 100000000, 10 does not fit in this machine's memory"),
+    "no-cuda against device cuda": (["--no-cuda", "--device", "cuda"],
+                                    "error: --no-cuda and --device cuda contradict each other: give one"),
 }
 
 
@@ -124,6 +128,7 @@ RECIPE_FILE_CASES = {
     "unknown loss": ({"loss": "xent"}, "unknown loss 'xent'"),
     "wrong type": ({"lr": "0.01"}, "lr must be a number, got '0.01'"),
 }
+FLAGS_OVER_THE_FILE = {"invalid value": ["--lr", "0.01"], "unknown loss": ["--loss", "ce"]}
 
 
 @pytest.mark.parametrize("case", RECIPE_FILE_CASES, ids=list(RECIPE_FILE_CASES))
@@ -136,6 +141,25 @@ def test_train_bad_recipe_file(case, run_script, mnist_root, tmp_path):
     assert_one_line_failure(run, fragment)
     assert run.stderr.startswith("error: ") and run.stdout == ""
     assert files_under(out) == []
+    if case in FLAGS_OVER_THE_FILE:  # a bad file is refused even where a flag overrides the bad entry
+        run = run_script("train_mnist.py", "--recipe", recipe, *FLAGS_OVER_THE_FILE[case], "--data-dir", mnist_root,
+                         "--save-dir", out)
+        assert_one_line_failure(run, f"recipe {recipe}: {fragment}")
+
+
+def test_a_learning_rate_far_out_of_range_and_a_run_ending_near_chance_are_warned_of(run_script, mnist_root,
+                                                                                      tmp_path):
+    """--lr 1e6 is warned of before training; a run that ends near chance (an lr too small to move the
+    weights in one epoch) says so at the end, naming --lr; a sane run warns of nothing."""
+    wild = run_script("train_mnist.py", *FAST, "--lr", "1e6", "--dry-run", "--data-dir", mnist_root,
+                      "--save-dir", tmp_path / "wild")
+    assert wild.returncode == 0 and "warning: --lr 1e+06 is far outside Adam's useful range" in wild.stderr
+    stuck = run_script("train_mnist.py", *FAST, "--epochs", "1", "--lr", "1e-6", "--data-dir", mnist_root,
+                       "--save-dir", tmp_path / "stuck")
+    assert stuck.returncode == 0, stuck.stderr
+    assert "is near chance" in stuck.stderr and "check --lr (1e-06)" in stuck.stderr
+    sane = run_script("train_mnist.py", *FAST, "--epochs", "1", "--data-dir", mnist_root, "--save-dir", tmp_path / "sane")
+    assert sane.returncode == 0 and "warning" not in sane.stderr
 
 
 @pytest.fixture(scope="module")
