@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import lipschitz
 import rounding
@@ -288,7 +289,12 @@ def normalise_rows_l1_(layers: list[Linear]) -> None:
 
 def in_float64(model: LipschitzMLP) -> LipschitzMLP:
     """The network with float64 weights, every float32 weight being exact in float64: the model itself when
-    its weights are float64 already, else a copy in eval mode."""
+    its weights are float64 already, else a copy in eval mode. A parametrised model (orthonormal layers in
+    training) is refused: its weights are computed, not stored, and copying it would break it; certify
+    `orthonormal.frozen(model)`."""
+    if any(parametrize.is_parametrized(module) for module in model.modules()):
+        raise TypeError("a parametrised model's weights are computed in each forward pass: certify "
+                        "orthonormal.frozen(model), which stores them")
     if model.layers[0].weight.dtype == torch.float64:
         return model
     return copy.deepcopy(model).double().eval()

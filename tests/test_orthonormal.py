@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import orthonormal
 from checkpoints import load_checkpoint, save_checkpoint
 from errors import ConfigError
-from models import LipschitzMLP, MLPConfig
+from models import LipschitzMLP, MLPConfig, in_float64
 from nets import seeds, with_singular_values
 from orthonormal import Bjorck
 
@@ -87,3 +87,16 @@ def test_a_saved_orthonormal_net_stores_the_matrices_it_computes_and_certifies_t
     assert 1 - 1e-5 < bound < 1 + 1e-4  # proved from the stored weights, never assumed to be 1
     frozen = orthonormal.freeze_(model)
     assert torch.equal(frozen(x), logits)
+
+
+def test_a_parametrised_model_is_refused_by_the_float64_copy_and_its_frozen_copy_is_taken():
+    """Certificates evaluate a float64 copy; a model whose weights are computed by a parametrisation is refused
+    with the way out (copying it would break the original), and its frozen copy certifies."""
+    model = LipschitzMLP(MLPConfig(in_features=6, hidden=(4,), out_features=3, group_size=2))
+    orthonormal.orthonormalise_layers_(model, orthonormal.Bjorck(iterations=5))
+    with pytest.raises(TypeError, match="orthonormal.frozen"):
+        in_float64(model)
+    frozen = in_float64(orthonormal.frozen(model))
+    assert frozen.layers[0].weight.dtype == torch.float64
+    assert orthonormal.is_orthonormalised(model)  # the original still works
+    model(torch.rand(2, 6))
