@@ -137,3 +137,9 @@ def test_modules_import_only_the_modules_above_them_in_the_readme_layout():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert imported & modules <= set(layout[:position]), f"{name}.py imports a module below it"
+
+
+def test_the_troubleshooting_table_names_every_recipe():
+    """The usage's quoted 'no recipe' message lists the recipes there are (it once listed 5 of 9)."""
+    quoted = re.search(r"the named recipes are ([\w., -]+)`", (REPO / "docs/usage.md").read_text())[1]
+    assert quoted.split(", ") == sorted(path.stem for path in (REPO / "recipes").glob("*.json"))
