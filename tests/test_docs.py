@@ -143,3 +143,8 @@ def test_the_troubleshooting_table_names_every_recipe():
     """The usage's quoted 'no recipe' message lists the recipes there are (it once listed 5 of 9)."""
     quoted = re.search(r"the named recipes are ([\w., -]+)`", (REPO / "docs/usage.md").read_text())[1]
     assert quoted.split(", ") == sorted(path.stem for path in (REPO / "recipes").glob("*.json"))
+
+
+def test_the_readme_stays_the_front_door():
+    """About 200 lines: what the demo shows, set-up, expected output, the reproduction, how it works, the layout."""
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
