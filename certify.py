@@ -329,7 +329,8 @@ def verdict_table(verdicts: list, method: str, ball: Ball, examples: int, domain
     for status in milp.VERDICTS:
         count = sum(v.status == status for v in verdicts)
         lines.append(f"{status:<16}{count:>10d}{100 * count / max(1, examples):>10.2f}")
-    decided = {stage: sum(v.decided_by == stage for v in verdicts)
+    settled = [v for v in verdicts if v.status in ("robust", "counterexample") or v.decided_by == "overflow"]
+    decided = {stage: sum(v.decided_by == stage for v in settled)  # a timeout or an open relaxation decides nothing
                for stage in ("clean", "ibp", *ATTACKS, "lp", "milp", "overflow")}
     lines.append("decided by: " + ", ".join(f"{stage} {count}" for stage, count in decided.items() if count))
     lines.append(f"seconds per example: mean {sum(seconds) / max(1, examples):.3f}, max {max(seconds, default=0):.3f}")
@@ -350,7 +351,8 @@ def save_counterexamples(args: argparse.Namespace, found: list[Counterexample]) 
         write_counterexamples(path, found, args.cert_magnitude, args.norm)
     else:
         found = found[:8]
-        grids.draw(path, found, args.cert_magnitude)
+        grids.draw(path, found, args.cert_magnitude, f"{args.checkpoint.name}: counterexamples at "
+                   f"{NORM_NAMES[args.norm]} radius {args.cert_magnitude:g} (the first {len(found)})")
     print(f"wrote {path} ({len(found)} counterexamples)")
 
 

@@ -204,6 +204,17 @@ def original_config(path: Path, state: dict[str, torch.Tensor], expected: Expect
                      activation=expected.activation, group_size=expected.group_size or 10, mean=mean, std=std)
 
 
+def hint(payload: object) -> str:
+    """What a file that is not a checkpoint seems to be, for the one-line refusal."""
+    if isinstance(payload, dict) and payload.get("format") == TRAINING_STATE_FORMAT:
+        return (": it is a training state (.last.p), which train_mnist.py --resume continues; certify the "
+                "checkpoint saved beside it")
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return (": it is a bare state_dict without the configuration that rebuilds the model; write one with "
+                "checkpoints.save_checkpoint(path, model, {})")
+    return ""
+
+
 def load_checkpoint(path: Path, expected: Expected = Expected()) -> Checkpoint:
     """Rebuild a saved model on the CPU: this project's checkpoints, or the original demo's bare state_dict.
 
@@ -218,13 +229,14 @@ def load_checkpoint(path: Path, expected: Expected = Expected()) -> Checkpoint:
         state = {ORIGINAL_KEYS[key]: value for key, value in payload.items()}
         config, metrics, original = original_config(path, state, expected), {}, True
     else:
-        raise CheckpointError(f"{path} is not a checkpoint of this project or of the original demo")
+        raise CheckpointError(f"{path} is not a checkpoint of this project or of the original demo{hint(payload)}")
     try:
         model = LipschitzMLP(config)
         model.load_state_dict(state)
     except (ConfigError, RuntimeError) as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the architecture: {first_line}") from None
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise CheckpointError(f"{path} does not fit the architecture: {detail}") from None
     for name, value in model.state_dict().items():
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{path} holds non-finite values (NaN or inf) in {name}")

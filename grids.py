@@ -8,15 +8,16 @@ from attacks import Counterexample
 from checkpoints import atomic_write
 
 
-def draw(path: Path, examples: list[Counterexample], eps: float) -> None:
-    """One row per counterexample: original (label), perturbed (prediction), perturbation scaled to +-eps."""
+def draw(path: Path, examples: list[Counterexample], eps: float, title: str = "") -> None:
+    """One row per counterexample: original (label), perturbed (prediction), perturbation scaled to +-eps with a
+    colour bar; `title` above them all."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     rows = max(1, len(examples))
-    figure, axes = plt.subplots(rows, 3, figsize=(6.0, 2.0 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, 3, figsize=(6.6, 2.0 * rows + 0.4), squeeze=False, layout="constrained")
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -26,10 +27,13 @@ def draw(path: Path, examples: list[Counterexample], eps: float) -> None:
         row[0].set_title(f"#{example.index}: label {example.label}", fontsize=9)
         row[1].imshow(perturbed, cmap="gray", vmin=0, vmax=1)
         row[1].set_title(f"predicted {example.predicted} ({example.found_by})", fontsize=9)
-        row[2].imshow(perturbed - original, cmap="seismic", vmin=-eps, vmax=eps)
+        shown = row[2].imshow(perturbed - original, cmap="seismic", vmin=-eps, vmax=eps)
         row[2].set_title(f"perturbation, ±{eps:g}", fontsize=9)
-    if not examples:
+    if examples:
+        figure.colorbar(shown, ax=axes[:, 2].tolist(), shrink=min(1.0, 0.9 / rows ** 0.5), label="pixel change")
+    else:
         axes[0, 1].set_title("no counterexample found")
-    figure.tight_layout()
+    if title:
+        figure.suptitle(title, fontsize=10)
     atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=100))
     plt.close(figure)

@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.stop_on_signals()
     device = cli.pick_device(args.device, args.no_cuda)
     check_architecture(recipe)
+    if recipe.warmup_epochs + recipe.ramp_epochs > recipe.epochs and not args.dry_run:
+        print(f"warning: the training radius ramps up until epoch {recipe.warmup_epochs + recipe.ramp_epochs:g}, "
+              f"after --epochs {recipe.epochs}: the run ends below its training radius", file=sys.stderr)
     if not ADAM_LR_RANGE[0] <= recipe.lr <= ADAM_LR_RANGE[1]:
         print(f"warning: --lr {recipe.lr:g} is far outside Adam's useful range ({ADAM_LR_RANGE[0]:g} to "
               f"{ADAM_LR_RANGE[1]:g}); the run goes on", file=sys.stderr)

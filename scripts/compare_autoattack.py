@@ -3,6 +3,7 @@
     python scripts/compare_autoattack.py --data-dir ../shared/mnist               # the first 1,000 test digits
     python scripts/compare_autoattack.py --data-dir ../shared/mnist --all-digits  # and apgd, pgd on all 10,000
     python scripts/compare_autoattack.py --data-dir ../shared/mnist --norm l1 --eps 3 --limit 300  # L1
+    python scripts/compare_autoattack.py --data-dir ../shared/mnist --json results/attacks/linf.json  # and a record
 
 At L-inf 0.1 (or `--norm`, `--eps`) within the pixel range [0, 1], on the original demo's relu.p and groupsort.p. The reference
 is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T and Square; Croce & Hein 2020) from the
@@ -18,28 +19,9 @@ in float32), for AutoAttack too; every point is checked to lie in the ball and t
 `--all-digits` adds the robust accuracy and seconds of apgd and pgd on all 10,000 test digits, and the
 digits each breaks that the other misses.
 
-Measured with `OMP_NUM_THREADS=2 python scripts/compare_autoattack.py --data-dir ../shared/mnist
---all-digits` on the project's 2-core CPU (torch 2.14.1, pyautoattack 0.2.0), the machine otherwise idle:
-
-    net        attack                       robust (%)  AA breaks, missed  breaks AA misses  seconds
-    relu       AutoAttack (standard)             57.00                  -                 -    127.9
-    relu       apgd (APGD_DEFAULT)               57.00                  0                 0      3.8
-    relu       apgd, use_ibp=False               57.00                  0                 0     17.5
-    relu       pgd (50 steps, 5 restarts)        57.60                  6                 0      4.9
-    groupsort  AutoAttack (standard)             83.60                  -                 -    218.2
-    groupsort  apgd (APGD_DEFAULT)               83.60                  0                 0      2.6
-    groupsort  apgd, use_ibp=False               83.60                  0                 0     26.8
-    groupsort  pgd (50 steps, 5 restarts)        84.10                  5                 0      6.1
-    all 10000 test digits (the other attack: pgd for apgd, apgd for pgd)
-    net        attack                       robust (%)  other breaks, missed  seconds
-    relu       apgd (APGD_DEFAULT)               63.39                     0     28.5
-    relu       pgd (50 steps, 5 restarts)        63.83                    44     37.7
-    groupsort  apgd (APGD_DEFAULT)               86.98                     0     11.3
-    groupsort  pgd (50 steps, 5 restarts)        87.18                    20     61.7
-
-With other heavy jobs on the same 2 cores the seconds grew 3 to 20 times (2 threads contend badly);
-the robust accuracies and the counts were the same. Seeds 0 to 7 of apgd also miss no digit that
-AutoAttack breaks on the first 1,000.
+`--json FILE` writes the same figures with the command, seed, threads, machine and date;
+`scripts/measure_attacks.sh` writes results/attacks/{linf,l2,l1}.json, from which `scripts/report.py`
+generates the tables of docs/results.md.
 """
 
 from __future__ import annotations
@@ -47,6 +29,9 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
+import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -124,6 +109,29 @@ def timed(attack: Attack, model: LipschitzMLP, split: Split, ball: Ball) -> tupl
     return points, time.perf_counter() - start
 
 
+def write_json(args: argparse.Namespace, rows: list, totals: list, version: str) -> None:
+    """The table (and the all-digit runs) as JSON, with what it was measured with."""
+    def robust(broken: torch.Tensor) -> float:
+        return round(100 * (1 - broken.double().mean().item()), 2)
+
+    record = {
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "norm": args.norm, "eps": args.eps, "limit": args.limit, "seed": args.seed,
+        "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__, "reference": f"{REFERENCE} {version}", "date": time.strftime("%Y-%m-%d"),
+        "rows": [{"net": net, "attack": name, "robust": robust(broken),
+                  "missed": None if by_reference is None else int((by_reference & ~broken).sum()),
+                  "extra": None if by_reference is None else int((broken & ~by_reference).sum()),
+                  "seconds": round(seconds, 1)} for net, name, broken, by_reference, seconds in rows],
+        "all_digits": [{"net": net, "attack": name, "robust": robust(broken), "seconds": round(seconds, 1),
+                        "other_breaks_missed": int((totals[index ^ 1][2] & ~broken).sum())}
+                       for index, (net, name, broken, seconds) in enumerate(totals)],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+
+
 def main() -> None:
     parser = cli.Parser(description=__doc__.splitlines()[0])
     cli.add_data_flag(parser)
@@ -137,7 +145,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every attack (default: %(default)s)")
     parser.add_argument("--all-digits", action="store_true",
                         help="also run apgd and pgd on all 10,000 test digits and print their times")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the table, with the command, seed, threads, machine and date, to FILE "
+                             "(results/attacks/NORM.json is what docs/results.md's tables are generated from)")
     args = parser.parse_args()
+    if args.json is not None:
+        cli.check_output_file(args.json, "--json")
     reference = autoattack(args.seed)  # fails at once when the package is missing
     (test,) = load_mnist(args.data_dir, ("test",), allow_download=False)
     ball = Ball(args.norm, args.eps, PIXEL_RANGE)
@@ -174,6 +187,8 @@ def main() -> None:
         extra = "-" if by_reference is None else str(int((broken & ~by_reference).sum()))
         print(f"{net:<10} {name:<28} {100 * (1 - broken.double().mean().item()):>10.2f} {missed:>18} {extra:>17} "
               f"{seconds:>8.1f}")
+    if args.json is not None:
+        write_json(args, rows, totals, version)
     if totals:
         print(f"all {len(test)} test digits (the other attack: pgd for apgd, apgd for pgd)")
         print(f"{'net':<10} {'attack':<28} {'robust (%)':>10} {'other breaks, missed':>21} {'seconds':>8}")

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from wasserstein import rounded_down  # noqa: E402  (a lower bound shown rounded down, as wasserstein.py prints it)
+
 DOCUMENTS = ("README.md", "docs/usage.md", "docs/results.md")
 ACTIVATIONS = (("groupsort", "GroupSort (groups of 4)"), ("maxmin", "MaxMin"), ("fullsort", "FullSort"),
                ("relu", "ReLU"))
@@ -31,8 +34,7 @@ def wasserstein_table(results: Path) -> str:
         cells = []
         for activation, _ in ACTIVATIONS:
             run = json.loads((results / "wasserstein" / f"{task}_{activation}.json").read_text())
-            bound = math.floor(run["certified_lower_bound"] * 10**4) / 10**4  # a lower bound: shown rounded down
-            cells.append(f"{bound:.4f} ({run['seconds']:.0f} s)")
+            cells.append(f"{rounded_down(run['certified_lower_bound'])} ({run['seconds']:.0f} s)")
         rows.append(f"| `{task}` | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -49,7 +51,77 @@ def gradient_norms_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table}
+NETS = {"relu": "ReLU", "groupsort": "GroupSort"}
+ATTACK_NAMES = {"AutoAttack (standard)": "AutoAttack (standard)", "apgd (APGD_DEFAULT)": "`apgd`",
+                "apgd, use_ibp=False": "`apgd` without the IBP skip",
+                "pgd (50 steps, 5 restarts)": "`pgd` (50 steps, 5 restarts)"}
+
+
+def attack_table(norm: str) -> Callable[[Path], str]:
+    """`scripts/compare_autoattack.py`'s table in `norm` (results/attacks/NORM.json): per net and attack, the
+    robust accuracy, the digits AutoAttack breaks that it misses and the other way round, and the seconds."""
+    def table(results: Path) -> str:
+        run = json.loads((results / "attacks" / f"{norm}.json").read_text())
+        rows = ["| net | attack | robust (%) | digits AutoAttack breaks that it misses | digits it breaks that "
+                "AutoAttack misses | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+        for row in run["rows"]:
+            missed, extra = ("–", "–") if row["missed"] is None else (row["missed"], row["extra"])
+            rows.append(f"| {NETS[row['net']]} | {ATTACK_NAMES[row['attack']]} | {row['robust']:.2f} | {missed} | "
+                        f"{extra} | {row['seconds']:.1f} |")
+        return "\n".join(rows) + "\n"
+    return table
+
+
+def attack_all_digits_table(results: Path) -> str:
+    """The L-inf comparison's runs on all 10,000 test digits: apgd against pgd."""
+    run = json.loads((results / "attacks" / "linf.json").read_text())
+    rows = ["| net | attack | robust (%) | digits the other breaks that it misses | seconds |",
+            "| --- | --- | --- | --- | --- |"]
+    for row in run["all_digits"]:
+        rows.append(f"| {NETS[row['net']]} | {ATTACK_NAMES[row['attack']]} | {row['robust']:.2f} | "
+                    f"{row['other_breaks_missed']} | {row['seconds']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+def scaling_table(results: Path) -> str:
+    """`scripts/measure_scaling.sh`: wall seconds of `best` with one and two workers and as four shards, and
+    whether each gives the one-worker verdicts."""
+    run = json.loads((results / "verification" / "scaling.json").read_text())
+    seconds = run["seconds"]
+    shards = sum(seconds[f"shard{k}"] for k in range(4))
+    rows = ["| run | wall seconds | verdicts identical to one worker |", "| --- | --- | --- |",
+            f"| `--workers 1` | {seconds['workers1']:.1f} | – |",
+            f"| `--workers 2` | {seconds['workers2']:.1f} ({run['speedup']:.2f}× faster) | "
+            f"{'yes' if run['workers2_identical'] else 'no'} |",
+            f"| `--shard K/4`, K = 0 to 3, one after another, then `--merge` | {shards:.1f} in all | "
+            f"{'yes' if run['merged_identical'] else 'no'} |"]
+    return "\n".join(rows) + "\n"
+
+
+def marabou_table(results: Path) -> str:
+    """`scripts/compare_marabou.py`: per verdict of `exact`, how Marabou answered on the same digits, and the
+    seconds each spent on them (per digit, summed; without start-up)."""
+    run = json.loads((results / "verification" / "marabou.json").read_text())
+    rows = ["| `--method exact` | digits | Marabou: the same | Marabou: timeout | Marabou: another verdict | "
+            "seconds, `exact` | seconds, Marabou |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for verdict in ("robust", "counterexample", "timeout"):
+        mine = [row for row in run["rows"] if row["exact"] == verdict]
+        if mine:
+            same = sum(row["marabou"] == verdict for row in mine)
+            late = sum(row["marabou"] == "timeout" for row in mine)
+            rows.append(f"| {verdict} | {len(mine)} | {same} | {late} | {len(mine) - same - late} | "
+                        f"{sum(row['exact_seconds'] for row in mine):.1f} | "
+                        f"{sum(row['marabou_seconds'] for row in mine):.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "marabou": marabou_table,
+    "verification-scaling": scaling_table,
+    "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
+    "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
+    "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
+}
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
 
 

@@ -318,7 +318,10 @@ CERTIFY_CASES = {
     "text file": (lambda tmp, ckpt: not_a_checkpoint(tmp), [], "not a readable PyTorch checkpoint"),
     "truncated checkpoint": (truncated_checkpoint, [], "not a readable PyTorch checkpoint"),
     "another model's state_dict": (lambda tmp, ckpt: foreign_checkpoint(tmp), [],
-                                   "not a checkpoint of this project or of the original demo"),
+                                   "not a checkpoint of this project or of the original demo: it is a bare "
+                                   "state_dict without the configuration"),
+    "a training state": (lambda tmp, ckpt: ckpt.with_suffix(".last.p"), [],
+                         "it is a training state (.last.p), which train_mnist.py --resume continues"),
     "wrong hidden width": (lambda tmp, ckpt: ckpt, ["--hidden", "500"], "trained with hidden (100,), not (500,)"),
     "wrong activation": (lambda tmp, ckpt: ckpt, ["--activation", "relu"], "trained with activation groupsort, not relu"),
     "wrong group size": (lambda tmp, ckpt: ckpt, ["--group_size", "5"], "trained with group_size 10, not 5"),
@@ -345,7 +348,7 @@ CERTIFY_CASES = {
     "original demo with another input width": (altered_original("inlayer.weight", lambda w: w[:, :700]), DEMO_FLAGS,
                                                "takes 700 inputs, but MNIST images have 784 pixels"),
     "original demo with mismatched layers": (altered_original("outlayer.weight", lambda w: w[:, :400]), DEMO_FLAGS,
-                                             "does not fit the architecture"),
+                                             "does not fit the architecture: size mismatch for layers.2.weight"),
     "checkpoint without state_dict": (altered_project(lambda p: p.pop("state_dict")), [], "incomplete checkpoint"),
     "config without group_size": (altered_project(lambda p: p["config"].pop("group_size")), [],
                                   "incomplete checkpoint: it lacks group_size"),
@@ -452,3 +455,12 @@ def test_an_interrupted_verification_writes_the_verdicts_it_reached(sig, workers
     indices = [int(row["index"]) for row in rows]
     assert indices == sorted(set(indices)) and all(row["verdict"] in milp.VERDICTS for row in rows)
     assert json.loads(out.with_name(out.name + ".json").read_text())["method"] == "exact"
+
+
+def test_the_verdict_table_counts_no_timeout_as_decided():
+    """`best`'s table: a digit the program timed out on is a timeout, not 'decided by milp'."""
+    verdicts = [milp.Verdict("timeout", "milp", 60.0), milp.Verdict("robust", "milp", 3.0),
+                milp.Verdict("robust", "ibp", 0.01), milp.Verdict("undecided", "overflow", 0.01)]
+    table = certify.verdict_table(verdicts, "best", Ball("linf", 0.1, PIXEL_RANGE), 4, "pixels", 60.0)
+    assert "decided by: ibp 1, milp 1, overflow 1" in table
+    assert any(line.split()[:2] == ["timeout", "1"] for line in table.splitlines())

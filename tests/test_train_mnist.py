@@ -160,6 +160,9 @@ def test_a_learning_rate_far_out_of_range_and_a_run_ending_near_chance_are_warne
     assert "is near chance" in stuck.stderr and "check --lr (1e-06)" in stuck.stderr
     sane = run_script("train_mnist.py", *FAST, "--epochs", "1", "--data-dir", mnist_root, "--save-dir", tmp_path / "sane")
     assert sane.returncode == 0 and "warning" not in sane.stderr
+    short = run_script("train_mnist.py", *FAST, "--epochs", "1", "--loss", "ibp", "--ramp-epochs", "3", "--data-dir",
+                       mnist_root, "--save-dir", tmp_path / "short")
+    assert short.returncode == 0 and "ramps up until epoch 3, after --epochs 1" in short.stderr
 
 
 @pytest.fixture(scope="module")
