@@ -84,17 +84,24 @@ def attack_all_digits_table(results: Path) -> str:
 
 
 def scaling_table(results: Path) -> str:
-    """`scripts/measure_scaling.sh`: wall seconds of `best` with one and two workers and as four shards, and
-    whether each gives the one-worker verdicts."""
+    """`scripts/measure_scaling.sh`: wall seconds of GroupSort `best` with one and two workers and as four
+    shards, and of ReLU `exact` with one and two workers, and whether each gives the one-worker verdicts."""
     run = json.loads((results / "verification" / "scaling.json").read_text())
-    seconds = run["seconds"]
+    seconds, relu = run["seconds"], run["relu_exact"]
     shards = sum(seconds[f"shard{k}"] for k in range(4))
-    rows = ["| run | wall seconds | verdicts identical to one worker |", "| --- | --- | --- |",
-            f"| `--workers 1` | {seconds['workers1']:.1f} | – |",
-            f"| `--workers 2` | {seconds['workers2']:.1f} ({run['speedup']:.2f}× faster) | "
-            f"{'yes' if run['workers2_identical'] else 'no'} |",
-            f"| `--shard K/4`, K = 0 to 3, one after another, then `--merge` | {shards:.1f} in all | "
-            f"{'yes' if run['merged_identical'] else 'no'} |"]
+
+    def same(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    rows = ["| net, method | run | wall seconds | verdicts identical to one worker |", "| --- | --- | --- | --- |",
+            f"| GroupSort, `best` | `--workers 1` | {seconds['workers1']:.1f} | – |",
+            f"| GroupSort, `best` | `--workers 2` | {seconds['workers2']:.1f} ({run['speedup']:.2f}× faster) | "
+            f"{same(run['workers2_identical'])} |",
+            f"| GroupSort, `best` | `--shard K/4`, K = 0 to 3, one after another, then `--merge` | {shards:.1f} in all "
+            f"| {same(run['merged_identical'])} |",
+            f"| ReLU, `exact` | `--workers 1` | {seconds['relu_workers1']:.1f} | – |",
+            f"| ReLU, `exact` | `--workers 2` | {seconds['relu_workers2']:.1f} ({relu['speedup']:.2f}× faster) | "
+            f"{same(relu['workers2_identical'])} |"]
     return "\n".join(rows) + "\n"
 
 
