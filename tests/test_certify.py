@@ -455,6 +455,10 @@ def test_an_interrupted_verification_writes_the_verdicts_it_reached(sig, workers
     indices = [int(row["index"]) for row in rows]
     assert indices == sorted(set(indices)) and all(row["verdict"] in milp.VERDICTS for row in rows)
     assert json.loads(out.with_name(out.name + ".json").read_text())["method"] == "exact"
+    merged = subprocess.run([sys.executable, str(REPO / "certify.py"), "--merge", str(tmp_path / "m.csv"), str(out)],
+                            capture_output=True, text=True, env=OFFLINE_ENV)
+    assert merged.returncode == 2 and "does not hold exactly the digits of shard 0/1" in merged.stderr
+    assert not (tmp_path / "m.csv").exists()  # an interrupted run is never taken for a whole one
 
 
 def test_the_verdict_table_counts_no_timeout_as_decided():
