@@ -386,12 +386,19 @@ def test_a_compiled_batch_norm_step_matches_eager():
 
 
 def test_a_ramping_radius_does_not_recompile_every_step():
+    """IBP at ever new radii, as during --ramp-epochs: once the first radii have made the graphs general, a
+    new radius compiles nothing (the count of graphs includes the pieces between graph breaks, and what
+    earlier tests compiled is reset first)."""
+    torch._dynamo.reset()
     model, x, y = small_batch(1)
     loss_fn = compiled(batch_loss)
     counters.clear()
-    for step in range(6):  # IBP at six different radii, as during --ramp-epochs
+    for step in range(3):
         loss_fn(model, x, y, Objective("ibp", "linf", 0.01, 1.0), Schedule.at(step / 6, 0.1, 1.0))
-    assert counters["stats"]["unique_graphs"] <= 2  # one specialised graph, then one general
+    warm = counters["stats"]["unique_graphs"]
+    for step in range(3, 6):
+        loss_fn(model, x, y, Objective("ibp", "linf", 0.01, 1.0), Schedule.at(step / 6, 0.1, 1.0))
+    assert warm > 0 and counters["stats"]["unique_graphs"] == warm
 
 
 def test_a_compile_failure_is_one_line_naming_the_flag(monkeypatch):
