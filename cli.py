@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import platform
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
@@ -37,6 +39,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def provenance(script: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """What a measurement ran with, for the JSON beside its figures: the command (`script` and its arguments,
+    `sys.argv[1:]` unless given), torch's threads, the machine, torch's version and the date."""
+    return {"command": " ".join([f"python {script}", *(sys.argv[1:] if argv is None else argv)]),
+            "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
 def run(main: Callable[[], None]) -> None:

@@ -21,9 +21,6 @@ centres; `sphere`, the unit sphere in 128 dimensions against its centre.
 from __future__ import annotations
 
 import math
-import os
-import platform
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -328,9 +325,7 @@ def main(argv: list[str] | None = None) -> None:
               "lipschitz_bound": estimate.lipschitz, "held_out": [len(held_out[0]), len(held_out[1])],
               "source": args.task or [str(path) for path in args.samples],
               "critic": {**asdict(critic), "bjorck": asdict(bjorck)}, "seconds": seconds,
-              "command": " ".join(["python wasserstein.py", *(argv if argv is not None else sys.argv[1:])]),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+              **cli.provenance("wasserstein.py", argv)}
     if args.task is not None:
         print("true W1                          1 (also between the held-out sets)")
         result["true"] = 1.0

@@ -29,9 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -115,10 +112,9 @@ def write_json(args: argparse.Namespace, rows: list, totals: list, version: str)
         return round(100 * (1 - broken.double().mean().item()), 2)
 
     record = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        **cli.provenance("scripts/compare_autoattack.py"),
         "norm": args.norm, "eps": args.eps, "limit": args.limit, "seed": args.seed,
-        "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__, "reference": f"{REFERENCE} {version}", "date": time.strftime("%Y-%m-%d"),
+        "reference": f"{REFERENCE} {version}",
         "rows": [{"net": net, "attack": name, "robust": robust(broken),
                   "missed": None if by_reference is None else int((by_reference & ~broken).sum()),
                   "extra": None if by_reference is None else int((broken & ~by_reference).sum()),
@@ -128,7 +124,7 @@ def write_json(args: argparse.Namespace, rows: list, totals: list, version: str)
                        for index, (net, name, broken, seconds) in enumerate(totals)],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    checkpoints.write_json(args.json, record)
     print(f"wrote {args.json}", file=sys.stderr)
 
 

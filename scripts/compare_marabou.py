@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import platform
+import importlib.metadata
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 
 ORIGINAL_RELU = REPO.parent / "shared" / "original-demo" / "relu.p"
@@ -99,16 +98,13 @@ def main() -> None:
     print(f"decided by both: {len(decided)} of {len(rows)}; disagreeing: {disagree or 'none'}; wall seconds: "
           f"Marabou {marabou_seconds:.1f}, certify.py --method exact {exact_seconds:.1f} (with its start-up)")
     if args.json is not None:
-        import maraboupy
-        record = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        record = {**cli.provenance("scripts/compare_marabou.py"),
                   "checkpoint": str(args.checkpoint), "eps": args.eps, "limit": args.limit,
                   "time_limit": args.time_limit, "rows": rows, "disagree": disagree,
                   "seconds": {"marabou": round(marabou_seconds, 1), "exact": round(exact_seconds, 1)},
-                  "reference": f"maraboupy {getattr(maraboupy, '__version__', '2.0.0')}",
-                  "threads": os.environ.get("OMP_NUM_THREADS"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                  "date": time.strftime("%Y-%m-%d")}
+                  "reference": f"maraboupy {importlib.metadata.version('maraboupy')}"}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        checkpoints.write_json(args.json, record)
     if disagree:
         sys.exit(1)
 

@@ -14,10 +14,7 @@ column per net; each panel, the printed table and the JSON give the share of dig
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -98,11 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                      dpi=120))
     print(f"wrote {args.out}")
     if args.json is not None:
-        checkpoints.write_json(args.json, {
-            "limit": len(x), "near": NEAR, "nets": summary, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python scripts/gradient_norms.py", *(argv if argv is not None else sys.argv[1:])])})
+        checkpoints.write_json(args.json, {"limit": len(x), "near": NEAR, "nets": summary,
+                                           **cli.provenance("scripts/gradient_norms.py", argv)})
         print(f"wrote {args.json}")
 
 
