@@ -236,7 +236,118 @@ def fold_normalisation(weight: np.ndarray, bias: np.ndarray, mean: float, std: f
     return weight / std, bias - weight.sum(axis=1) * mean / std
 
 
-class Linear(Operator, nn.Linear):
+class Affine(Operator):
+    """An affine layer h -> W h + b on flat vectors (a Linear layer, a convolution): the rules it shares, built on
+    what each kind computes its own way (`rounding.AffineMap`: |W| v, row norms, fan-in; and `interval`,
+    `ball_range`, `differences`)."""
+
+    bias: torch.Tensor
+    in_features: int
+    out_features: int
+
+    @property
+    def fan_in(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def unit_bias(self) -> torch.Tensor:
+        """Every unit's bias (out_features,)."""
+        return self.bias
+
+    @property
+    def size(self) -> int:
+        return max(self.fan_in, self.in_features, self.out_features)
+
+    def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def row_norms(self, norm: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ball_range(self, center: torch.Tensor, ball: Ball) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def differences(self, group: int) -> Affine:
+        """The layer whose units are z_a - z_b for every two units a, b of each group of `group` consecutive
+        units of z = W h + b, ordered (group, a, b)."""
+        raise NotImplementedError
+
+    def matrix(self) -> torch.Tensor:
+        """W as a dense (out_features, in_features) matrix, exactly."""
+        raise NotImplementedError
+
+    def box_interval(self, box: Box) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+        """`interval` of the box, cut to `ball_range` where the box is a p-ball's (in L-inf the box is the ball
+        cut to its domain: exact); and the ball's term radius * ||w||_q, which the cut's rounding grows with."""
+        lower, upper = self.interval(box.lower, box.upper)
+        if box.ball is None:
+            return lower, upper, 0.0
+        low, high = self.ball_range(box.center, box.ball)
+        lower, upper = torch.maximum(lower, low), torch.minimum(upper, high)
+        upper = torch.maximum(upper, lower)  # two nearly equal ranges can cross by rounding: never invert
+        return lower, upper, box.ball.radii(box.center)[:, None] * self.row_norms(box.ball.norm)
+
+    def rounding(
+        self, error: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, error_norm: torch.Tensor | None = None,
+        operator: torch.Tensor | None = None, extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
+        magnitude_norm: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per unit, a bound on |fl(W h^ + b) - (W h + b)| in `dtype` when |h^ - h| <= error and |h^|, |h| <=
+        magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm` (which also
+        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2). `extra_roundings`
+        and `extra`: see `rounding.fresh_error`."""
+        if error_norm is None:
+            return rounding.linear_error(self, magnitude, error, dtype, extra_roundings, extra), None
+        return rounding.linear_error_with_norm(self, magnitude, error, error_norm, dtype, operator, magnitude_norm)
+
+    def overflow(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
+        """Per example, whether the layer's output, computed in `dtype` from inputs bounded by the box's
+        magnitude, may overflow somewhere in the ball, or anything before it may (`rounding.linear_overflows`)."""
+        return box.overflow | rounding.linear_overflows(self, box.magnitude, dtype)
+
+    def own_error(self, box: Box, extra: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """How far `box_interval`, computed in float64, can be from its exact value, its ends being within
+        errors[1] of exact ones: |W| errors[1] (the map moves each end by at most that), plus gamma_{n+8} of the
+        magnitudes for the centre, half-width, two products, the difference and the cut (`extra`)."""
+        return self.rounding(box.errors[1], box.magnitude, torch.float64, extra_roundings=7, extra=extra)[0]
+
+    def apart(self, box: Box, group: int) -> torch.Tensor:
+        """Upper bounds of z_a - z_b, z = W h + b, for every two units a, b of each group of `group` consecutive
+        units, over the box: (n, groups, size, size).
+
+        IBP on the rows W_a - W_b (`differences`): never looser than U_a - L_b
+        from the units' intervals over the same box, and exact over the box for
+        the first layer, where z is affine in the input. (In L2 and L1 the first
+        layer's unit intervals are also cut to the ball, so there U_a - L_b can be
+        the smaller: GroupSort's encoding takes the smaller of the two.) Where the
+        box tracks errors, each bound is raised by its float64 rounding
+        (`own_error`), so that it holds in exact arithmetic.
+        """
+        rows = self.differences(group)
+        bound = rows.interval(box.lower, box.upper)[1]
+        if box.errors is not None:
+            bound = bound + rows.own_error(box)
+        return bound.unflatten(1, (-1, group, group))
+
+    def propagate(self, box: Box, step: Step) -> Box:
+        """`box_interval`, with the differences the next operator compares; where errors are tracked, the
+        network's new errors (`rounding` in `step.runs_in`) and the box's own (`own_error`); and where the step
+        gives a reach and the box is no longer a ball's, the box cut to it (`cut_to_reach`)."""
+        apart = None if step.compares is None or step.compares < 2 else self.apart(box, step.compares)
+        lower, upper, ball_term = self.box_interval(box)
+        errors, error_norm, overflow = box.errors, box.error_norm, None
+        if errors is not None:
+            network, error_norm = self.rounding(errors[0], box.magnitude, step.runs_in, error_norm, step.operator,
+                                                magnitude_norm=box.magnitude_norm)
+            errors = torch.stack([network, self.own_error(box, ball_term)])
+            overflow = self.overflow(box, step.runs_in)
+        point = None if box.point is None else self(box.point)
+        if step.reach is not None and box.ball is None:
+            lower, upper = cut_to_reach(lower, upper, point, errors[0], step.reach)
+        return tracked(lower, upper, errors, error_norm=error_norm, overflow=overflow, apart=apart, point=point)
+
+
+class Linear(Affine, nn.Linear):
     """h -> W h + b, with its rules. `Linear.of` makes one from given tensors (the gaps' rows, say)."""
 
     @classmethod
@@ -249,11 +360,31 @@ class Linear(Operator, nn.Linear):
         operator.weight, operator.bias = weight, bias
         return operator
 
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[1]
+
+    def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
+        return v @ self.weight.abs().T
+
+    def row_norms(self, norm: str) -> torch.Tensor:
+        """||w||_q of every row, exactly (`lipschitz.dual_norm`)."""
+        return lipschitz.dual_norm(self.weight, norm)
+
+    def matrix(self) -> torch.Tensor:
+        return self.weight
+
     def pairs(self) -> Linear:
         """The layer folded into the gaps: rows W_i - W_j and offsets b_i - b_j for every ordered pair i, j,
         flattened to out * out units (unflatten to (out, out))."""
         rows = lipschitz.pair_difference_rows(self.weight).flatten(0, 1)
         return Linear.of(rows, (self.bias[:, None] - self.bias[None, :]).flatten())
+
+    def differences(self, group: int) -> Linear:
+        groups = self.weight.unflatten(0, (-1, group))
+        offsets = self.bias.unflatten(0, (-1, group))
+        return Linear.of((groups[:, :, None, :] - groups[:, None, :, :]).flatten(0, 2),
+                         (offsets[:, :, None] - offsets[:, None, :]).flatten())
 
     def row_bounds(self, slope: Slope, norm: str) -> torch.Tensor:
         """Per output unit, min(|w| @ b, ||w||_q B) (`lipschitz.row_bounds`)."""
@@ -278,80 +409,6 @@ class Linear(Operator, nn.Linear):
         middle = center @ self.weight.T + self.bias
         spread = ball.radii(center)[:, None] * lipschitz.dual_norm(self.weight, ball.norm)
         return middle - spread, middle + spread
-
-    def box_interval(self, box: Box) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
-        """`interval` of the box, cut to `ball_range` where the box is a p-ball's (in L-inf the box is the ball
-        cut to its domain: exact); and the ball's term radius * ||w||_q, which the cut's rounding grows with."""
-        lower, upper = self.interval(box.lower, box.upper)
-        if box.ball is None:
-            return lower, upper, 0.0
-        low, high = self.ball_range(box.center, box.ball)
-        lower, upper = torch.maximum(lower, low), torch.minimum(upper, high)
-        upper = torch.maximum(upper, lower)  # two nearly equal ranges can cross by rounding: never invert
-        return lower, upper, box.ball.radii(box.center)[:, None] * lipschitz.dual_norm(self.weight, box.ball.norm)
-
-    def rounding(
-        self, error: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, error_norm: torch.Tensor | None = None,
-        operator: torch.Tensor | None = None, extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
-        magnitude_norm: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per unit, a bound on |fl(W h^ + b) - (W h + b)| in `dtype` when |h^ - h| <= error and |h^|, |h| <=
-        magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm` (which also
-        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2). `extra_roundings`
-        and `extra`: see `rounding.fresh_error`."""
-        if error_norm is None:
-            return rounding.linear_error(self.weight, self.bias, magnitude, error, dtype, extra_roundings, extra), None
-        return rounding.linear_error_with_norm(self.weight, self.bias, magnitude, error, error_norm, dtype, operator,
-                                               magnitude_norm)
-
-    def overflow(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
-        """Per example, whether the layer's output, computed in `dtype` from inputs bounded by the box's
-        magnitude, may overflow somewhere in the ball, or anything before it may (`rounding.linear_overflows`)."""
-        return box.overflow | rounding.linear_overflows(self.weight, self.bias, box.magnitude, dtype)
-
-    def own_error(self, box: Box, extra: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """How far `box_interval`, computed in float64, can be from its exact value, its ends being within
-        errors[1] of exact ones: |W| errors[1] (the map moves each end by at most that), plus gamma_{n+8} of the
-        magnitudes for the centre, half-width, two products, the difference and the cut (`extra`)."""
-        return self.rounding(box.errors[1], box.magnitude, torch.float64, extra_roundings=7, extra=extra)[0]
-
-    def apart(self, box: Box, group: int) -> torch.Tensor:
-        """Upper bounds of z_a - z_b, z = W h + b, for every two units a, b of each group of `group` consecutive
-        units, over the box: (n, groups, size, size).
-
-        IBP on the rows W_a - W_b: never looser than U_a - L_b from the units'
-        intervals over the same box, and exact over the box for the first layer,
-        where z is affine in the input. (In L2 and L1 the first layer's unit
-        intervals are also cut to the ball, so there U_a - L_b can be the smaller:
-        GroupSort's encoding takes the smaller of the two.) Where the box tracks
-        errors, each bound is raised by its float64 rounding (`own_error`), so that
-        it holds in exact arithmetic.
-        """
-        groups = self.weight.unflatten(0, (-1, group))
-        offsets = self.bias.unflatten(0, (-1, group))
-        rows = Linear.of((groups[:, :, None, :] - groups[:, None, :, :]).flatten(0, 2),
-                         (offsets[:, :, None] - offsets[:, None, :]).flatten())
-        bound = rows.interval(box.lower, box.upper)[1]
-        if box.errors is not None:
-            bound = bound + rows.own_error(box)
-        return bound.unflatten(1, (-1, group, group))
-
-    def propagate(self, box: Box, step: Step) -> Box:
-        """`box_interval`, with the differences the next operator compares; where errors are tracked, the
-        network's new errors (`rounding` in `step.runs_in`) and the box's own (`own_error`); and where the step
-        gives a reach and the box is no longer a ball's, the box cut to it (`cut_to_reach`)."""
-        apart = None if step.compares is None or step.compares < 2 else self.apart(box, step.compares)
-        lower, upper, ball_term = self.box_interval(box)
-        errors, error_norm, overflow = box.errors, box.error_norm, None
-        if errors is not None:
-            network, error_norm = self.rounding(errors[0], box.magnitude, step.runs_in, error_norm, step.operator,
-                                                magnitude_norm=box.magnitude_norm)
-            errors = torch.stack([network, self.own_error(box, ball_term)])
-            overflow = self.overflow(box, step.runs_in)
-        point = None if box.point is None else self(box.point)
-        if step.reach is not None and box.ball is None:
-            lower, upper = cut_to_reach(lower, upper, point, errors[0], step.reach)
-        return tracked(lower, upper, errors, error_norm=error_norm, overflow=overflow, apart=apart, point=point)
 
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """One variable per unit, equal to its affine function of the wires by one row each, bounded by the

@@ -17,6 +17,8 @@ the kernel that evaluates it.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from errors import ConfigError
@@ -48,17 +50,31 @@ def overflows(bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ~(bound * (1 + 2 * unit_roundoff(dtype)) < torch.finfo(dtype).max)
 
 
-def linear_overflows(weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype
-                     ) -> torch.Tensor:
+class AffineMap(Protocol):
+    """An affine map h -> W h + b whose every output unit is a dot product of at most `fan_in` terms plus its
+    bias (a Linear layer, a convolution), seen through what the rules below need of it."""
+
+    unit_bias: torch.Tensor  # every unit's bias
+    fan_in: int  # the most terms of one unit's dot product
+    size: int  # the longest vector a rule sums: max(fan_in, units in, units out)
+
+    def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
+        """|W| v for each row v (last dimension) of `v`: every unit's |w| . v."""
+
+    def row_norms(self, norm: str) -> torch.Tensor:
+        """Per unit, an upper bound of ||w||_q, q dual to the p-norm `norm` (the same for every example)."""
+
+
+def linear_overflows(layer: AffineMap, magnitude: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Per example (rows of `magnitude`), whether some unit of fl(W h + b) with |h| <= magnitude may overflow in
     `dtype`: every product, and every partial sum in any order, is at most (|W| magnitude + |b|) (1 + gamma_{n+1})
     in magnitude."""
-    total = (magnitude @ weight.abs().T + bias.abs()) * (1 + gamma(weight.shape[1] + 1, dtype))
+    total = (layer.abs_apply(magnitude) + layer.unit_bias.abs()) * (1 + gamma(layer.fan_in + 1, dtype))
     return overflows(total, dtype).any(dim=1)
 
 
 def linear_error(
-    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, dtype: torch.dtype,
+    layer: AffineMap, magnitude: torch.Tensor, error: torch.Tensor, dtype: torch.dtype,
     extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Per unit, a bound on |fl(W h^ + b) - (W h + b)| when |h^ - h| <= error and |h^|, |h| <= magnitude.
@@ -66,23 +82,23 @@ def linear_error(
     |W h^ - W h| <= |W| error (the error carried in), plus the new rounding
     (`fresh_error`). Rows of `error` and `magnitude` are examples.
     """
-    return error @ weight.abs().T + fresh_error(weight, bias, magnitude, dtype, extra_roundings, extra)
+    return layer.abs_apply(error) + fresh_error(layer, magnitude, dtype, extra_roundings, extra)
 
 
 def fresh_error(
-    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype,
+    layer: AffineMap, magnitude: torch.Tensor, dtype: torch.dtype,
     extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Per unit, a bound on |fl(W h + b) - (W h + b)| when |h| <= magnitude: the rounding of the dot
     products in `dtype`, gamma_{n+1} (|W| magnitude + |b|), plus n + 1 underflows. A computation with
     `extra_roundings` more steps on the way (an interval's centre and radius, say) and an `extra`
     magnitude among its terms gets gamma_{n+1+extra_roundings} (|W| magnitude + |b| + extra)."""
-    count = weight.shape[1] + 1 + extra_roundings
-    return gamma(count, dtype) * (magnitude @ weight.abs().T + bias.abs() + extra) + count * underflow(dtype)
+    count = layer.fan_in + 1 + extra_roundings
+    return gamma(count, dtype) * (layer.abs_apply(magnitude) + layer.unit_bias.abs() + extra) + count * underflow(dtype)
 
 
 def linear_error_with_norm(
-    weight: torch.Tensor, bias: torch.Tensor, magnitude: torch.Tensor, error: torch.Tensor, error_norm: torch.Tensor,
+    layer: AffineMap, magnitude: torch.Tensor, error: torch.Tensor, error_norm: torch.Tensor,
     dtype: torch.dtype, operator: torch.Tensor | None = None, magnitude_norm: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= error_norm (n,).
@@ -98,17 +114,18 @@ def linear_error_with_norm(
     (Cauchy-Schwarz): the smaller of the two is taken. Over an L2 ball the
     box's magnitudes add every unit's own reach, some sqrt(n) times the whole
     vector's. The float64 norms, sums and products here are inflated by 1 +
-    gamma_{k+4}, k the larger side of W, for their own rounding. Returns the
+    gamma_{k+4}, k the layer's `size`, for their own rounding. Returns the
     per-unit bounds (n, out) and the outgoing error_norm (n,).
     """
-    grow = 1 + gamma(max(weight.shape) + 4, torch.float64)
-    fresh = fresh_error(weight, bias, magnitude, dtype)
-    rows = torch.linalg.vector_norm(weight, dim=1) * grow
+    grow = 1 + gamma(layer.size + 4, torch.float64)
+    fresh = fresh_error(layer, magnitude, dtype)
+    rows = layer.row_norms("l2") * grow
     if magnitude_norm is not None:
-        count = weight.shape[1] + 1
-        by_norm = gamma(count, dtype) * (magnitude_norm[:, None] * rows + bias.abs()) * grow + count * underflow(dtype)
+        count = layer.fan_in + 1
+        by_norm = (gamma(count, dtype) * (magnitude_norm[:, None] * rows + layer.unit_bias.abs()) * grow
+                   + count * underflow(dtype))
         fresh = torch.minimum(fresh, by_norm)
-    carried = torch.minimum(error @ weight.abs().T, error_norm[:, None] * rows * grow)  # rows, then the product
+    carried = torch.minimum(layer.abs_apply(error), error_norm[:, None] * rows * grow)  # rows, then the product
     unit = (carried + fresh) * grow
     out = torch.linalg.vector_norm(unit, dim=1)
     if operator is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FAST_TESTS = ["tests/test_operators.py", "tests/test_milp.py", "tests/test_ibp.py", "tests/test_groupsort.py",
               "tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_overflow.py", "tests/test_certificates.py",
-              "tests/test_models.py", "tests/test_wasserstein.py"]
+              "tests/test_models.py", "tests/test_wasserstein.py", "tests/test_convolution.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
 MUTANTS = [
@@ -58,9 +58,9 @@ MUTANTS = [
      "spread = 0.98 * ball.radii(center)[:, None] * lipschitz.dual_norm", "Linear: exact range over the p-ball"),
     ("operators.py", "upper = torch.maximum(upper, lower)  # two nearly equal ranges", "pass  # two nearly equal ranges",
      "Linear: intervals that invert"),
-    ("operators.py", "return rounding.linear_error(self.weight, self.bias, magnitude, error, dtype,",
-     "return rounding.linear_error(self.weight, self.bias, magnitude, 0 * error, dtype,",
-     "Linear: rounding rule that drops the error carried in"),
+    ("operators.py", "return rounding.linear_error(self, magnitude, error, dtype, extra_roundings, extra), None",
+     "return rounding.linear_error(self, magnitude, 0 * error, dtype, extra_roundings, extra), None",
+     "Affine: rounding rule that drops the error carried in"),
     ("operators.py", "bound = rows.interval(box.lower, box.upper)[1]",
      "bound = rows.interval(box.lower + 0.02 * (box.upper - box.lower), box.upper)[1]",
      "Linear: bounds of the differences within a group, from a box 2 % too small"),
@@ -131,8 +131,8 @@ MUTANTS = [
     ("rounding.py", "return ~(bound * (1 + 2 * unit_roundoff(dtype)) < torch.finfo(dtype).max)",
      "return ~(bound * (1 + 2 * unit_roundoff(dtype)) < 1.02 * torch.finfo(dtype).max)",
      "overflow checked 2 % past float32's largest value"),
-    ("operators.py", "return box.overflow | rounding.linear_overflows(self.weight, self.bias, box.magnitude, dtype)",
-     "return box.overflow", "Linear: rounding rule without its overflow check"),
+    ("operators.py", "return box.overflow | rounding.linear_overflows(self, box.magnitude, dtype)",
+     "return box.overflow", "Affine: rounding rule without its overflow check"),
     ("operators.py", "overflow = box.overflow | rounding.overflows(torch.maximum(distance, magnitude), runs_in).any(dim=1)",
      "overflow = box.overflow", "Normalise: rounding rule without its overflow check"),
     ("allowance.py", "return torch.where(overflow.view(-1, *[1] * (allowance.ndim - 1)), torch.inf, allowance)",
@@ -150,6 +150,30 @@ MUTANTS = [
      "the L2 norm of a deep box's values without how far they move over the ball"),
     ("ibp.py", "bound = (at_x + whole_reach + box.error_norm) * grow", "bound = (at_x + 0.98 * whole_reach + box.error_norm) * grow",
      "the L2 norm of a deep box's values with 2 % less of how far they move over the ball"),
+    # Convolutions, invertible downsampling and BCOP (convolution.py, bcop.py).
+    ("convolution.py", "return self.apply(v, self.weight.abs(), None)", "return self.apply(v, self.weight, None)",
+     "Convolution: |W| v without the absolute value (slope, interval spread, rounding)"),
+    ("convolution.py", "spread = self.abs_apply(half_width)", "spread = 0.98 * self.abs_apply(half_width)",
+     "Convolution: interval spread 2 % too small"),
+    ("convolution.py", "return self.apply(ones, self.weight.square(), None).sqrt()",
+     "return 0.98 * self.apply(ones, self.weight.square(), None).sqrt()",
+     "Convolution: L2 row norms 2 % too small (Hoelder bound, ball range, error norm)"),
+    ("convolution.py", "return self.weight.abs().sum(dim=(0, 2, 3)).repeat(self.in_features // self.in_channels)",
+     "return self.weight.abs().amax(dim=(0, 2, 3)).repeat(self.in_features // self.in_channels)",
+     "Convolution: circular column norms from the largest tap, not the sum (L1 operator norm)"),
+    ("convolution.py", "return self.bias.repeat(self.out_features // self.out_channels)",
+     "return 0 * self.bias.repeat(self.out_features // self.out_channels)",
+     "Convolution: rounding rule without the biases"),
+    ("convolution.py", "return self.in_channels * self.kernel_size[0] * self.kernel_size[1]",
+     "return self.in_channels",
+     "Convolution: the rounding of a dot product counted over the channels, not the whole window"),
+    ("convolution.py", "spread = ball.radii(center)[:, None] * self.row_norms(ball.norm)",
+     "spread = 0.98 * ball.radii(center)[:, None] * self.row_norms(ball.norm)",
+     "Convolution: range over the p-ball 2 % too small"),
+    ("convolution.py", "return Slope(self(slope.unit), slope.whole)", "return Slope(self(slope.unit), 0.98 * slope.whole)",
+     "Downsample: whole-vector bound 2 % too small"),
+    ("bcop.py", "torch.stack([(eye - p) @ q, (eye - p) @ (eye - q)])",
+     "torch.stack([(eye - p) @ q, (eye - p) @ (eye + q)])", "BCOP: a block that is not paraunitary"),
     # The certified lower bound of a Wasserstein distance.
     ("wasserstein.py", 'lipschitz = float(model64.certified_logit_bounds("l2").per_logit[0])',
      'lipschitz = 0.98 * float(model64.certified_logit_bounds("l2").per_logit[0])',

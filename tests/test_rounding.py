@@ -12,6 +12,7 @@ import lipschitz
 import rounding
 from errors import ConfigError
 from nets import seeds
+from operators import Linear
 
 magnitudes = st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e6, 1e12])
 
@@ -32,7 +33,7 @@ def test_linear_error_bounds_the_float32_product_in_any_batch(fan_in, units, bat
     shifted = (h.double() + error * torch.randn(batch, fan_in, generator=g, dtype=torch.float64).sign()).float()
     exact = h.double() @ weight.double().T + bias.double()
     error_in = (shifted.double() - h.double()).abs()
-    bound = rounding.linear_error(weight.double(), bias.double(), torch.maximum(h.double().abs(), shifted.double().abs()),
+    bound = rounding.linear_error(Linear.of(weight.double(), bias.double()), torch.maximum(h.double().abs(), shifted.double().abs()),
                                   error_in, torch.float32)
     for rows in (batch, 1):  # the whole batch, and one row at a time (other kernels)
         computed = torch.cat([torch.nn.functional.linear(shifted[i:i + rows], weight, bias)
@@ -58,13 +59,13 @@ def test_linear_error_with_norm_bounds_each_unit_and_the_whole_error_vector(fan_
     error_norm = torch.linalg.vector_norm(error_in, dim=1)
     magnitude = torch.maximum(h.double().abs(), shifted.double().abs())
     operator = lipschitz.l2_spectral_norm_upper_bound(weight)
-    unit, out = rounding.linear_error_with_norm(weight.double(), bias.double(), magnitude, error_in, error_norm,
+    unit, out = rounding.linear_error_with_norm(Linear.of(weight.double(), bias.double()), magnitude, error_in, error_norm,
                                              torch.float32, operator)
     computed = torch.nn.functional.linear(shifted, weight, bias).double()
     moved = computed - (h.double() @ weight.double().T + bias.double())
     assert (moved.abs() <= unit).all()
     assert (torch.linalg.vector_norm(moved, dim=1) <= out).all()
-    per_unit = rounding.linear_error(weight.double(), bias.double(), magnitude, error_in, torch.float32)
+    per_unit = rounding.linear_error(Linear.of(weight.double(), bias.double()), magnitude, error_in, torch.float32)
     assert (unit <= per_unit * (1 + 1e-12)).all()
     if min(fan_in, units) >= 100:  # the per-unit bounds' L2 norm grows some sqrt(units) times; ||W||_2 is 1
         assert (out < torch.linalg.vector_norm(per_unit, dim=1) / 4).all()
@@ -83,9 +84,9 @@ def test_the_inputs_l2_norm_bounds_each_units_new_rounding(fan_in, units, seed):
     no_error = torch.zeros(4, fan_in, dtype=torch.float64)
     loose = h.double() + 1.0  # every unit's own reach, radius 1, where the vector moves by 1 in all
     norm = torch.linalg.vector_norm(h.double(), dim=1)
-    by_box, _ = rounding.linear_error_with_norm(weight.double(), bias.double(), loose, no_error, norm.new_zeros(4),
+    by_box, _ = rounding.linear_error_with_norm(Linear.of(weight.double(), bias.double()), loose, no_error, norm.new_zeros(4),
                                                 torch.float32)
-    both, out = rounding.linear_error_with_norm(weight.double(), bias.double(), loose, no_error, norm.new_zeros(4),
+    both, out = rounding.linear_error_with_norm(Linear.of(weight.double(), bias.double()), loose, no_error, norm.new_zeros(4),
                                                 torch.float32, magnitude_norm=norm + 1.0)
     exact = h.double() @ weight.double().T + bias.double()
     for rows in (4, 1):
@@ -108,7 +109,7 @@ def test_linear_error_with_norm_is_attained_by_an_error_along_a_row():
     error_norm = torch.linalg.vector_norm(moved_in, dim=1)
     bias = torch.zeros(64)
     magnitude = torch.maximum(h.double().abs(), shifted.double().abs())
-    unit, _ = rounding.linear_error_with_norm(weight.double(), bias.double(), magnitude,
+    unit, _ = rounding.linear_error_with_norm(Linear.of(weight.double(), bias.double()), magnitude,
                                            torch.full((1, 64), 1e-2, dtype=torch.float64), error_norm, torch.float32)
     moved = (torch.nn.functional.linear(shifted, weight, bias).double() - h.double() @ weight.double().T)[0]
     assert (moved.abs() <= unit[0]).all()
