@@ -388,7 +388,7 @@ def ibp_open_rivals(model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, 
     (as `certificates.gaps_certified` says).
     """
     x = x.flatten(1)
-    runs_in = model.layers[0].weight.dtype
+    runs_in = model.affine_layers()[0].weight.dtype
     model64 = in_float64(model)
     eps_rows = ball.radii(x).double()
     lower = []

@@ -160,6 +160,8 @@ def project_config(path: Path, payload: dict[str, Any], expected: Expected) -> M
     """The configuration a project checkpoint records, complete, refused where `expected` contradicts it."""
     recorded = payload.get("config")
     names = {f.name for f in fields(MLPConfig)}
+    if isinstance(recorded, dict) and "convs" not in recorded:  # written before convolutions: an MLP
+        recorded = {**recorded, "convs": []}
     if not isinstance(recorded, dict) or set(recorded) != names or not isinstance(payload.get("state_dict"), dict):
         missing = sorted(names - set(recorded)) if isinstance(recorded, dict) else ["config"]
         raise CheckpointError(f"{path} is an incomplete checkpoint: it lacks "

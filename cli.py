@@ -136,6 +136,13 @@ def widths(text: str) -> tuple[int, ...]:
     return values
 
 
+def layers(text: str) -> tuple[str, ...]:
+    """Convolutional layers: '16:4:2:1,32:4:2:1' or 'down,bcop:16:3', or 'none' for none (checked by the model)."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(part.strip() for part in text.split(","))
+
+
 def epochs(text: str) -> tuple[int, ...]:
     """Epochs: '50,55', or 'none' for no epoch."""
     if text.strip().lower() == "none":
@@ -167,7 +174,7 @@ def add_recipe_flags(group: argparse._ArgumentGroup, recipe: type[Recipe]) -> No
 def recipe_flag_type(setting: Setting) -> Callable[[str], Any]:
     """The parser of a recipe flag's value: of its kind, and refusing what the setting's check refuses."""
     if setting.kind is tuple:
-        return {"widths": widths, "epochs": epochs}[setting.item]
+        return {"widths": widths, "epochs": epochs, "layers": layers}[setting.item]
     if setting.kind is int:
         return {"": int, "positive": positive_int}[setting.check]
     return {"positive": positive_float, "nonnegative": nonnegative_float, "unit": unit_float,

@@ -68,7 +68,7 @@ def simplified(model: LipschitzMLP) -> LipschitzMLP:
     model64 = in_float64(model.cpu())
     centre = torch.full((1, model.config.in_features), 0.5, dtype=torch.float64)
     boxes = ibp.propagate(model64, centre, Ball("linf", 0.5, PIXEL_RANGE), torch.float32)
-    layers = model64.linear_layers()
+    layers = model64.affine_layers()
     weights = [layer.weight.detach().clone() for layer in layers]
     biases = [layer.bias.detach().clone() for layer in layers]
     first, normalise = layers[0], model64.input
@@ -87,7 +87,7 @@ def simplified(model: LipschitzMLP) -> LipschitzMLP:
                        out_features=model.config.out_features, activation="relu", mean=0.0, std=1.0)
     result = LipschitzMLP(config)
     with torch.no_grad():
-        for layer, weight, bias in zip(result.linear_layers(), weights, biases):
+        for layer, weight, bias in zip(result.affine_layers(), weights, biases):
             layer.weight.copy_(weight.float())
             layer.bias.copy_(bias.float())
     return result.eval()

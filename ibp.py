@@ -42,9 +42,9 @@ def propagate(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.d
     x = x.flatten(1)
     lower, upper = ball.box(x)
     errors = error_norm = point = overflow = None
-    deep = runs_in is not None and ball.norm != "linf" and len(model.config.hidden) > 1
+    deep = runs_in is not None and ball.norm != "linf" and len(model.affine_layers()) > 2
     if runs_in is not None:
-        if model.layers[0].weight.dtype != torch.float64:
+        if model.affine_layers()[0].weight.dtype != torch.float64:
             raise TypeError("rounding errors are bounded for a float64 computation: pass the model's float64 copy")
         slack = rounding.unit_roundoff(torch.float64) * (lower.abs() + upper.abs())  # the ends' own rounding
         errors = torch.stack([torch.zeros_like(slack), slack])

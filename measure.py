@@ -60,7 +60,7 @@ def evaluating(model: LipschitzMLP, norm: str, methods: tuple[str, ...]
     model.eval()
     try:
         model64 = in_float64(model)
-        yield model.layers[0].weight.dtype, model64, method_thresholds(model64, norm, methods)
+        yield model.affine_layers()[0].weight.dtype, model64, method_thresholds(model64, norm, methods)
     finally:
         model.train(was_training)
 

@@ -8,6 +8,7 @@ them, each passing a `Slope` by its own rule.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -18,19 +19,22 @@ from torch.nn.utils import parametrize
 import lipschitz
 import rounding
 from errors import ConfigError
+from convolution import Convolution, Downsample
 from groupsort import ACTIVATIONS, make_activation
 from lipschitz import LogitBounds
-from operators import Linear, Normalise, Operator, Slope, require
+from operators import Affine, Linear, Normalise, Operator, Slope, require
 
 
 @dataclass(frozen=True)
 class MLPConfig:
     """Everything needed to rebuild the network; the defaults are the demo's.
 
-    Inputs are pixels in [0, 1]; the model normalises them as (x - mean) / std.
+    Inputs are pixels in [0, 1]; the model normalises them as (x - mean) / std. `convs` are the layers
+    before the hidden Linear ones, on the square one-channel image of in_features pixels (`conv_layers`).
     """
 
     in_features: int = 784
+    convs: tuple[str, ...] = ()
     hidden: tuple[int, ...] = (500,)
     out_features: int = 10
     activation: str = "groupsort"
@@ -40,6 +44,7 @@ class MLPConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "convs", tuple(self.convs))
         widths = (self.in_features, *self.hidden, self.out_features)
         if min(widths) < 1:
             raise ConfigError(f"layer widths must be positive, got {widths}")
@@ -48,8 +53,48 @@ class MLPConfig:
         if self.std <= 0:
             raise ConfigError(f"normalisation std must be positive, got {self.std}")
 
+        conv_layers(self)  # every entry checked
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "hidden": list(self.hidden)}
+        return {**asdict(self), "hidden": list(self.hidden), "convs": list(self.convs)}
+
+
+CONV_FORMS = "C:K:S:P (a convolution: channels, kernel, stride, padding), bcop:C:K (orthogonal, odd K) or down"
+
+
+def conv_layers(config: MLPConfig) -> tuple[list[Operator], int]:
+    """The layers that `config.convs` names, in order, on the square image of config.in_features pixels: for
+    "C:K:S:P" a convolution of C channels, kernel K, stride S and zero padding P, then the activation; for
+    "bcop:C:K" one whose kernel training keeps orthogonal (`bcop.py`: stride 1, circular padding K // 2), then the
+    activation; for "down" invertible downsampling. Also the units of their output. A bad entry is refused in
+    one line."""
+    side = math.isqrt(config.in_features)
+    if config.convs and side * side != config.in_features:
+        raise ConfigError(f"convolutions take a square image: {config.in_features} inputs are not one")
+    shape, layers = (side, side, 1), []
+    for spec in config.convs:
+        parts = str(spec).split(":")
+        try:
+            if parts == ["down"]:
+                layers.append(Downsample(shape))
+                shape = layers[-1].out_shape
+                continue
+            bcop = parts[0] == "bcop"
+            numbers = [int(part) for part in parts[bcop:]]
+            if len(numbers) != (2 if bcop else 4) or (bcop and numbers[1] % 2 == 0):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"convolution {spec!r}: write {CONV_FORMS}") from None
+        channels, kernel, stride, padding = (*numbers, 1, numbers[1] // 2) if bcop else numbers
+        group = {"groupsort": config.group_size, "maxmin": 2}.get(config.activation, 1)
+        if channels % group:
+            raise ConfigError(f"convolution {spec!r}: GroupSort sorts the channels of a pixel in groups of {group}, "
+                              f"which do not divide {channels}")
+        conv = Convolution(shape, channels, kernel, stride, padding, orthogonal=bcop,
+                           padding_mode="circular" if bcop else "zeros")
+        layers += [conv, make_activation(config.activation, config.group_size, conv.out_features)]
+        shape = conv.out_shape
+    return layers, math.prod(shape) if layers else config.in_features
 
 
 class CertifiedSlopes(NamedTuple):
@@ -71,14 +116,14 @@ class LipschitzMLP(nn.Module):
         super().__init__()
         self.config = config
         self.input = Normalise(config.mean, config.std)
-        widths = (config.in_features, *config.hidden, config.out_features)
-        layers: list[Operator] = []
+        layers, features = conv_layers(config)
+        widths = (features, *config.hidden, config.out_features)
         for depth, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(Linear(fan_in, fan_out))
             if depth < len(config.hidden):  # every layer but the last is followed by one
                 layers.append(make_activation(config.activation, config.group_size, fan_out))
         self.layers = nn.Sequential(*layers)
-        normalise_rows_l1_(self.linear_layers())
+        normalise_rows_l1_(self.affine_layers())
         self._spectral_memo: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # _proved_spectral_norms
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +138,9 @@ class LipschitzMLP(nn.Module):
         """The network as its operators, in order: the normalisation, then every layer; the last is Linear."""
         return [self.input, *self.layers]
 
-    def linear_layers(self) -> list[Linear]:
-        """The Linear layers: every other layer, from the first."""
-        return list(self.layers[0::2])
+    def affine_layers(self) -> list[Affine]:
+        """The affine layers (convolutions and Linear layers), in order."""
+        return [layer for layer in self.layers if isinstance(layer, Affine)]
 
     def hidden_bounds(
         self, norm: str, operator_norm: lipschitz.OperatorNorm = lipschitz.operator_norm
@@ -112,7 +157,7 @@ class LipschitzMLP(nn.Module):
         lipschitz.check_norm(norm)
         operators = self.operators()
         require(operators, "Lipschitz bounds", "slope")
-        like = self.layers[0].weight
+        like = self.affine_layers()[0].weight
         slope = Slope(like.new_ones(self.config.in_features), like.new_ones(()))
         chain = []
         for operator in operators[:-1]:
@@ -165,15 +210,15 @@ class LipschitzMLP(nn.Module):
         factor = model64._rounding_factor()
         chain = model64.layer_bounds(norm, model64._proved_operator_norm)
         units = [slope.unit * factor for slope in chain]
-        operators: list[torch.Tensor | None] = [None] * len(units)
-        operators[1::2] = model64._proved_spectral_norms()[:-1]  # the Linear layers, after the normalisation
+        norms = iter(model64._proved_spectral_norms())
+        operators = [next(norms) if isinstance(op, Affine) else None for op in model64.operators()[:-1]]
         return CertifiedSlopes(units, operators, [slope.whole * factor for slope in chain])
 
     def _proved_spectral_norms(self) -> list[torch.Tensor]:
-        """`lipschitz.l2_spectral_norm_upper_bound` of every Linear weight: one float64 eigensolve each, so
+        """`lipschitz.l2_spectral_norm_upper_bound` of every affine layer's matrix: one float64 eigensolve each, so
         kept for the last weights and served again only while every weight equals them by value (a
         certificate asks once per block of examples)."""
-        weights = [layer.weight.detach() for layer in self.linear_layers()]
+        weights = [layer.matrix().detach() for layer in self.affine_layers()]
         memo = self._spectral_memo
         if memo is not None and len(memo[0]) == len(weights) and all(
                 a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(memo[0], weights)):
@@ -186,14 +231,14 @@ class LipschitzMLP(nn.Module):
         """`lipschitz.operator_norm_upper_bound`, its l2 case for this model's weights from
         `_proved_spectral_norms`."""
         if norm == "l2":
-            for layer, bound in zip(self.linear_layers(), self._proved_spectral_norms()):
-                if layer.weight is weight:
+            for layer, bound in zip(self.affine_layers(), self._proved_spectral_norms()):
+                if layer.matrix() is weight:
                     return bound.to(weight.dtype)
         return lipschitz.operator_norm_upper_bound(weight, norm)
 
     def _rounding_factor(self) -> float:
         """1 + 2 gamma_K, K the roundings along the bound chain (see `certified_logit_bounds`)."""
-        chain = sum(layer.in_features + 8 for layer in self.linear_layers()) + 8
+        chain = sum(layer.in_features + 8 for layer in self.affine_layers()) + 8
         return 1 + 2 * rounding.gamma(chain, torch.float64)
 
     def _logit_bounds(self, norm: str, operator_norm: lipschitz.OperatorNorm, per_pair: bool) -> LogitBounds:
@@ -282,9 +327,10 @@ class _Apply(nn.Module):
 
 @torch.no_grad()
 def normalise_rows_l1_(layers: list[Linear]) -> None:
-    """Divide every row of every weight by its L1 norm (the demo's initialisation)."""
+    """Divide every row of every weight by its L1 norm (the demo's initialisation); a convolution's every
+    kernel, so that no row of its matrix exceeds L1 norm 1."""
     for layer in layers:
-        layer.weight.div_(layer.weight.abs().sum(dim=1, keepdim=True))
+        layer.weight.div_(layer.weight.abs().sum(dim=tuple(range(1, layer.weight.dim())), keepdim=True))
 
 
 def in_float64(model: LipschitzMLP) -> LipschitzMLP:
@@ -295,6 +341,6 @@ def in_float64(model: LipschitzMLP) -> LipschitzMLP:
     if any(parametrize.is_parametrized(module) for module in model.modules()):
         raise TypeError("a parametrised model's weights are computed in each forward pass: certify "
                         "orthonormal.frozen(model), which stores them")
-    if model.layers[0].weight.dtype == torch.float64:
+    if model.affine_layers()[0].weight.dtype == torch.float64:
         return model
     return copy.deepcopy(model).double().eval()

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 import lipschitz
 from errors import ConfigError
 from models import LipschitzMLP
+from operators import Linear
 
 @dataclass(frozen=True)
 class Bjorck:
@@ -69,22 +70,28 @@ class Orthonormalise(nn.Module):
 def orthonormalise_layers_(model: LipschitzMLP, settings: Bjorck = Bjorck()) -> LipschitzMLP:
     """Every Linear weight of `model` drawn orthogonal (torch.nn.init.orthogonal_) and from then on computed
     as bjorck(V) from its free parameter V. Returns the model."""
-    for layer in model.linear_layers():
+    for layer in linear_layers(model):
         with torch.no_grad():
             nn.init.orthogonal_(layer.weight)
         parametrize.register_parametrization(layer, "weight", Orthonormalise(settings))
     return model
 
 
+def linear_layers(model: LipschitzMLP) -> list[Linear]:
+    """The Linear layers of `model` (its convolutions aside)."""
+    return [layer for layer in model.affine_layers() if isinstance(layer, Linear)]
+
+
 def is_orthonormalised(model: LipschitzMLP) -> bool:
-    """Whether `model`'s Linear weights are still computed by Bjorck's iteration (not yet frozen)."""
-    return any(parametrize.is_parametrized(layer, "weight") for layer in model.linear_layers())
+    """Whether some weight of `model` is still computed by a parametrisation (Bjorck's iteration, BCOP), not
+    yet frozen."""
+    return any(parametrize.is_parametrized(layer, "weight") for layer in model.affine_layers())
 
 
 def freeze_(model: LipschitzMLP) -> LipschitzMLP:
     """Each parametrised weight replaced by the matrix it computes now, a plain parameter: the weights that are
     saved, evaluated and certified. Returns the model."""
-    for layer in model.linear_layers():
+    for layer in model.affine_layers():
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     model._spectral_memo = None

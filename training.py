@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+import bcop
 import certificates
 import lipschitz
 import orthonormal
@@ -23,6 +24,7 @@ from groupsort import ACTIVATIONS
 from mnist_data import Split
 from models import BatchNormMLP, LipschitzMLP, MLPConfig
 from objectives import LOSSES, RAMP_SHAPES, LossFn, Objective, Schedule, batch_loss
+from operators import Linear
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 CONSTRAINTS = ("none", "linf-proj", "bjorck", "orthonormal")
@@ -46,7 +48,7 @@ class Setting:
     row of docs/usage.md's flag table (`recipe_flag_table`) all come from it.
     """
 
-    kind: type  # int, float, bool, str (one of `choices`) or tuple (of ints)
+    kind: type  # int, float, bool, str (one of `choices`) or tuple (of ints; of strings for item "layers")
     help: str
     check: Check = ""  # of a number, beside its kind; a tuple's entries are always >= 1
     choices: tuple[str, ...] = ()
@@ -74,6 +76,8 @@ class Setting:
             return ", ".join(f"`{choice}`" for choice in self.choices)
         if self.kind is bool:
             return "on or off"
+        if self.kind is tuple and self.item == "layers":
+            return "`C:K:S:P`, `bcop:C:K` or `down`, comma-separated"
         if self.kind is tuple:
             return f"{self.item} >= 1, comma-separated"
         number = "an integer" if self.kind is int else "a number"
@@ -83,7 +87,8 @@ class Setting:
         """A recipe file can hold any JSON type: a wrong one is refused here, not met later as a TypeError."""
         integer = lambda item: isinstance(item, int) and not isinstance(item, bool)  # noqa: E731
         if self.kind is tuple:
-            valid, wanted = isinstance(value, (list, tuple)) and all(map(integer, value)), f"a list of {self.item}"
+            entry = (lambda item: isinstance(item, str)) if self.item == "layers" else integer
+            valid, wanted = isinstance(value, (list, tuple)) and all(map(entry, value)), f"a list of {self.item}"
         elif self.kind is bool:
             valid, wanted = isinstance(value, bool), "true or false"
         elif self.kind is int:
@@ -100,7 +105,7 @@ class Setting:
         """A choice among the known ones, a number within its check, a tuple's entries >= 1."""
         if self.choices and value not in self.choices:
             raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(self.choices)}")
-        if self.kind is tuple and any(item < 1 for item in value):
+        if self.kind is tuple and self.item != "layers" and any(item < 1 for item in value):
             raise ConfigError(f"{name} must be {self.item} >= 1, got {list(value)}")
         if self.check and value is not None and not CHECKS[self.check][0](value):
             raise ConfigError(f"{name} must be a finite number {CHECKS[self.check][1]}, got {value}")
@@ -119,6 +124,9 @@ class Recipe:
     """
 
     # the network
+    convs: tuple[str, ...] = setting((), tuple, "convolutional layers before the hidden ones: C:K:S:P (channels, "
+                                     "kernel, stride, padding), bcop:C:K (orthogonal) or down (invertible "
+                                     "downsampling), e.g. 16:4:2:1,32:4:2:1", item="layers")
     hidden: tuple[int, ...] = setting((500,), tuple, "hidden widths, e.g. 500 or 1024,1024", item="widths")
     activation: str = setting("groupsort", str, "activation", choices=ACTIVATIONS)
     group_size: int = setting(10, int, "GroupSort group size", check="positive",
@@ -183,6 +191,13 @@ class Recipe:
                 value = tuple(value)
                 object.__setattr__(self, name, value)
             declared.check_value(name, value)
+        self.model_config()  # the layers checked
+        plain_convs = [spec for spec in self.convs if not spec.startswith("bcop") and spec != "down"]
+        if plain_convs and self.constraint in ("bjorck", "orthonormal"):
+            raise ConfigError(f"constraint {self.constraint} keeps Linear layers orthonormal and bcop convolutions "
+                              f"orthogonal, not the plain convolution {plain_convs[0]}: use bcop:C:K")
+        if self.batch_norm and self.convs:
+            raise ConfigError("batch_norm is for Linear layers only: drop it or the convolutions")
         if self.batch_norm and self.constraint != "none":
             raise ConfigError(f"batch_norm rescales every hidden layer, so constraint {self.constraint} would not "
                               "hold: use one of the two")
@@ -207,7 +222,7 @@ class Recipe:
         return Objective(**{f.name: getattr(self, f.name) for f in fields(Objective)})
 
     def model_config(self) -> MLPConfig:
-        return MLPConfig(hidden=self.hidden, activation=self.activation, group_size=self.group_size)
+        return MLPConfig(convs=self.convs, hidden=self.hidden, activation=self.activation, group_size=self.group_size)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON entries: tuples as lists."""
@@ -355,11 +370,16 @@ def start_constrained_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> No
     """Start a fresh model in the recipe's constraint set. bjorck: orthonormal weights
     (torch.nn.init.orthogonal_); orthonormal: the same start, and from then on every weight computed by
     Bjorck's iteration (`orthonormal.orthonormalise_layers_`). linf-proj acts from the first step on, as it
-    always has: the demo's start has row L1 norm 1, inside the set for a radius of 1 or more."""
+    always has: the demo's start has row L1 norm 1, inside the set for a radius of 1 or more. Whatever the
+    constraint, a bcop convolution's kernel is computed by BCOP from then on (`bcop.py`)."""
+    plain = model.mlp if isinstance(model, BatchNormMLP) else model
+    for layer in plain.affine_layers():
+        if getattr(layer, "orthogonal", False):
+            bcop.orthogonalise_(layer, recipe.bjorck())
     if recipe.constraint == "orthonormal":
         orthonormal.orthonormalise_layers_(model, recipe.bjorck())
     elif recipe.constraint == "bjorck":
-        for layer in model.linear_layers():
+        for layer in orthonormal.linear_layers(model):
             torch.nn.init.orthogonal_(layer.weight)
 
 
@@ -380,10 +400,10 @@ def constrain_(model: LipschitzMLP | BatchNormMLP, recipe: Recipe) -> None:
     """
     if recipe.constraint in ("none", "orthonormal"):
         return
-    for layer in model.linear_layers():
-        if recipe.constraint == "linf-proj":
-            lipschitz.project_rows_l1_ball_(layer.weight, recipe.constraint_radius)
-        elif recipe.constraint == "bjorck":
+    for layer in model.affine_layers():
+        if recipe.constraint == "linf-proj":  # a kernel's rows: its matrix's rows are those cut at the border
+            lipschitz.project_rows_l1_ball_(layer.weight.flatten(1), recipe.constraint_radius)
+        elif recipe.constraint == "bjorck" and isinstance(layer, Linear):
             lipschitz.orthonormalise_(layer.weight, BJORCK_STEP_ITERATIONS)
 
 

@@ -16,14 +16,42 @@ seeds = st.integers(0, 2**31 - 1)
 
 
 @st.composite
-def random_nets(draw, max_hidden_layers: int = 2) -> LipschitzMLP:
-    """Small float64 nets of every activation (MaxMin and FullSort being GroupSort), 0 to `max_hidden_layers` hidden layers, weights of any scale."""
+def random_convs(draw, unit: int) -> tuple[int, tuple[str, ...]]:
+    """A small square image (its pixel count) and one or two convolutions on it: channels a multiple of `unit`,
+    kernels 1 to 3, strides 1 or 2, zero padding 0 or 1, or circular padding at stride 1; now and then an
+    invertible downsampling before one."""
+    side = draw(st.integers(3, 6))
+    convs, size = [], side
+    for _ in range(draw(st.integers(1, 2))):
+        if size % 2 == 0 and size >= 4 and draw(st.integers(0, 3)) == 0:
+            convs.append("down")  # invertible downsampling first
+            size //= 2
+        kernel = draw(st.integers(1, min(3, size)))
+        circular = draw(st.booleans()) and kernel % 2 == 1
+        channels = unit * draw(st.integers(1, 3))
+        if circular:
+            convs.append(f"bcop:{channels}:{kernel}")
+            continue
+        stride, padding = draw(st.integers(1, 2)), draw(st.integers(0, 1))
+        convs.append(f"{channels}:{kernel}:{stride}:{padding}")
+        size = (size + 2 * padding - kernel) // stride + 1
+    return side * side, tuple(convs)
+
+
+@st.composite
+def random_nets(draw, max_hidden_layers: int = 2, convs: bool = False) -> LipschitzMLP:
+    """Small float64 nets of every activation (MaxMin and FullSort being GroupSort), 0 to `max_hidden_layers` hidden
+    layers, weights of any scale; with `convs`, a third of them convolutional (`random_convs`: "bcop" entries
+    are circular convolutions with random kernels, not orthogonal ones)."""
     activation = draw(st.sampled_from(["groupsort", "relu", "maxmin", "fullsort"]))
     group_size = 2 if activation == "maxmin" else draw(st.sampled_from([1, 2, 3, 4]))
     unit = 1 if activation == "fullsort" else group_size  # FullSort takes any width: one group of all of it
     hidden = tuple(unit * draw(st.integers(1, 4)) for _ in range(draw(st.integers(0, max_hidden_layers))))
+    in_features, layers = draw(random_convs(unit)) if convs and draw(st.integers(0, 2)) == 0 else (
+        draw(st.integers(1, 10)), ())
     config = MLPConfig(
-        in_features=draw(st.integers(1, 10)),
+        in_features=in_features,
+        convs=layers,
         hidden=hidden,
         out_features=draw(st.integers(2, 5)),
         activation=activation,
@@ -34,7 +62,7 @@ def random_nets(draw, max_hidden_layers: int = 2) -> LipschitzMLP:
     torch.manual_seed(draw(seeds))
     model = LipschitzMLP(config).double()
     with torch.no_grad():  # not the L1-normalised initialisation
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.mul_(torch.empty_like(layer.weight).uniform_(0.1, 3.0))
             layer.bias.normal_()
     return model.eval()
@@ -51,7 +79,7 @@ def net_from_weights(
     """A float64 net in eval mode whose Linear layers hold exactly `weights` (each (out, in)) and `biases`.
 
     The widths follow from the weights' shapes; a bias left out (None, or no `biases`) is zero, and a
-    number fills the whole bias. Reading the weights back: `model.linear_layers()[k].weight`.
+    number fills the whole bias. Reading the weights back: `model.affine_layers()[k].weight`.
     """
     weights = [torch.as_tensor(w, dtype=torch.float64) for w in weights]
     biases = list(biases) if biases is not None else [None] * len(weights)
@@ -65,7 +93,7 @@ def net_from_weights(
                        mean=mean, std=std)
     model = LipschitzMLP(config).double()
     with torch.no_grad():
-        for layer, weight, bias in zip(model.linear_layers(), weights, biases):
+        for layer, weight, bias in zip(model.affine_layers(), weights, biases):
             layer.weight.copy_(weight)
             layer.bias.copy_(torch.zeros(len(weight)) if bias is None else torch.as_tensor(bias, dtype=torch.float64))
     return model.eval()

@@ -121,7 +121,7 @@ def test_the_original_demos_state_dict_needs_its_activation_and_group_size(tmp_p
 def test_non_finite_weights_and_incomplete_configs_are_refused(tmp_path):
     model = small_model()
     with torch.no_grad():
-        model.linear_layers()[1].bias[0] = float("nan")
+        model.affine_layers()[1].bias[0] = float("nan")
     save_checkpoint(tmp_path / "nan.p", model, {})
     with pytest.raises(CheckpointError, match="non-finite values .* in layers.2.bias"):
         load_checkpoint(tmp_path / "nan.p")

@@ -69,7 +69,7 @@ def as_network(path: Path, like: MLPConfig) -> LipschitzMLP:
                        mean=0.0, std=1.0)
     network = LipschitzMLP(config)
     with torch.no_grad():
-        for layer, (weight, bias) in zip(network.linear_layers(), weights):
+        for layer, (weight, bias) in zip(network.affine_layers(), weights):
             layer.weight.copy_(torch.from_numpy(weight.copy()))
             layer.bias.copy_(torch.from_numpy(bias.copy()))
     return network.eval()
@@ -102,7 +102,7 @@ def test_onnxruntime_replays_the_float32_logits_within_their_rounding_bounds(nam
 def test_the_simplified_export_drops_dead_units_and_scales_every_row_to_l1_norm_one(exported):
     folder, original = exported["relu-simplified"]
     network = as_network(folder / "network.onnx", original.config)
-    first = network.linear_layers()[0]
+    first = network.affine_layers()[0]
     assert first.out_features < original.config.hidden[0]
     assert torch.allclose(first.weight.double().abs().sum(dim=1), torch.ones(first.out_features, dtype=torch.float64),
                           rtol=0, atol=784 * 2 ** -24)

@@ -17,7 +17,7 @@ from lipschitz import Ball
 from mnist_data import PIXEL_RANGE
 from models import LipschitzMLP, MLPConfig
 from nets import ball_vertices, norms, random_directions, random_nets, seeds
-from operators import Linear
+from operators import Affine, Linear
 
 
 def random_layer_and_box(fan_in: int, fan_out: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -74,7 +74,7 @@ def test_ball_range_is_the_exact_range_over_the_p_ball(norm, d, units, seed):
     assert torch.allclose(low, middle - spread) and torch.allclose(high, middle + spread)
 
 
-@given(random_nets(), norms, st.booleans(), seeds)
+@given(random_nets(convs=True), norms, st.booleans(), seeds)
 @settings(max_examples=60, deadline=None)
 def test_gap_lower_bounds_hold_at_every_sampled_point_of_the_ball(model, norm, pixels, seed):
     g = torch.Generator().manual_seed(seed)
@@ -94,7 +94,7 @@ def test_gap_lower_bounds_hold_at_every_sampled_point_of_the_ball(model, norm, p
     assert (lower[:, None] <= gaps + REL * (1 + gaps.abs())).all()
 
 
-@given(random_nets(), norms, seeds)
+@given(random_nets(convs=True), norms, seeds)
 @settings(max_examples=30, deadline=None)
 def test_gap_lower_bounds_at_radius_zero_are_the_gaps(model, norm, seed):
     x = torch.rand(8, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -116,14 +116,14 @@ def linear_outputs(model, boxes: list) -> list:
     return boxes[2::2]
 
 
-@given(random_nets(), norms, st.booleans(), st.sampled_from([0.0, 1e4]), seeds)
+@given(random_nets(convs=True), norms, st.booleans(), st.sampled_from([0.0, 1e4]), seeds)
 @settings(max_examples=60, deadline=None)
 def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, norm, pixels, shift, seed):
     """At sampled float32 points of the ball: h computed in float32 is within errors[0] of h in float64
     (exact but for some 1e-13 relative), which lies in the float64 box widened by errors[1]."""
     domain = PIXEL_RANGE if pixels else None
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.bias.add_(shift)
     g = torch.Generator().manual_seed(seed)
     n, d = 8, model.config.in_features
@@ -161,7 +161,7 @@ def check_group_differences(model, boxes: list, points: torch.Tensor, norm: str)
     with torch.no_grad():
         for index, (layer, box) in enumerate(zip(model.layers[:-1], boxes[2:])):
             z = layer(z)
-            if index % 2:  # an activation's box
+            if not isinstance(layer, Affine):  # an activation's box, or downsampling's
                 continue
             bound, lower, upper, errors = box.apart, box.lower, box.upper, box.errors
             if bound is None:
@@ -177,7 +177,7 @@ def check_group_differences(model, boxes: list, points: torch.Tensor, norm: str)
                 assert (bound <= own + 1e-9 * (1 + own.abs())).all()
 
 
-@given(random_nets(), norms, st.sampled_from([1e-300, 1e-20, 1e-15, 1e-9]), seeds)
+@given(random_nets(convs=True), norms, st.sampled_from([1e-300, 1e-20, 1e-15, 1e-9]), seeds)
 @settings(max_examples=40, deadline=None)
 def test_intervals_never_invert_at_tiny_radii(model, norm, eps, seed):
     """The first layer's box is cut to the ball's exact range; at tiny radii both are nearly a point and
@@ -196,7 +196,7 @@ def test_deeper_boxes_in_l2_are_cut_to_the_units_lipschitz_reach():
     torch.manual_seed(0)
     model = LipschitzMLP(MLPConfig(in_features=64, hidden=(64, 64, 64), out_features=10, group_size=2)).double()
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             torch.nn.init.orthogonal_(layer.weight)
     x = torch.rand(8, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ball = Ball("l2", 1.5)
@@ -225,12 +225,12 @@ def test_the_lipschitz_cut_holds_where_a_unit_moves_by_its_whole_reach():
     torch.manual_seed(0)
     model = LipschitzMLP(MLPConfig(in_features=16, hidden=(16, 16), out_features=4, group_size=1)).double()
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             torch.nn.init.orthogonal_(layer.weight)
     x = torch.full((1, 16), 0.5, dtype=torch.float64)
     second = linear_outputs(model, ibp.propagate(model, x, Ball("l2", 0.3), torch.float32))[1]
     lower, upper, errors = second.lower, second.upper, second.errors  # the second Linear layer's units
-    gradients = model.linear_layers()[1].weight @ model.linear_layers()[0].weight  # (16, 16), orthonormal rows
+    gradients = model.affine_layers()[1].weight @ model.affine_layers()[0].weight  # (16, 16), orthonormal rows
     for unit in range(16):
         for sign in (1.0, -1.0):
             moved = x + sign * 0.3 * gradients[unit] / gradients[unit].norm()
@@ -247,7 +247,7 @@ def test_a_deep_boxs_l2_norm_is_attained_where_the_input_moves_along_itself():
     torch.manual_seed(0)
     model = LipschitzMLP(MLPConfig(in_features=16, hidden=(16, 16), out_features=4, group_size=1)).double()
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             torch.nn.init.orthogonal_(layer.weight)
             layer.bias.zero_()
     x = torch.full((1, 16), 0.5, dtype=torch.float64)

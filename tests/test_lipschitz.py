@@ -72,7 +72,7 @@ def test_power_iteration_estimate_stays_below_the_spectral_norm(rows, cols, seed
 
 def test_power_iteration_estimate_is_close_on_a_trained_size_layer():
     torch.manual_seed(3)
-    weight = LipschitzMLP().linear_layers()[0].weight.detach()
+    weight = LipschitzMLP().affine_layers()[0].weight.detach()
     exact = lipschitz.operator_norm(weight, "l2")
     assert lipschitz.l2_spectral_norm_estimate(weight) == pytest.approx(exact.item(), rel=0.01)
 

@@ -52,7 +52,7 @@ def tiny_nets(draw, in_features: int | None = None) -> LipschitzMLP:
     torch.manual_seed(draw(seeds))
     model = LipschitzMLP(config)
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.mul_(torch.empty_like(layer.weight).uniform_(0.5, 3.0))
             layer.bias.normal_()
     return model.eval()
@@ -169,7 +169,7 @@ def scaled_case(net_seed: int, config: MLPConfig, rows: int, data_seed: int) -> 
     torch.manual_seed(net_seed)
     model = LipschitzMLP(config).eval()
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.mul_(3.0)
         x = torch.rand(rows, config.in_features, generator=torch.Generator().manual_seed(data_seed))
         return model, Split(x, model(x).argmax(dim=1))

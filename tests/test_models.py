@@ -30,7 +30,7 @@ def pair_differences(values: torch.Tensor) -> torch.Tensor:
 def demo_linf_logit_bounds(model: LipschitzMLP) -> torch.Tensor:
     """The original demo's chain, written out: 1/std per pixel, |W| @ b per Linear, the group max per GroupSort."""
     bound = torch.full((model.config.in_features,), 1 / model.config.std,
-                       dtype=model.linear_layers()[0].weight.dtype)
+                       dtype=model.affine_layers()[0].weight.dtype)
     for layer in model.layers:
         if isinstance(layer, nn.Linear):
             bound = layer.weight.abs() @ bound
@@ -65,7 +65,7 @@ def pairs_at_known_distances(d: int, norm: str, seed: int) -> tuple[torch.Tensor
     return x, x_other, lipschitz.vector_norm(x - x_other, norm)
 
 
-@given(random_nets(max_hidden_layers=3), norms, seeds)
+@given(random_nets(max_hidden_layers=3, convs=True), norms, seeds)
 @settings(max_examples=150, deadline=None)
 def test_every_bound_covers_observed_changes(model, norm, seed):
     """|df_k|, |d(f_i - f_j)|, ||df||_p and every method's threshold never fall short of the change per ||dx||_p."""
@@ -81,7 +81,7 @@ def test_every_bound_covers_observed_changes(model, norm, seed):
         assert (pair_differences(change).abs() <= thresholds(bounds, method) * scale[:, :, None] + REL).all()
 
 
-@given(random_nets(max_hidden_layers=3), seeds)
+@given(random_nets(max_hidden_layers=3, convs=True), seeds)
 @settings(max_examples=150, deadline=None)
 def test_the_steepest_linf_step_cannot_beat_the_bound(model, seed):
     """The steepest L-inf step, eps * sign(grad f_k), moves f_k by at most L_k * eps."""
@@ -122,7 +122,7 @@ def test_bounds_are_exact_without_a_hidden_layer(norm):
     attained by the gradient, so nothing is lost."""
     weight = torch.randn(4, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     model = net_from_weights([weight], mean=0.1307, std=0.5)
-    scaled = model.linear_layers()[0].weight / 0.5
+    scaled = model.affine_layers()[0].weight / 0.5
     bounds = model.logit_bounds(norm)
     assert torch.allclose(bounds.per_logit, lipschitz.dual_norm(scaled, norm))
     assert torch.allclose(bounds.per_gap, lipschitz.dual_norm(scaled[:, None] - scaled[None], norm))
@@ -183,7 +183,7 @@ def test_bounds_scale_with_one_over_std(norm):
 
 def test_initialisation_gives_every_row_unit_l1_norm():
     model = LipschitzMLP(MLPConfig(hidden=(500, 100)))
-    for layer in model.linear_layers():
+    for layer in model.affine_layers():
         assert torch.allclose(layer.weight.abs().sum(dim=1), torch.ones(layer.out_features))
     # With unit rows and 1-Lipschitz activations every logit starts 1-Lipschitz.
     assert torch.allclose(model.logit_bounds("linf").per_logit, torch.ones(10))
@@ -194,7 +194,7 @@ def test_penalty_bounds_are_differentiable(norm):
     model = LipschitzMLP()
     lipschitz.soft_max_penalty(model.logit_bounds(norm, estimate=True).per_logit).backward()
     assert all(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
-               for layer in model.linear_layers())
+               for layer in model.affine_layers())
 
 
 @given(random_nets(), seeds)
@@ -218,7 +218,7 @@ def test_l2_bounds_of_the_trained_net_use_the_spectral_product(l2_trained):
     """After L2 training the operator-norm bound is the active one: it must be exact, not estimated."""
     model = load_checkpoint(l2_trained[0]).model
     whole = model.hidden_bounds("l2").whole
-    first = model.linear_layers()[0].weight
+    first = model.affine_layers()[0].weight
     assert whole <= lipschitz.operator_norm(first, "l2") * (1 + 1e-6)
     with torch.no_grad():
         assert torch.allclose(whole, torch.linalg.svdvals(first)[0])
@@ -231,7 +231,7 @@ def test_certified_bounds_are_float64_upper_bounds_close_to_the_plain_ones(model
     by a relative 1e-6 at most, and the model itself is left in float32."""
     model = model.float()
     certified = model.certified_logit_bounds(norm)
-    assert model.linear_layers()[0].weight.dtype == torch.float32
+    assert model.affine_layers()[0].weight.dtype == torch.float32
     plain = model.double().logit_bounds(norm)
     for name in ("per_logit", "per_gap", "output"):
         upper, reference = getattr(certified, name), getattr(plain, name).detach()
@@ -248,13 +248,13 @@ def test_certified_slopes_follow_the_weights_they_are_asked_about():
     again = model.certified_slopes("l2")
     assert all(a is b for a, b in zip(again.operators, first.operators))  # the eigensolves are kept
     assert [a is None for a in first.operators] == [True, False, True, False, True]  # the hidden Linear layers'
-    for operator, layer in zip(first.operators[1::2], model.linear_layers()):
+    for operator, layer in zip(first.operators[1::2], model.affine_layers()):
         svd = torch.linalg.matrix_norm(layer.weight, 2)
         assert svd <= operator <= svd * (1 + 1e-6)
     plain = model.layer_bounds("l2")[-1].unit  # with SVD norms, not proved: the certified ones sit just above
     assert (plain <= first.units[-1] * (1 + 1e-12)).all() and (first.units[-1] <= plain * (1 + 1e-6)).all()
     with torch.no_grad():
-        model.linear_layers()[1].weight.mul_(2)
+        model.affine_layers()[1].weight.mul_(2)
     second = model.certified_slopes("l2")
     assert second.operators[3] == pytest.approx(2 * first.operators[3].item(), rel=1e-9)
     assert (second.units[-1] > first.units[-1]).any()
@@ -262,7 +262,7 @@ def test_certified_slopes_follow_the_weights_they_are_asked_about():
 
 
 @pytest.mark.parametrize("activation", ["groupsort", "relu"])
-def test_batch_norm_folds_into_the_linear_layers_exactly(activation):
+def test_batch_norm_folds_into_the_affine_layers_exactly(activation):
     """Folded with the running statistics, the MLP computes torch's batch-normed network in eval mode;
     folded with a batch, in training mode (float64, so only the order of the arithmetic differs)."""
     torch.manual_seed(3)

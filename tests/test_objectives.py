@@ -102,7 +102,7 @@ def test_every_objective_trains_the_weights(loss):
     x, y = torch.rand(32, 12, dtype=torch.float64), torch.randint(0, 4, (32,))
     value = batch_loss(model, x, y, Objective(loss, "linf", 0.01, 1.0), Schedule(0.05, 0.5)).loss
     value.backward()
-    assert all(layer.weight.grad.abs().sum() > 0 for layer in model.linear_layers())
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in model.affine_layers())
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])

@@ -55,7 +55,7 @@ def test_the_normalisations_rounding_bounds_float32s(mean, std, seed):
 
 @given(st.integers(1, 40), st.integers(1, 5), st.sampled_from([1e-3, 0.1, 10.0]), seeds)
 @settings(max_examples=60, deadline=None)
-def test_a_linear_layers_rounding_carries_its_input_error_and_adds_its_own(fan_in, fan_out, size, seed):
+def test_a_affine_layers_rounding_carries_its_input_error_and_adds_its_own(fan_in, fan_out, size, seed):
     """Inputs h^ = h + e with |e| <= error, |h|, |h^| <= magnitude: fl32(W h^ + b) is within the rule's bound of
     the exact W h + b. The carried part |W| error dominates here, so a rule that dropped it would fail."""
     g = torch.Generator().manual_seed(seed)
@@ -161,7 +161,7 @@ def abs_net(seed: int, in_features: int = 2) -> tuple[LipschitzMLP, Abs]:
     toy.used.clear()
     model.layers[1] = toy
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.mul_(torch.empty_like(layer.weight).uniform_(0.5, 3.0))
             layer.bias.normal_()
     return model.eval(), toy

@@ -59,14 +59,14 @@ def test_layers_stay_orthonormal_while_they_train_and_the_gradient_reaches_every
     model = critic()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.randn(64, 5, generator=torch.Generator().manual_seed(2))
-    before = [layer.weight.detach().clone() for layer in model.linear_layers()]
+    before = [layer.weight.detach().clone() for layer in model.affine_layers()]
     for _ in range(20):
         loss = model(x)[:, 0].mean() - model(x)[:, 1].mean()
         optimizer.zero_grad()
         loss.backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
         optimizer.step()
-    for layer, old in zip(model.linear_layers(), before):
+    for layer, old in zip(model.affine_layers(), before):
         w = layer.weight.detach()
         assert not torch.allclose(w, old)  # it trained
         singular = torch.linalg.svdvals(w.double())

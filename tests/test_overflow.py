@@ -33,7 +33,7 @@ def crafted(activation: str, scale: float = 1.6e37, label_weight: float = -1e-37
     label's gap is about 69 at the digit and at least 64 over the L-inf 0.1 ball: every rule would certify."""
     model = LipschitzMLP(MLPConfig(hidden=(10,), activation=activation, group_size=2, mean=0.0, std=1.0))
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.zero_()
             layer.bias.zero_()
         model.layers[0].weight[0, STROKE] = scale
@@ -121,7 +121,7 @@ def test_an_overflow_in_the_normalisation_voids_every_certificate():
     first layer scales it back to about 3; in exact arithmetic every rule certifies the L-inf 0.1 ball."""
     model = LipschitzMLP(MLPConfig(hidden=(10,), activation="relu", mean=0.0, std=2e-39))
     with torch.no_grad():
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.zero_()
             layer.bias.zero_()
         model.layers[0].weight[0, STROKE[0]] = 1e-38

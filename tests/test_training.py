@@ -186,7 +186,7 @@ def test_constrained_training_keeps_every_layer_within_the_radius():
                                         "--lc_penalty", "0", "--lr", "0.05", "--batch-size", "16"])
     run = Run.start(recipe, torch.device("cpu"), config=SMALL)
     train_epoch(run, small_split())
-    for layer in run.model.linear_layers():
+    for layer in run.model.affine_layers():
         assert lipschitz.operator_norm(layer.weight, "linf") <= 0.5
     # with radius r per layer, every logit bound is at most r ** depth
     assert (run.model.logit_bounds("linf").per_logit <= 0.5 ** 3 * (1 + 1e-5)).all()
@@ -196,12 +196,12 @@ def test_bjorck_training_starts_orthonormal_and_keeps_every_l2_layer_bound_near_
     recipe, _ = train_mnist.parse_args(["--constraint", "bjorck", "--norm", "l2", "--lc_penalty", "0",
                                         "--loss", "lmt", "--lr", "0.01", "--batch-size", "16"])
     run = Run.start(recipe, torch.device("cpu"), config=SMALL)
-    for layer in run.model.linear_layers():  # 8x12, 8x8, 4x8: orthonormal rows
+    for layer in run.model.affine_layers():  # 8x12, 8x8, 4x8: orthonormal rows
         w = layer.weight.double()
         assert torch.allclose(w @ w.T, torch.eye(len(w), dtype=torch.float64), atol=1e-6)
-    before = [layer.weight.detach().clone() for layer in run.model.linear_layers()]
+    before = [layer.weight.detach().clone() for layer in run.model.affine_layers()]
     train_epoch(run, small_split())
-    for old, layer in zip(before, run.model.linear_layers()):
+    for old, layer in zip(before, run.model.affine_layers()):
         assert not torch.equal(old, layer.weight)
         singular = torch.linalg.svdvals(layer.weight.double())
         assert singular.max() <= 1 + 1e-5 and singular.min() >= 0.9
@@ -221,7 +221,7 @@ def test_orthonormal_training_keeps_every_layer_orthonormal_through_the_forward_
     assert all(not torch.equal(old, p) for old, p in zip(before, run.model.parameters()))
     network = run.network()
     assert not orthonormal.is_orthonormalised(network) and orthonormal.is_orthonormalised(run.model)
-    for layer in network.linear_layers():  # every weight as it is stored, not merely near the set
+    for layer in network.affine_layers():  # every weight as it is stored, not merely near the set
         w = layer.weight.double()
         assert torch.allclose(w @ w.T, torch.eye(len(w), dtype=torch.float64), atol=1e-5)
     bounds = network.certified_logit_bounds("l2")
@@ -292,7 +292,7 @@ def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():
     first, again, other = (Run.start(Recipe(seed=seed), torch.device("cpu"), config=SMALL) for seed in (0, 0, 1))
     for a, b in zip(first.model.parameters(), again.model.parameters()):
         assert torch.equal(a, b)
-    assert not torch.equal(first.model.linear_layers()[0].weight, other.model.linear_layers()[0].weight)
+    assert not torch.equal(first.model.affine_layers()[0].weight, other.model.affine_layers()[0].weight)
 
 
 @pytest.mark.parametrize("drops, batch_norm, constraint",
@@ -352,7 +352,7 @@ def small_batch(seed: int = 0) -> tuple[LipschitzMLP, torch.Tensor, torch.Tensor
     torch.manual_seed(seed)
     model = LipschitzMLP(MLPConfig(in_features=20, hidden=(12,), out_features=5, group_size=3))
     with torch.no_grad():  # rows of unequal L1 norm: a tie in a group's max bound has no unique gradient
-        for layer in model.linear_layers():
+        for layer in model.affine_layers():
             layer.weight.mul_(torch.rand(len(layer.weight), 1) + 0.5)
     x = torch.rand(16, 20).clamp(*PIXEL_RANGE)
     return model, x, torch.randint(0, 5, (16,))
