@@ -44,7 +44,7 @@ def convolve_taps(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 def orthogonal_kernel(free: torch.Tensor, settings: Bjorck) -> torch.Tensor:
     """The C x C taps (k, k, C, C) of an orthogonal convolution from 2k - 1 free C x C matrices: the first made
     the orthogonal H, each other pair the projectors P, Q of one 2x2 block. Differentiable."""
-    orthogonal = torch.stack([bjorck(matrix, settings) for matrix in free])
+    orthogonal = bjorck(free, settings)  # the whole stack at once
     size = free.shape[-1]
     eye = torch.eye(size, dtype=free.dtype, device=free.device)
     kernel = orthogonal[0][None, None]

@@ -139,19 +139,24 @@ class Convolution(Affine, nn.Conv2d):
             return self.spectral_norm_estimate()
         return operator_norm(self.matrix(), norm)
 
-    def spectral_norm_estimate(self, iterations: int = 20) -> torch.Tensor:
+    def spectral_norm_estimate(self, iterations: int = 2, first: int = 20) -> torch.Tensor:
         """`lipschitz.l2_spectral_norm_estimate` without the dense matrix: power iteration on W^T W, W applied by
-        the convolution and W^T by its adjoint (autograd's vector-Jacobian product), from a fixed start. An
-        ESTIMATE from below, for the training penalty only; differentiable in the kernel as ||W v||."""
+        the convolution and W^T by its adjoint (autograd's vector-Jacobian product). Each call goes on from the
+        last call's vector (`first` steps from a fixed start on the first call, `iterations` after), as
+        spectral normalisation does, the kernel changing little between training steps. An ESTIMATE from
+        below (||W v|| <= ||W|| for every unit v), for the training penalty only; differentiable in the kernel."""
         weight = self.weight.detach()
-        with torch.no_grad():
-            v = weight.new_ones(1, self.in_features)
+        vector = self.__dict__.get("_power_vector")
+        if vector is None or vector.dtype != weight.dtype or vector.device != weight.device:
+            vector, iterations = weight.new_ones(1, self.in_features), first
         for _ in range(iterations):
             with torch.enable_grad():
-                v = v.detach().requires_grad_()
-                (adjoint,) = torch.autograd.grad(self.apply(v, weight, None), v, self.apply(v, weight, None).detach())
-            v = adjoint.detach() / adjoint.norm().clamp_min(torch.finfo(v.dtype).tiny)
-        return self.apply(v, self.weight, None).norm()
+                v = vector.detach().requires_grad_()
+                image = self.apply(v, weight, None)
+                (adjoint,) = torch.autograd.grad(image, v, image.detach())
+            vector = adjoint.detach() / adjoint.norm().clamp_min(torch.finfo(weight.dtype).tiny)
+        self.__dict__["_power_vector"] = vector
+        return self.apply(vector, self.weight, None).norm()
 
     def slope(self, slope: Slope, norm: str, operator_norm: OperatorNorm) -> Slope:
         """Per unit min(|w| . b, ||w||_q B); whole min(||W||_{p->p} B, ||b'||_p), as for a Linear layer."""

@@ -306,27 +306,27 @@ def orthonormalise(weight: torch.Tensor, iterations: int, order: int = 1, beta: 
     every one in (0, sqrt((1 + beta) / beta)) to 1, and keeps the singular
     vectors: the limit is the closest matrix with orthonormal rows or columns
     (the polar factor), whose L2 operator norm is 1. The Gram matrix is taken
-    on the smaller side. Differentiable; a certificate never assumes the limit,
+    on the smaller side. A stack of matrices (..., m, n) goes at once. Differentiable; a certificate never assumes the limit,
     it bounds the weights it is given (`l2_spectral_norm_upper_bound`).
     """
     if order == 1:
         for _ in range(iterations):
-            if weight.shape[0] <= weight.shape[1]:
-                weight = (1 + beta) * weight - beta * (weight @ weight.T) @ weight
+            if weight.shape[-2] <= weight.shape[-1]:
+                weight = (1 + beta) * weight - beta * (weight @ weight.mT) @ weight
             else:
-                weight = (1 + beta) * weight - beta * weight @ (weight.T @ weight)
+                weight = (1 + beta) * weight - beta * weight @ (weight.mT @ weight)
         return weight
-    wide = weight.shape[0] <= weight.shape[1]
-    w = weight if wide else weight.T  # the same step on W^T: rows orthonormal, W W^T -> I
-    eye = torch.eye(len(w), dtype=w.dtype, device=w.device)
+    wide = weight.shape[-2] <= weight.shape[-1]
+    w = weight if wide else weight.mT  # the same step on W^T: rows orthonormal, W W^T -> I
+    eye = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device)
     for _ in range(iterations):
-        z = eye - w @ w.T
+        z = eye - w @ w.mT
         term = total = eye
         for coefficient in BJORCK_TAYLOR[1:order + 1]:
             term = term @ z
             total = total + coefficient * term
         w = total @ w
-    return w if wide else w.T
+    return w if wide else w.mT
 
 
 @torch.no_grad()

@@ -44,15 +44,16 @@ class Bjorck:
 
 def safe_scale(weight: torch.Tensor) -> torch.Tensor:
     """sqrt(||W||_1 ||W||_inf) >= ||W||_2 (Hoelder's inequality for operator norms): W divided by it has every
-    singular value in [0, 1], where the iteration converges (a zero matrix stays zero)."""
-    columns = weight.abs().sum(dim=0).max()
-    rows = weight.abs().sum(dim=1).max()
-    return (columns * rows).sqrt().clamp_min(torch.finfo(weight.dtype).tiny)
+    singular value in [0, 1], where the iteration converges (a zero matrix stays zero). Of each matrix of a
+    stack (..., m, n), shaped to divide it."""
+    columns = weight.abs().sum(dim=-2).amax(dim=-1)
+    rows = weight.abs().sum(dim=-1).amax(dim=-1)
+    return (columns * rows).sqrt().clamp_min(torch.finfo(weight.dtype).tiny)[..., None, None]
 
 
 def bjorck(weight: torch.Tensor, settings: Bjorck = Bjorck()) -> torch.Tensor:
-    """`lipschitz.orthonormalise` of W / safe_scale(W): every nonzero singular value tends to 1 and the
-    singular vectors stay, so the limit is the polar factor. Differentiable."""
+    """`lipschitz.orthonormalise` of W / safe_scale(W) (or of each matrix of a stack): every nonzero singular
+    value tends to 1 and the singular vectors stay, so the limit is the polar factor. Differentiable."""
     return lipschitz.orthonormalise(weight / safe_scale(weight), settings.iterations, settings.order, settings.beta)
 
 

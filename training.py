@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+from torch.nn.utils import parametrize
 
 import bcop
 import certificates
@@ -421,7 +422,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
     recipe = run.recipe
     schedule = schedule or Schedule.at(1.0, recipe.train_radius, 0.0)
     args = (x, y, recipe.objective(), schedule)
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=recipe.precision == "bfloat16"):
+    with (torch.autocast(x.device.type, torch.bfloat16, enabled=recipe.precision == "bfloat16"),
+          parametrize.cached()):  # a parametrised weight (Bjorck, BCOP) computed once per step, not at each use
         if isinstance(run.model, BatchNormMLP):  # the objective of the network folded with this batch's statistics
             loss, class_loss, logits, threshold = run.model.call_folded(run.loss_fn, *args)
         else:

@@ -215,9 +215,11 @@ def test_the_matrix_free_spectral_estimate_never_exceeds_the_dense_norm(conv):
     after enough steps; a certificate never takes it (`operator_norm` with the proved bound takes the matrix)."""
     with torch.no_grad():
         exact = torch.linalg.matrix_norm(conv.matrix(), 2)
-    estimate = conv.spectral_norm_estimate(200)
+    estimate = conv.spectral_norm_estimate(first=200)
     assert estimate <= exact * (1 + 1e-9) + 1e-300
     assert estimate >= exact * 0.9 or exact == 0
+    again = conv.spectral_norm_estimate()  # two more steps from where the last call stopped
+    assert again <= exact * (1 + 1e-9) + 1e-300 and again >= estimate * (1 - 1e-9)
     estimate.backward()
     assert conv.weight.grad is not None
 
