@@ -122,7 +122,68 @@ def marabou_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def recipes_table(results: Path) -> str:
+    """`scripts/measure_recipe.py`'s records in results/recipes/: per trained recipe, its layers, the certified
+    accuracy of the tightest sound method, APGD's robust accuracy on the same net, and the training's time."""
+    rows = ["| recipe (seed) | layers | ball | clean (%) | certified (%) | APGD robust (%) | certified broken | "
+            "training (min) | s / epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted((results / "recipes").glob("*.json")):
+        run = json.loads(path.read_text())
+        training = run["training"]
+        layers = ", ".join([*training["convs"], *map(str, training["hidden"])])
+        norm = {"linf": "L∞", "l2": "L2", "l1": "L1"}[run["norm"]]
+        rows.append(f"| `{run['recipe']}` ({training['seed']}) | {layers}, {training['activation']} | {norm} "
+                    f"{run['radius']:g} | {run['clean']:.2f} | **{run['best_certified']:.2f}** {run['best_method']} | "
+                    f"{run['attack_robust']:.2f} | {run['broken_certified'][run['best_method']]} | "
+                    f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+GOALS = (  # recipe, ball, the goal, the field's figure and its source
+    ("cnn-ibp", "L∞ 0.1", "≥ 95", "97.08, IBP medium CNN (deepmind/interval-bound-propagation)"),
+    ("cnn-ibp-0.3", "L∞ 0.3", "≥ 85", "93–94, IBP and its successors, large CNNs"),
+    ("bcop-l2", "L2 1.58", "> 56.66", "56.66, BCOP large conv net (LConvNet, 5 trials); 62.8, GloRo 4C3F"),
+)
+
+
+RECIPE_WORDS = {"cnn-ibp": "Gowal et al.'s small CNN, ReLU, IBP training at 0.2",
+                "cnn-ibp-0.3": "`cnn-ibp` for L∞ 0.3, trained at 0.4",
+                "bcop-l2": "BCOP orthogonal convolutions, MaxMin, orthonormal Linear layers, `lmt` loss"}
+
+
+def readme_recipes_table(results: Path) -> str:
+    """The README's rows of the convolutional recipes: what each is, clean and certified (tightest method)."""
+    rows = ["| recipe | what it is | clean (%) | certified (%) |", "| --- | --- | --- | --- |"]
+    for recipe, words in RECIPE_WORDS.items():
+        path = results / "recipes" / f"{recipe}.json"
+        if path.is_file():
+            run = json.loads(path.read_text())
+            norm = {"linf": "L∞", "l2": "L2", "l1": "L1"}[run["norm"]]
+            rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | {run['clean']:.2f} | "
+                        f"{run['best_certified']:.2f} {run['best_method']}, {norm} {run['radius']:g} |")
+    return "\n".join(rows) + "\n"
+
+
+def goals_table(results: Path) -> str:
+    """Per convolutional recipe: its goal, the field's figure, this repository's certified accuracy and the
+    attack's upper bound on the same net, and whether the goal is met."""
+    rows = ["| recipe | ball | goal (%) | the field (%) | certified here (%) | APGD robust here (%) | goal met |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for recipe, ball, goal, field in GOALS:
+        path = results / "recipes" / f"{recipe}.json"
+        if not path.is_file():
+            rows.append(f"| `{recipe}` | {ball} | {goal} | {field} | not measured | – | no |")
+            continue
+        run = json.loads(path.read_text())
+        target = float(goal.split()[-1])
+        met = run["best_certified"] >= target if goal.startswith("≥") else run["best_certified"] > target
+        rows.append(f"| `{recipe}` | {ball} | {goal} | {field} | {run['best_certified']:.2f} | "
+                    f"{run['attack_robust']:.2f} | {'yes' if met else '**no**'} |")
+    return "\n".join(rows) + "\n"
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,

@@ -116,6 +116,17 @@ def l2_trained(tmp_path_factory, mnist_root, run_script) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="session")
+def cnn_trained(tmp_path_factory, mnist_root, run_script) -> tuple[Path, str]:
+    """One epoch of a small IBP-trained ReLU CNN (seed 0), reported with IBP: its checkpoint and stdout."""
+    out = tmp_path_factory.mktemp("cnn")
+    run = run_script("train_mnist.py", "--convs", "4:4:2:1,8:4:2:1", "--hidden", "20", "--activation", "relu",
+                     "--loss", "ibp", "--epochs", "1", "--method", "ibp", "--data-dir", mnist_root,
+                     "--save-dir", out, "--save-fn", "cnn.p")
+    assert run.returncode == 0, run.stderr
+    return out / "cnn.p", run.stdout
+
+
+@pytest.fixture(scope="session")
 def relu_checkpoint(tmp_path_factory, mnist_root, run_script) -> Path:
     """One epoch of a FAST ReLU net (seed 0)."""
     out = tmp_path_factory.mktemp("relu")

@@ -224,22 +224,19 @@ def test_the_matrix_free_spectral_estimate_never_exceeds_the_dense_norm(conv):
     assert conv.weight.grad is not None
 
 
-def test_a_trained_cnn_is_certified_from_its_checkpoint_alone(tmp_path, mnist_root, run_script):
+def test_a_trained_cnn_is_certified_from_its_checkpoint_alone(cnn_trained, mnist_root, run_script):
     """One epoch of a small IBP-trained CNN on real MNIST: the checkpoint records its layers, so certify.py needs
     no flag to print the figures training printed; APGD breaks no certified digit; exact verification is
     refused in one line."""
-    run = run_script("train_mnist.py", "--convs", "4:4:2:1,8:4:2:1", "--hidden", "20", "--activation", "relu",
-                     "--loss", "ibp", "--epochs", "1", "--method", "ibp", "--data-dir", mnist_root,
-                     "--save-dir", tmp_path, "--save-fn", "cnn.p")
-    assert run.returncode == 0, run.stderr
-    trained = run.stdout.strip().splitlines()[-3:-1]
-    certified = run_script("certify.py", tmp_path / "cnn.p", "--method", "ibp", "--data-dir", mnist_root)
+    checkpoint, stdout = cnn_trained
+    trained = stdout.strip().splitlines()[-3:-1]
+    certified = run_script("certify.py", checkpoint, "--method", "ibp", "--data-dir", mnist_root)
     assert certified.returncode == 0, certified.stderr
     assert certified.stdout.strip().splitlines()[-2:] == trained
-    attacked = run_script("certify.py", tmp_path / "cnn.p", "--method", "ibp", "--attack", "--limit", "300",
+    attacked = run_script("certify.py", checkpoint, "--method", "ibp", "--attack", "--limit", "300",
                           "--data-dir", mnist_root)
     assert attacked.returncode == 0, attacked.stderr  # status 1 where the attack breaks a certified digit
-    refused = run_script("certify.py", tmp_path / "cnn.p", "--method", "exact", "--limit", "3", "--data-dir",
+    refused = run_script("certify.py", checkpoint, "--method", "exact", "--limit", "3", "--data-dir",
                          mnist_root)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "Convolution has none" in refused.stderr
 

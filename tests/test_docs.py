@@ -44,7 +44,7 @@ COMMANDS = documented_commands()
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory, trained, l2_trained, relu_checkpoint, mnist_root, original_demo) -> Path:
+def clone(tmp_path_factory, trained, l2_trained, relu_checkpoint, cnn_trained, mnist_root, original_demo) -> Path:
     """A working folder like a user's clone: ../shared beside it, the documented checkpoints and curves in outputs/."""
     top = tmp_path_factory.mktemp("user")
     work = top / "repo"
@@ -55,6 +55,7 @@ def clone(tmp_path_factory, trained, l2_trained, relu_checkpoint, mnist_root, or
     shutil.copy(trained[0], work / "outputs" / "mnist_groupsort.p")
     shutil.copy(relu_checkpoint, work / "outputs" / "mnist_relu.p")  # a ReLU net where the documents name one
     shutil.copy(l2_trained[0], work / "outputs" / "mnist_l2.p")  # what --recipe l2 writes
+    shutil.copy(cnn_trained[0], work / "outputs" / "mnist_cnn-ibp.p")  # a small CNN where --recipe cnn-ibp's is named
     (work / "path" / "to").mkdir(parents=True)
     (work / "path" / "to" / "custom.json").write_text('{"hidden": [100]}\n')
     curve = "norm,eps,clean,global\nlinf,0,90.000,80.000\nlinf,0.1,90.000,50.000\n"

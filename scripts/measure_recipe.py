@@ -1,0 +1,72 @@
+"""Certify and attack a trained recipe's checkpoint on the whole test set, and record it as JSON.
+
+    python scripts/measure_recipe.py outputs/mnist_cnn-ibp.p --data-dir ../shared/mnist --json results/cnn/cnn-ibp.json
+
+At the norm and radius the checkpoint was trained for (its metrics JSON), within the pixel range: every
+sound method that takes the network (global, pairwise, margin, ibp), the tightest of them, and APGD
+(`attacks.APGD`, the project's strongest attack) on every digit, with the certified digits it broke (must
+be 0: then the script exits 1). The record holds the training's own figures from the metrics JSON
+(seconds, seconds per epoch, clean and certified as training printed them) beside these, with the command,
+threads, machine and date. `scripts/report.py` builds docs/results.md's convolutional table from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import checkpoints  # noqa: E402
+import cli  # noqa: E402
+from certificates import METHODS  # noqa: E402
+from lipschitz import Ball  # noqa: E402
+from measure import measure  # noqa: E402
+from mnist_data import PIXEL_RANGE, load_mnist  # noqa: E402
+
+TRAINING = ("seed", "convs", "hidden", "activation", "loss", "epochs", "train_seconds",
+            "seconds_per_epoch_median", "clean_accuracy", "certified_accuracy", "method")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/mnist"))
+    parser.add_argument("--json", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--limit", type=cli.positive_int, default=None, metavar="N", help="the first N digits only")
+    args = parser.parse_args()
+    metrics_path = checkpoints.metrics_path(args.checkpoint)
+    if not metrics_path.is_file():
+        raise cli.UsageError(f"{metrics_path} is missing: it records the norm and radius the net was trained for")
+    metrics = json.loads(metrics_path.read_text())
+    model = checkpoints.load_checkpoint(args.checkpoint).model.eval()
+    (test,) = load_mnist(args.data_dir, splits=("test",), allow_download=False)
+    if args.limit:
+        test = test.head(args.limit)
+    ball = Ball(metrics["norm"], metrics["cert_magnitude"], PIXEL_RANGE)
+    start = time.perf_counter()
+    row = measure(model, test, ball, METHODS, attack="apgd", keep=0)
+    seconds = time.perf_counter() - start
+    best = max(METHODS, key=lambda method: row.certified[method])
+    record = {
+        **cli.provenance("scripts/measure_recipe.py"),
+        "checkpoint": args.checkpoint.name, "recipe": args.checkpoint.stem.removeprefix("mnist_"),
+        "training": {key: metrics.get(key) for key in TRAINING},
+        "digits": len(test.labels), "norm": ball.norm, "radius": ball.eps, "clean": row.clean,
+        "certified": row.certified, "best_method": best, "best_certified": row.certified[best],
+        "attack": row.attack, "attack_robust": row.robust, "broken_certified": row.broken,
+        "overflow": row.overflow, "certify_and_attack_seconds": round(seconds, 1),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints.write_json(args.json, record)
+    print(f"{args.checkpoint.name}: clean {row.clean:.2f}, certified {row.certified[best]:.2f} ({best}), "
+          f"apgd robust {row.robust:.2f}, certified digits broken {row.broken[best]}, {seconds:.0f} s")
+    if any(row.broken.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The convolutional recipes of docs/results.md: train each (unless its checkpoint is there already), then
+# certify it on all 10,000 test digits with every sound method and attack it with APGD
+# (scripts/measure_recipe.py), writing results/recipes/<recipe>.json, from which scripts/report.py builds the
+# table. Run alone on the machine: the training time is the budget. Logs go to outputs/recipes/.
+#
+#   OMP_NUM_THREADS=2 scripts/measure_recipes.sh                        # cnn-ibp, cnn-ibp-0.3, bcop-l2
+#   RECIPES="cnn-ibp" SEEDS="1 2" OMP_NUM_THREADS=2 scripts/measure_recipes.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DATA=${DATA_DIR:-../shared/mnist}
+OUT=outputs/recipes
+mkdir -p "$OUT" results/recipes
+
+for recipe in ${RECIPES:-cnn-ibp cnn-ibp-0.3 bcop-l2}; do
+    for seed in ${SEEDS:-0}; do
+        name="$recipe"; [ "$seed" = 0 ] || name="${recipe}_seed$seed"
+        if [ ! -f "$OUT/mnist_$name.p" ]; then
+            "$PY" train_mnist.py --recipe "$recipe" --seed "$seed" --data-dir "$DATA" --save-dir "$OUT" \
+                --save-fn "mnist_$name.p" --overwrite 2>&1 | tee "$OUT/$name.log"
+        fi
+        "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "results/recipes/$name.json"
+    done
+done
