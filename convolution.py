@@ -69,6 +69,11 @@ class Convolution(Affine, nn.Conv2d):
         return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
 
     @property
+    def longest_sum(self) -> int:
+        """The input's units, or a column's terms (every output channel's every tap), the larger."""
+        return max(self.in_features, self.out_channels * self.kernel_size[0] * self.kernel_size[1])
+
+    @property
     def unit_bias(self) -> torch.Tensor:
         """Every unit's bias: its channel's, at every pixel."""
         return self.bias.repeat(self.out_features // self.out_channels)

@@ -192,9 +192,10 @@ class LipschitzMLP(nn.Module):
         proved upper bounds (`lipschitz.l2_spectral_norm_upper_bound`). Every
         other step is a sum, product, maximum, minimum or norm of nonnegative
         numbers: along the chain through the layers there are at most
-        sum_l (fan_in_l + 8) + 8 roundings, so each computed bound is at least
-        the exact one times (1 - gamma_K), and multiplying by 1 + 2 gamma_K
-        restores an upper bound.
+        sum_l (n_l + 8) + 8 roundings, n_l the longest sum of layer l's rules
+        (`operators.Affine.longest_sum`), so each computed bound is at least the
+        exact one times (1 - gamma_K), and multiplying by 1 + 2 gamma_K restores
+        an upper bound.
         """
         model64 = in_float64(self)
         bounds = model64._logit_bounds(norm, model64._proved_operator_norm, per_pair=True)
@@ -238,7 +239,7 @@ class LipschitzMLP(nn.Module):
 
     def _rounding_factor(self) -> float:
         """1 + 2 gamma_K, K the roundings along the bound chain (see `certified_logit_bounds`)."""
-        chain = sum(layer.in_features + 8 for layer in self.affine_layers()) + 8
+        chain = sum(layer.longest_sum + 8 for layer in self.affine_layers()) + 8
         return 1 + 2 * rounding.gamma(chain, torch.float64)
 
     def _logit_bounds(self, norm: str, operator_norm: lipschitz.OperatorNorm, per_pair: bool) -> LogitBounds:

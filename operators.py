@@ -255,6 +255,11 @@ class Affine(Operator):
         return self.bias
 
     @property
+    def longest_sum(self) -> int:
+        """The most terms of one sum in this layer's slope rule (a row's |w| . b or norm): the input's units."""
+        return self.in_features
+
+    @property
     def size(self) -> int:
         return max(self.fan_in, self.in_features, self.out_features)
 
