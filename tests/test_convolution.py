@@ -74,6 +74,19 @@ def test_a_convolution_is_its_dense_matrix(conv, seed):
         assert proved >= torch.linalg.matrix_norm(layer.weight, 2) * (1 - 1e-12)
 
 
+@given(convolutions())
+@settings(max_examples=40, deadline=None)
+def test_the_rounding_rules_count_every_term_of_a_unit_and_of_a_sum(conv):
+    """Higham's bound for a unit needs at least as many roundings as its dot product has terms (the kernel's
+    window, whatever the padding cuts), and the bounds' rounding factor as many as the longest sum of the slope
+    rule: a row's terms and a column's (`models.LipschitzMLP._rounding_factor`)."""
+    with torch.no_grad():
+        pattern = dense(conv).weight != 0 if conv.weight.ne(0).all() else None
+    assume(pattern is not None)
+    assert conv.fan_in >= int(pattern.sum(dim=1).max())
+    assert conv.longest_sum >= max(int(pattern.sum(dim=0).max()), int(pattern.sum(dim=1).max()))
+
+
 @given(convolutions(), norms, seeds)
 @settings(max_examples=80, deadline=None)
 def test_a_convolutions_slope_and_interval_rules_are_its_dense_matrixs(conv, norm, seed):
@@ -96,6 +109,17 @@ def test_a_convolutions_slope_and_interval_rules_are_its_dense_matrixs(conv, nor
         dense_low, dense_high = layer.interval(lower, upper)
         assert torch.allclose(low, dense_low, rtol=1e-12, atol=1e-12) and torch.allclose(high, dense_high, rtol=1e-12,
                                                                                              atol=1e-12)
+        center = (lower + upper) / 2
+        ball = Ball(norm, torch.rand(3, generator=g, dtype=torch.float64))
+        low, high = conv.ball_range(center, ball)
+        dense_low, dense_high = layer.ball_range(center, ball)  # exact (Hoelder, attained)
+        if norm == "l1":  # the rows' L-inf norms bounded by the kernel's largest entry: never narrower
+            assert (low <= dense_low + 1e-12 * (1 + dense_low.abs())).all()
+            assert (high >= dense_high - 1e-12 * (1 + dense_high.abs())).all()
+        else:
+            assert torch.allclose(low, dense_low, rtol=1e-12, atol=1e-12)
+            assert torch.allclose(high, dense_high, rtol=1e-12, atol=1e-12)
+        low, high = conv.interval(lower, upper)
         corners = torch.where(torch.rand(64, 3, conv.in_features, generator=g) < 0.5, lower, upper)
         values = conv(corners)
         slack = 1e-12 * (1 + values.abs())
