@@ -117,10 +117,10 @@ MUTANTS = [
      "low, high = torch.where(ok, middle, low), torch.where(ok, high, middle)\n    return high",
      "IBP radius: the bisection's upper end"),
     # Sound in floating point: every allowance for rounding is needed.
-    ("rounding.py", "count = weight.shape[1] + 1 + extra_roundings", "count = 2 + extra_roundings",
+    ("rounding.py", "count = layer.fan_in + 1 + extra_roundings", "count = 2 + extra_roundings",
      "a dot product's rounding bounded as if it had two terms"),
-    ("allowance.py", "lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
-     "lost = 0 * (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm)[0]",
+    ("allowance.py", "lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm,",
+     "lost = 0 * (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm,",
      "the Lipschitz methods without the float32 allowance"),
     ("allowance.py", "return self.lower - self.allowance", "return self.lower - 0 * self.allowance",
      "IBP without the float32 allowance"),
