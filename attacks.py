@@ -254,7 +254,8 @@ APGD_FIRST_CHECKPOINT = 0.22  # the first checkpoint, as a fraction of the steps
 APGD_CHECKPOINT_DECAY = 0.03  # each interval between checkpoints is this fraction shorter than the one before
 APGD_MIN_INTERVAL = 0.06  # down to this fraction of the steps
 DLR_EPSILON = 1e-12  # keeps the DLR loss finite when its denominator vanishes
-IBP_BATCH = 2_000  # examples per IBP bound: caps the float64 intermediates
+IBP_BATCH = 2_000  # examples per IBP bound: caps the float64 intermediates...
+IBP_UNITS = 2_048_000  # ...and examples times the widest layer's units (a CNN's layers are some 6,000 wide)
 L1_BISECTIONS = 24  # halvings of the L1 projection's threshold: 2^-24 of its range
 # L1-APGD's own schedule (Croce & Hein 2021, as AutoAttack's L1 version runs it): a step first moves this
 # fraction of the coordinates; a checkpoint every L1_CHECKPOINT of the steps sets the count to the best point's
@@ -392,8 +393,10 @@ def ibp_open_rivals(model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, 
     model64 = in_float64(model)
     eps_rows = ball.radii(x).double()
     lower = []
-    for start in range(0, len(x), IBP_BATCH):
-        rows = slice(start, start + IBP_BATCH)
+    widest = max(layer.out_features for layer in model.affine_layers())
+    batch = max(1, min(IBP_BATCH, IBP_UNITS // widest))
+    for start in range(0, len(x), batch):
+        rows = slice(start, start + batch)
         bounds = allowance.certified_gap_lower_bounds(model64, x[rows].double(), ball.with_eps(eps_rows[rows]),
                                                       runs_in)
         lower.append(bounds.gather(1, labels[rows, None, None].expand(-1, 1, bounds.shape[2]))[:, 0])

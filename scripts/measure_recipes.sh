@@ -6,6 +6,7 @@
 #
 #   OMP_NUM_THREADS=2 scripts/measure_recipes.sh                        # cnn-ibp, cnn-ibp-0.3, bcop-l2
 #   RECIPES="cnn-ibp" SEEDS="1 2" OMP_NUM_THREADS=2 scripts/measure_recipes.sh
+#   RECIPES=bcop-l2 ATTACK_LIMIT=500 scripts/measure_recipes.sh     # APGD on the first 500 digits only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,6 +21,7 @@ for recipe in ${RECIPES:-cnn-ibp cnn-ibp-0.3 bcop-l2}; do
             "$PY" train_mnist.py --recipe "$recipe" --seed "$seed" --data-dir "$DATA" --save-dir "$OUT" \
                 --save-fn "mnist_$name.p" --overwrite 2>&1 | tee "$OUT/$name.log"
         fi
-        "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "results/recipes/$name.json"
+        "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "results/recipes/$name.json" \
+            ${ATTACK_LIMIT:+--attack-limit "$ATTACK_LIMIT"}
     done
 done
