@@ -56,7 +56,7 @@ def main() -> None:
     row = measure(model, attacked, ball, METHODS, attack="apgd", keep=0)
     whole = row if attacked is test else measure(model, test, ball, METHODS)
     seconds = time.perf_counter() - start
-    best = max(METHODS, key=lambda method: whole.certified[method])
+    best = max(METHODS, key=lambda method: (whole.certified[method], method == metrics.get("method")))  # ties: its own
     record = {
         **cli.provenance("scripts/measure_recipe.py"),
         "checkpoint": args.checkpoint.name, "recipe": args.checkpoint.stem.removeprefix("mnist_"),
