@@ -142,7 +142,7 @@ def a_value_other_than_the_default(setting: Setting, default: Any) -> Any:
     if setting.choices:
         return next(choice for choice in reversed(setting.choices) if choice != default)
     if setting.kind is tuple:
-        return (3, 4)
+        return ("10:3:1:1", "down") if setting.item == "layers" else (3, 4)
     if setting.kind is int:
         return default + 1
     return 0.25 if setting.check in ("unit", "half") else (default or 0.0) + 0.5
