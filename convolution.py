@@ -26,7 +26,7 @@ from torch import nn
 
 import lipschitz
 from errors import ConfigError
-from lipschitz import Ball, OperatorNorm
+from lipschitz import OperatorNorm
 from operators import Activation, Affine, Box, Linear, Slope, Step
 
 Shape = tuple[int, int, int]  # (height, width, channels) of a flattened image
@@ -88,6 +88,10 @@ class Convolution(Affine, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x, self.weight, self.bias)
+
+    def affine(self, h: torch.Tensor) -> torch.Tensor:
+        """The forward pass."""
+        return self(h)
 
     def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
         """|W| v: the convolution with |kernel| and no bias."""
@@ -171,20 +175,6 @@ class Convolution(Affine, nn.Conv2d):
         unit = torch.minimum(unit, self.row_norms(norm) * slope.whole)
         whole = torch.minimum(self.operator_norm(norm, operator_norm) * slope.whole, lipschitz.vector_norm(unit, norm))
         return Slope(unit, whole)
-
-    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Within W c + b +- |W| r, c and r the box's centre and half-width (as for a Linear layer)."""
-        center, half_width = (upper + lower) / 2, (upper - lower) / 2
-        middle = self(center)
-        spread = self.abs_apply(half_width)
-        return middle - spread, middle + spread
-
-    def ball_range(self, center: torch.Tensor, ball: Ball) -> tuple[torch.Tensor, torch.Tensor]:
-        """W z + b over the p-ball around `center`: within w . center + b +- radius ||w||_q (Hoelder; attained
-        where `row_norms` is exact)."""
-        middle = self(center)
-        spread = ball.radii(center)[:, None] * self.row_norms(ball.norm)
-        return middle - spread, middle + spread
 
     def differences(self, group: int) -> Affine:
         """A convolution whose channels at each pixel are z_a - z_b for every two channels a, b of each group of

@@ -263,14 +263,29 @@ class Affine(Operator):
     def size(self) -> int:
         return max(self.fan_in, self.in_features, self.out_features)
 
+    def affine(self, h: torch.Tensor) -> torch.Tensor:
+        """W h + b of rows h, as the rules compute it (the forward pass, or its arithmetic written out)."""
+        raise NotImplementedError
+
     def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def row_norms(self, norm: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """W h + b over the box (rows are examples), in centre and half-width form: within W c + b +- |W| r,
+        c = (u + l)/2, r = (u - l)/2, since |W (h - c)| <= |W| |h - c| <= |W| r coordinatewise."""
+        center, half_width = (upper + lower) / 2, (upper - lower) / 2
+        middle, spread = self.affine(center), self.abs_apply(half_width)
+        return middle - spread, middle + spread
+
     def ball_range(self, center: torch.Tensor, ball: Ball) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """W z + b over the p-ball ||z - center||_p <= radius: within w . center + b +- radius ||w||_q for each
+        row w, by Hoelder (attained where `row_norms` is exact)."""
+        middle = self.affine(center)
+        spread = ball.radii(center)[:, None] * self.row_norms(ball.norm)
+        return middle - spread, middle + spread
 
     def differences(self, group: int) -> Affine:
         """The layer whose units are z_a - z_b for every two units a, b of each group of `group` consecutive
@@ -369,6 +384,10 @@ class Linear(Affine, nn.Linear):
     def fan_in(self) -> int:
         return self.weight.shape[1]
 
+    def affine(self, h: torch.Tensor) -> torch.Tensor:
+        """h W^T + b, a product then a sum (the arithmetic the rules always used)."""
+        return h @ self.weight.T + self.bias
+
     def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
         return v @ self.weight.abs().T
 
@@ -399,21 +418,6 @@ class Linear(Affine, nn.Linear):
         """Per unit by `row_bounds`; whole by min(||W||_{p->p} B, ||b'||_p) (`lipschitz.whole_bound`)."""
         unit = self.row_bounds(slope, norm)
         return Slope(unit, lipschitz.whole_bound(self.weight, unit, slope.whole, norm, operator_norm))
-
-    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """W h + b over the box (rows are examples), in centre and half-width form: within W c + b +- |W| r,
-        c = (u + l)/2, r = (u - l)/2, since |W (h - c)| <= |W| |h - c| <= |W| r coordinatewise."""
-        center, half_width = (upper + lower) / 2, (upper - lower) / 2
-        middle = center @ self.weight.T + self.bias
-        spread = half_width @ self.weight.abs().T
-        return middle - spread, middle + spread
-
-    def ball_range(self, center: torch.Tensor, ball: Ball) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact range of W z + b over the p-ball ||z - center||_p <= radius: w . center + b +- radius ||w||_q
-        for each row w, by Hoelder (attained)."""
-        middle = center @ self.weight.T + self.bias
-        spread = ball.radii(center)[:, None] * lipschitz.dual_norm(self.weight, ball.norm)
-        return middle - spread, middle + spread
 
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """One variable per unit, equal to its affine function of the wires by one row each, bounded by the
