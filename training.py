@@ -263,6 +263,24 @@ def recipe_flag_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def recipe_files_table() -> str:
+    """The Markdown table of the named recipes (recipes/*.json) as the flags they amount to, which docs/usage.md
+    holds between its recipe-files markers."""
+    settings = Recipe.settings()
+    rows = ["| recipe | entries (flags) |", "| --- | --- |"]
+    for path in sorted(RECIPES.glob("*.json"), key=lambda path: path.stem):
+        entries = read_recipe(path)
+        flags = []
+        for name, value in entries.items():
+            declared = settings[name]
+            if isinstance(value, bool):
+                flags.append(declared.names(name)[0] if value else f"--no-{declared.names(name)[0].removeprefix('--')}")
+            else:
+                flags.append(f"{declared.names(name)[0]} {declared.shown(tuple(value) if isinstance(value, list) else value)}")
+        rows.append(f"| `{path.stem}` | " + (f"`{' '.join(flags)}`" if flags else "none: the defaults") + " |")
+    return "\n".join(rows) + "\n"
+
+
 def recipe_path(name: str) -> Path:
     """A recipe's file: `name` itself if it is a file, else recipes/<name>.json."""
     path = Path(name)

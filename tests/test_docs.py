@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV, REPO, results
-from training import recipe_flag_table
+from training import recipe_files_table, recipe_flag_table
 
 DOCUMENTS = ("README.md", "docs/usage.md")
 FIGURES = re.compile(r"^\s*(\d+\.\d{3}) / (\d+\.\d{3})\s*$")  # a comment: the two printed results
@@ -122,6 +122,15 @@ def test_the_recipe_flag_table_of_the_usage_is_generated_from_the_recipes_declar
     tables = re.findall(r"<!-- recipe-flags:start -->\n(.*?)<!-- recipe-flags:end -->", usage, flags=re.S)
     assert tables == [recipe_flag_table()], \
         "regenerate it: python -c 'import training; print(training.recipe_flag_table(), end=\"\")'"
+
+
+def test_the_recipes_table_is_made_from_the_recipe_files():
+    """docs/usage.md's table of named recipes is `training.recipe_files_table()`: every file, its entries as flags."""
+    usage = (REPO / "docs/usage.md").read_text()
+    tables = re.findall(r"<!-- recipe-files:start -->\n(.*?)<!-- recipe-files:end -->", usage, flags=re.S)
+    assert tables == [recipe_files_table()], \
+        "regenerate it: python -c 'import training; print(training.recipe_files_table(), end=\"\")'"
+    assert len(tables[0].splitlines()) == 2 + len(list((REPO / "recipes").glob("*.json")))
 
 
 def test_modules_import_only_the_modules_above_them_in_the_readme_layout():
