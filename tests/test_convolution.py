@@ -184,6 +184,9 @@ def test_invertible_downsampling_is_pixel_unshuffle_and_a_permutation():
     box = Box(x, x + 1, ball=Ball("l2", 0.5), center=x + 0.5)
     after = down.propagate(box, Step())
     assert torch.equal(after.lower, down(x)) and torch.equal(after.center, down(x + 0.5)) and after.ball == box.ball
+    errors = torch.stack([x.abs(), 2 * x.abs()])  # a permutation computes nothing: each unit keeps its own error
+    moved, norm = down.rounding(errors, torch.tensor([3.0, 4.0]))
+    assert torch.equal(moved, torch.stack([down(x.abs()), down(2 * x.abs())])) and norm.tolist() == [3.0, 4.0]
     with pytest.raises(ConfigError, match="not even"):
         Downsample((5, 4, 1))
 
