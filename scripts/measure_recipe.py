@@ -1,19 +1,21 @@
 """Certify and attack a trained recipe's checkpoint on the whole test set, and record it as JSON.
 
-    python scripts/measure_recipe.py outputs/mnist_cnn-ibp.p --data-dir ../shared/mnist --json results/cnn/cnn-ibp.json
+    python scripts/measure_recipe.py outputs/recipes/mnist_cnn-ibp.p --data-dir ../shared/mnist --json results/recipes/cnn-ibp.json
 
 At the norm and radius the checkpoint was trained for (its metrics JSON), within the pixel range: every
 sound method that takes the network (global, pairwise, margin, ibp), the tightest of them, and APGD
-(`attacks.APGD`, the project's strongest attack) on every digit (or the first `--attack-limit`), with the
+(`attacks.apgd`, the project's strongest attack) on every digit (or the first `--attack-limit`), with the
 certified digits it broke (must be 0, else the script exits 1). The record holds the training's own figures from the metrics JSON
-(seconds, seconds per epoch, clean and certified as training printed them) beside these, with the command,
-threads, machine and date. `scripts/report.py` builds docs/results.md's convolutional table from them.
+(settings, seconds, seconds per epoch, clean and certified as training printed them) beside these, with the
+command, threads, machine and date; its recipe is the checkpoint's name, mnist_<recipe>[_seed<k>].p, as
+`scripts/measure_recipes.sh` names them. `scripts/report.py` builds docs/results.md's convolutional table from them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,8 +29,8 @@ from lipschitz import Ball  # noqa: E402
 from measure import measure  # noqa: E402
 from mnist_data import PIXEL_RANGE, load_mnist  # noqa: E402
 
-TRAINING = ("seed", "convs", "hidden", "activation", "loss", "epochs", "train_seconds",
-            "seconds_per_epoch_median", "clean_accuracy", "certified_accuracy", "method")
+TRAINING = ("seed", "convs", "hidden", "activation", "loss", "train_eps", "epochs", "ramp_epochs", "lr", "lr_drops",
+            "gamma", "train_seconds", "seconds_per_epoch_median", "clean_accuracy", "certified_accuracy", "method")
 
 
 def main() -> None:
@@ -59,7 +61,7 @@ def main() -> None:
     best = max(METHODS, key=lambda method: (whole.certified[method], method == metrics.get("method")))  # ties: its own
     record = {
         **cli.provenance("scripts/measure_recipe.py"),
-        "checkpoint": args.checkpoint.name, "recipe": args.checkpoint.stem.removeprefix("mnist_"),
+        "checkpoint": args.checkpoint.name, "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
         "training": {key: metrics.get(key) for key in TRAINING},
         "digits": len(test.labels), "norm": ball.norm, "radius": ball.eps, "clean": whole.clean,
         "certified": whole.certified, "best_method": best, "best_certified": whole.certified[best],

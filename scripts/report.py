@@ -1,7 +1,8 @@
 """The documents' results tables, generated from the committed measurements in results/, never typed.
 
     python scripts/report.py            # rewrite every generated table in README.md and docs/*.md
-    python scripts/report.py --check    # exit 1, naming the table, where a document differs from its results
+    python scripts/report.py --check    # exit 1, naming the table, where a document differs from its results,
+                                        # or a figure in the prose beside a table is in no results file
 
 A generated table sits between `<!-- report:NAME -->` and `<!-- report:NAME:end -->` in a document;
 NAME is one of `TABLES`, each a function of the results folder that returns the table's Markdown.
@@ -160,34 +161,51 @@ RECIPE_WORDS = {"cnn-ibp": "Gowal et al.'s small CNN, ReLU, IBP training at 0.2"
                 "bcop-l2": "BCOP orthogonal convolutions, MaxMin, orthonormal Linear layers, `lmt` loss"}
 
 
+def seeds_of(results: Path, recipe: str) -> list[dict]:
+    """`scripts/measure_recipe.py`'s records of `recipe`, one per seed trained, by seed."""
+    runs = [json.loads(path.read_text()) for path in (results / "recipes").glob("*.json")]
+    return sorted((run for run in runs if run["recipe"] == recipe), key=lambda run: run["training"]["seed"])
+
+
+def mean_of(runs: list[dict], key: str) -> str:
+    """The mean of `key` over the seeds' records, and with several seeds each seed's value."""
+    values = [run[key] for run in runs]
+    mean = f"{sum(values) / len(values):.2f}"
+    return mean if len(values) == 1 else f"{mean} (mean of {len(values)} seeds: {', '.join(f'{v:.2f}' for v in values)})"
+
+
 def readme_recipes_table(results: Path) -> str:
-    """The README's rows of the convolutional recipes: what each is, clean and certified (tightest method)."""
+    """The README's rows of the convolutional recipes: what each is, clean and certified (tightest method; the
+    means over seeds where several were trained)."""
     rows = ["| recipe | what it is | clean (%) | certified (%) |", "| --- | --- | --- | --- |"]
     for recipe, words in RECIPE_WORDS.items():
-        path = results / "recipes" / f"{recipe}.json"
-        if path.is_file():
-            run = json.loads(path.read_text())
+        runs = seeds_of(results, recipe)
+        if runs:
+            run, count = runs[0], len(runs)
             norm = {"linf": "L∞", "l2": "L2", "l1": "L1"}[run["norm"]]
-            rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | {run['clean']:.2f} | "
-                        f"{run['best_certified']:.2f} {run['best_method']}, {norm} {run['radius']:g} |")
+            mean = {key: sum(r[key] for r in runs) / count for key in ("clean", "best_certified")}
+            seeds = f", mean of {count} seeds" if count > 1 else ""
+            rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | {mean['clean']:.2f} | "
+                        f"{mean['best_certified']:.2f} {run['best_method']}, {norm} {run['radius']:g}{seeds} |")
     return "\n".join(rows) + "\n"
 
 
 def goals_table(results: Path) -> str:
     """Per convolutional recipe: its goal, the field's figure, this repository's certified accuracy and the
-    attack's upper bound on the same net, and whether the goal is met."""
+    attack's upper bound on the same net, and whether the goal is met (by the mean over the seeds trained)."""
     rows = ["| recipe | ball | goal (%) | the field (%) | certified here (%) | APGD robust here (%) | goal met |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for recipe, ball, goal, field in GOALS:
-        path = results / "recipes" / f"{recipe}.json"
-        if not path.is_file():
+        runs = seeds_of(results, recipe)
+        if not runs:
             rows.append(f"| `{recipe}` | {ball} | {goal} | {field} | not measured | – | no |")
             continue
-        run = json.loads(path.read_text())
+        certified = sum(run["best_certified"] for run in runs) / len(runs)
         target = float(goal.split()[-1])
-        met = run["best_certified"] >= target if goal.startswith("≥") else run["best_certified"] > target
-        rows.append(f"| `{recipe}` | {ball} | {goal} | {field} | {run['best_certified']:.2f} | "
-                    f"{attacked(run)} | {'yes' if met else '**no**'} |")
+        met = certified >= target if goal.startswith("≥") else certified > target
+        attacks = attacked(runs[0]) if len(runs) == 1 else mean_of(runs, "attack_robust")
+        rows.append(f"| `{recipe}` | {ball} | {goal} | {field} | {mean_of(runs, 'best_certified')} | "
+                    f"{attacks} | {'yes' if met else '**no**'} |")
     return "\n".join(rows) + "\n"
 
 
@@ -224,6 +242,71 @@ def stale(root: Path = REPO, results: Path | None = None) -> list[str]:
     return found
 
 
+FIGURE = re.compile(r"(?<![\w.])\d+\.\d+(?!\.?\d)")  # a decimal figure (not a version's part)
+CITED = re.compile(r"results/[\w./-]*")
+FENCE = re.compile(r"```.*?```", re.S)
+QUOTED = re.compile(r"<!-- quoted: .*? -->")
+CODE = re.compile(r"`[^`\n]*`")  # commands, flags, versions: settings, not figures
+TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->", re.S)
+
+
+def numbers(value: object) -> list[float]:
+    """Every number in a parsed JSON value."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [number for item in value for number in numbers(item)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def figures_in(path: Path) -> set[str]:
+    """Every number of a results file (JSON, or CSV cells), as printed with 0 to 4 decimals."""
+    if path.suffix == ".json":
+        values = numbers(json.loads(path.read_text()))
+    else:
+        values = [float(cell) for cell in re.split(r"[,\s]+", path.read_text()) if FIGURE.fullmatch(cell)]
+    return {f"{value:.{places}f}" for value in values for places in range(5)}
+
+
+def sections(text: str) -> list[str]:
+    """The document cut at its second- and third-level headings."""
+    return re.split(r"\n(?=#{2,3} )", text)
+
+
+def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
+    """The figures of prose that no results file holds, as 'document: heading: figure'.
+
+    In every section that holds a generated table, each decimal figure outside
+    its tables, code blocks and code spans must be in those tables (as `results`
+    makes them) or in a results file the section cites by path (`results/...`).
+    Exempt: the figures named inside a `<!-- quoted: figures, source -->` on
+    their line (the field's figures and the goals), and a block between
+    `<!-- typed: why -->` and `<!-- typed:end -->` (measured before results/
+    held it: still typed, and said so).
+    """
+    results = results or root / "results"
+    found = []
+    for document in DOCUMENTS:
+        for section in sections((root / document).read_text()):
+            tables = [match[0] for match in MARKED.finditer(section)]
+            if not tables:
+                continue
+            known = set(FIGURE.findall("".join(regenerate(table, results) for table in tables)))
+            for cited in CITED.findall(section):
+                path = results / cited.removeprefix("results/").rstrip("/.")
+                while not path.exists() and path != results:
+                    path = path.parent
+                files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+                known |= {figure for file in files for figure in figures_in(file)}
+            prose = CODE.sub("", TYPED.sub("", FENCE.sub("", MARKED.sub("", section))))
+            heading = section.splitlines()[0].lstrip("# ")
+            for line in prose.splitlines():
+                quoted = {figure for marker in QUOTED.findall(line) for figure in FIGURE.findall(marker)}
+                found += [f"{document}: {heading}: {figure}" for figure in FIGURE.findall(QUOTED.sub("", line))
+                          if figure not in known | quoted]
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only say which tables differ from their results")
@@ -232,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
         differ = stale()
         if differ:
             raise SystemExit("error: tables differ from results/ (run python scripts/report.py): " + ", ".join(differ))
-        print("every generated table matches results/")
+        loose = unsourced()
+        if loose:
+            raise SystemExit("error: figures in prose that no table or cited results file holds: " + "; ".join(loose))
+        print("every generated table matches results/, and every figure beside one is in its results")
         return
     for document in DOCUMENTS:
         path = REPO / document

@@ -28,3 +28,51 @@ def test_a_changed_number_in_the_results_makes_the_check_fail(tmp_path):
     entries["certified_lower_bound"] -= 0.001
     run.write_text(json.dumps(entries))
     assert report.stale(REPO, results) == ["docs/results.md: wasserstein"]
+
+
+def test_another_seed_is_averaged_into_the_goals(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    runs = report.seeds_of(results, "cnn-ibp")
+    first = runs[0]
+    extra = {**first, "best_certified": first["best_certified"] + 1.0, "attack_robust": first["attack_robust"] - 1.0,
+             "training": {**first["training"], "seed": 99}}
+    (results / "recipes" / "cnn-ibp_seed99.json").write_text(json.dumps(extra))
+    values = [run["best_certified"] for run in runs] + [extra["best_certified"]]
+    mean = sum(values) / len(values)
+    row = next(line for line in report.goals_table(results).splitlines() if line.startswith("| `cnn-ibp` |"))
+    assert f"{mean:.2f} (mean of {len(values)} seeds: {', '.join(f'{v:.2f}' for v in values)})" in row
+    assert ("yes" in row) == (mean >= 95)
+    assert sorted(report.stale(REPO, results)) == ["README.md: readme-recipes", "docs/results.md: recipes",
+                                                   "docs/results.md: recipes-goals"]
+
+
+def test_every_figure_beside_a_generated_table_is_in_its_results():
+    assert report.unsourced() == []
+
+
+def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
+    """A measured figure changed in results/ leaves the prose that quotes it flagged; a figure typed into the prose
+    of a generated section is flagged; a quoted or typed-block one is not."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    run = results / "wasserstein" / "circles_groupsort.json"
+    entries = json.loads(run.read_text())
+    quoted = f"{entries['certified_lower_bound']:.4f}"
+    assert quoted in (REPO / "docs" / "results.md").read_text()
+    entries["certified_lower_bound"] -= 0.01
+    entries["estimate"] -= 0.01
+    run.write_text(json.dumps(entries))
+    assert f"docs/results.md: Wasserstein distances: {quoted}" in report.unsourced(REPO, results)
+
+    root = tmp_path / "repo"
+    for document in report.DOCUMENTS:
+        (root / document).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / document, root / document)
+    page = root / "docs" / "results.md"
+    heading = "### Wasserstein distances\n"
+    page.write_text(page.read_text().replace(heading, heading + "\nThe critic certifies 0.4242 here.\n"
+                                             "The field's 0.4343, not 0.4545 <!-- quoted: 0.4343, a paper -->\n<!-- typed: old -->\n"
+                                             "Earlier 0.4444.\n<!-- typed:end -->\n"))
+    flagged = [figure for figure in report.unsourced(root, REPO / "results") if "Wasserstein" in figure]
+    assert flagged == ["docs/results.md: Wasserstein distances: 0.4242", "docs/results.md: Wasserstein distances: 0.4545"]
