@@ -53,6 +53,7 @@ def gradient_norms_table(results: Path) -> str:
 
 
 NETS = {"relu": "ReLU", "groupsort": "GroupSort"}
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 ATTACK_NAMES = {"AutoAttack (standard)": "AutoAttack (standard)", "apgd (APGD_DEFAULT)": "`apgd`",
                 "apgd, use_ibp=False": "`apgd` without the IBP skip",
                 "pgd (50 steps, 5 restarts)": "`pgd` (50 steps, 5 restarts)"}
@@ -141,7 +142,7 @@ def recipes_table(results: Path) -> str:
         run = json.loads(path.read_text())
         training = run["training"]
         layers = ", ".join([*training["convs"], *map(str, training["hidden"])])
-        norm = {"linf": "L∞", "l2": "L2", "l1": "L1"}[run["norm"]]
+        norm = NORM_NAMES[run["norm"]]
         rows.append(f"| `{run['recipe']}` ({training['seed']}) | {layers}, {training['activation']} | {norm} "
                     f"{run['radius']:g} | {run['clean']:.2f} | **{run['best_certified']:.2f}** {run['best_method']} | "
                     f"{attacked(run)} | {run['broken_certified'][run['best_method']]} | "
@@ -167,11 +168,17 @@ def seeds_of(results: Path, recipe: str) -> list[dict]:
     return sorted((run for run in runs if run["recipe"] == recipe), key=lambda run: run["training"]["seed"])
 
 
+def average(runs: list[dict], key: str) -> float:
+    """The mean of `key` over the seeds' records."""
+    return sum(run[key] for run in runs) / len(runs)
+
+
 def mean_of(runs: list[dict], key: str) -> str:
     """The mean of `key` over the seeds' records, and with several seeds each seed's value."""
-    values = [run[key] for run in runs]
-    mean = f"{sum(values) / len(values):.2f}"
-    return mean if len(values) == 1 else f"{mean} (mean of {len(values)} seeds: {', '.join(f'{v:.2f}' for v in values)})"
+    mean = f"{average(runs, key):.2f}"
+    if len(runs) == 1:
+        return mean
+    return f"{mean} (mean of {len(runs)} seeds: {', '.join(f'{run[key]:.2f}' for run in runs)})"
 
 
 def readme_recipes_table(results: Path) -> str:
@@ -182,7 +189,7 @@ def readme_recipes_table(results: Path) -> str:
         runs = seeds_of(results, recipe)
         if runs:
             run, count = runs[0], len(runs)
-            norm = {"linf": "L∞", "l2": "L2", "l1": "L1"}[run["norm"]]
+            norm = NORM_NAMES[run["norm"]]
             mean = {key: sum(r[key] for r in runs) / count for key in ("clean", "best_certified")}
             seeds = f", mean of {count} seeds" if count > 1 else ""
             rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | {mean['clean']:.2f} | "
@@ -200,7 +207,7 @@ def goals_table(results: Path) -> str:
         if not runs:
             rows.append(f"| `{recipe}` | {ball} | {goal} | {field} | not measured | – | no |")
             continue
-        certified = sum(run["best_certified"] for run in runs) / len(runs)
+        certified = average(runs, "best_certified")
         target = float(goal.split()[-1])
         met = certified >= target if goal.startswith("≥") else certified > target
         attacks = attacked(runs[0]) if len(runs) == 1 else mean_of(runs, "attack_robust")
