@@ -28,6 +28,7 @@ import lipschitz
 from errors import ConfigError
 from lipschitz import OperatorNorm
 from operators import Activation, Affine, Box, Linear, Slope, Step
+from program import Program, Wires
 
 Shape = tuple[int, int, int]  # (height, width, channels) of a flattened image
 
@@ -230,7 +231,7 @@ class Downsample(Activation):
     def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self(lower), self(upper)
 
-    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None
+    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None, upper: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """No rounding: the errors permuted, their norm unchanged."""
         return self(errors), error_norm
@@ -243,6 +244,12 @@ class Downsample(Activation):
             return after
         return Box(after.lower, after.upper, after.errors, after.magnitude, after.error_norm, after.overflow,
                    ball=box.ball, center=self(box.center), point=after.point)
+
+    def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
+        """The same wires, permuted as the units are: no variable, no row. A pending normalisation stays pending
+        (it is the same for every unit)."""
+        order = self(torch.arange(len(wires), dtype=torch.float64)).long().tolist()
+        return Wires([wires[k] for k in order], wires.mean, wires.std, wires.pending)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

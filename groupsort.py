@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+import rounding
 from errors import ConfigError
 from lipschitz import OperatorNorm
 from onnxgraph import Flow, Graph
@@ -92,7 +93,7 @@ class GroupSort(Activation):
         so lower <= a <= upper gives sort(lower)_k <= sort(a)_k <= sort(upper)_k."""
         return self(lower), self(upper)
 
-    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None
+    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None, upper: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A sort rounds nothing: each output is within its group's largest input error of its exact value
         (`group_maximum`), and the error vector's L2 norm does not grow (a contraction)."""
@@ -192,10 +193,17 @@ class ReLU(Activation):
         """ReLU is nondecreasing: relu(lower) <= relu(a) <= relu(upper)."""
         return self(lower), self(upper)
 
-    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None
+    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None, upper: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A max with 0 rounds nothing and is 1-Lipschitz per unit: every error bound passes unchanged."""
-        return errors, error_norm
+        """A max with 0 rounds nothing and is 1-Lipschitz per unit: every error bound passes unchanged, but for
+        a unit that is off over the whole ball in both arithmetics, where the box's float64 upper end `upper`
+        plus both errors is below 0 (the exact end lies within errors[1] of it, the float32 value within
+        errors[0] of the exact one): there both values are exactly 0, and so are both errors. The error
+        vector's L2 norm passes unchanged (zeroing entries only shrinks it)."""
+        if upper is None:
+            return errors, error_norm
+        off = upper < -errors.sum(dim=0) * (1 + 4 * rounding.unit_roundoff(torch.float64))
+        return errors.masked_fill(off, 0.0), error_norm
 
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """Each unit by itself or 0 where its bounds decide, else the big-M encoding with one binary d

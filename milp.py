@@ -68,7 +68,7 @@ from errors import ConfigError
 from lipschitz import Ball
 from mnist_data import Split
 from models import LipschitzMLP, in_float64
-from operators import Box, require
+from operators import Box, fold_normalisation, require
 from program import Program, Wire, Wires
 
 VERDICTS = ("robust", "counterexample", "timeout", "undecided")
@@ -78,11 +78,12 @@ SOLVER_MARGIN = 1e-4  # logit units, above the effect of HiGHS's 1e-9 tolerances
 
 @dataclass(frozen=True)
 class Network:
-    """The program of one example: its HiGHS instance, the input columns and the last hidden layer's wires."""
+    """The program of one example: its HiGHS instance, the input columns and the last hidden layer's wires (the
+    pixels, with their normalisation pending, in a net without hidden layers)."""
 
     program: Program
     inputs: list[Wire]
-    hidden: list[Wire]
+    hidden: Wires
 
 
 @torch.no_grad()
@@ -101,7 +102,7 @@ def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box])
     wires = Wires(inputs)
     for operator, before, after in zip(operators[:-1], boxes[:-1], boxes[1:]):
         wires = operator.encode(program, wires, before, after)
-    return Network(program, inputs, list(wires))
+    return Network(program, inputs, wires)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     network = encode(model64, x64, ball, gaps.boxes)
     last = model64.layers[-1]
     weight, bias = last.weight.detach().numpy(), last.bias.detach().numpy()
+    if network.hidden.pending:
+        weight, bias = fold_normalisation(weight, bias, network.hidden.mean, network.hidden.std)
     live = [(k, w.column) for k, w in enumerate(network.hidden) if w.column is not None]
     units, columns = (np.array(v, dtype=np.int32) for v in zip(*live)) if live else (np.zeros(0, np.int32),) * 2
 

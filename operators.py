@@ -157,14 +157,15 @@ def require(operators: list[Operator], analysis: str, *rules: str) -> None:
 
 
 class Activation(Operator):
-    """An activation applied to each unit or group of units: its box passes by its interval and rounding rules."""
+    """An activation applied to each unit or group of units: its box passes by its interval and rounding rules.
+    Its rounding rule takes the errors (2, n, units), their L2 norm where tracked, and the box's upper ends."""
 
     def propagate(self, box: Box, step: Step) -> Box:
         lower, upper = self.interval(box.lower, box.upper)
         point = None if box.point is None else self(box.point)
         if box.errors is None:
             return Box(lower, upper, point=point)
-        errors, error_norm = self.rounding(box.errors, box.error_norm)
+        errors, error_norm = self.rounding(box.errors, box.error_norm, box.upper)
         return tracked(lower, upper, errors, error_norm=error_norm, overflow=box.overflow, point=point)
 
 
@@ -349,6 +350,28 @@ class Affine(Operator):
             bound = bound + rows.own_error(box)
         return bound.unflatten(1, (-1, group, group))
 
+    def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
+        """One variable per unit, equal to its affine function of the wires by one row each (the dense matrix's
+        nonzero entries: a convolution's row holds its window's taps), bounded by the box after this layer
+        widened by its float64 error (so that it holds for the exact network). A pending normalisation is folded
+        in (`fold_normalisation`)."""
+        weight, bias = self.matrix().detach().numpy(), self.unit_bias.detach().numpy()
+        if wires.pending:
+            weight, bias = fold_normalisation(weight, bias, wires.mean, wires.std)
+        slack = after.errors[1][0].numpy()
+        lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() + slack
+        live = [k for k, wire in enumerate(wires) if wire.column is not None]
+        columns = np.array([wires[k].column for k in live], dtype=np.int32)
+        outputs = []
+        for unit in range(weight.shape[0]):
+            column = program.variable(float(lower[unit]), float(upper[unit]))
+            coefficients = weight[unit, live]
+            keep = coefficients != 0
+            program.row(np.concatenate([[column], columns[keep]]), np.concatenate([[1.0], -coefficients[keep]]),
+                        float(bias[unit]), float(bias[unit]))
+            outputs.append(Wire(column, float(lower[unit]), float(upper[unit])))
+        return Wires(outputs)
+
     def propagate(self, box: Box, step: Step) -> Box:
         """`box_interval`, with the differences the next operator compares; where errors are tracked, the
         network's new errors (`rounding` in `step.runs_in`) and the box's own (`own_error`); and where the step
@@ -418,27 +441,6 @@ class Linear(Affine, nn.Linear):
         """Per unit by `row_bounds`; whole by min(||W||_{p->p} B, ||b'||_p) (`lipschitz.whole_bound`)."""
         unit = self.row_bounds(slope, norm)
         return Slope(unit, lipschitz.whole_bound(self.weight, unit, slope.whole, norm, operator_norm))
-
-    def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
-        """One variable per unit, equal to its affine function of the wires by one row each, bounded by the
-        box after this layer widened by its float64 error (so that it holds for the exact network). A pending
-        normalisation is folded in (`fold_normalisation`)."""
-        weight, bias = self.weight.detach().numpy(), self.bias.detach().numpy()
-        if wires.pending:
-            weight, bias = fold_normalisation(weight, bias, wires.mean, wires.std)
-        slack = after.errors[1][0].numpy()
-        lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() + slack
-        live = [k for k, wire in enumerate(wires) if wire.column is not None]
-        columns = np.array([wires[k].column for k in live], dtype=np.int32)
-        outputs = []
-        for unit in range(weight.shape[0]):
-            column = program.variable(float(lower[unit]), float(upper[unit]))
-            coefficients = weight[unit, live]
-            keep = coefficients != 0
-            program.row(np.concatenate([[column], columns[keep]]), np.concatenate([[1.0], -coefficients[keep]]),
-                        float(bias[unit]), float(bias[unit]))
-            outputs.append(Wire(column, float(lower[unit]), float(upper[unit])))
-        return Wires(outputs)
 
     def onnx(self, graph: Graph, flow: Flow) -> Flow:
         """One Gemm, y = x W^T + b, in float32, a pending normalisation folded in (`fold_normalisation`, in

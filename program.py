@@ -85,8 +85,8 @@ class Program:
         lengths = np.array([len(i) for i in self.row_index])
         lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
         lp.a_matrix_.start_ = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        lp.a_matrix_.index_ = np.concatenate(self.row_index).astype(np.int32)
-        lp.a_matrix_.value_ = np.concatenate(self.row_value)
+        lp.a_matrix_.index_ = np.concatenate([np.zeros(0, np.int32), *self.row_index]).astype(np.int32)
+        lp.a_matrix_.value_ = np.concatenate([np.zeros(0), *self.row_value])
         if not relax and self.binaries:
             integer, continuous = highspy.HighsVarType.kInteger, highspy.HighsVarType.kContinuous
             lp.integrality_ = [integer if flag else continuous for flag in self.integer]

@@ -70,10 +70,10 @@ MUTANTS = [
      "a deeper box cut 2 % inside the units' Lipschitz reach"),
     ("operators.py", "return weight / std, bias - weight.sum(axis=1) * mean / std",
      "return weight / std, bias - 0.98 * weight.sum(axis=1) * mean / std",
-     "Linear: encoding (and ONNX export) with the normalisation mis-folded"),
+     "Affine: encoding (and the Linear ONNX export) with the normalisation mis-folded"),
     ("operators.py", "lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() + slack",
      "lower, upper = after.lower[0].numpy() - slack, after.upper[0].numpy() - 0.02 * (after.upper[0] - "
-     "after.lower[0]).numpy()", "Linear: encoding whose units' bounds are 2 % too tight"),
+     "after.lower[0]).numpy()", "Affine: encoding whose units' bounds are 2 % too tight"),
     # The activations (groupsort.py): slope, interval, rounding, encoding.
     ("groupsort.py", "return groups.amax(dim=-1, keepdim=True).expand_as(groups).flatten(-2)",
      "return bound", "GroupSort: slope and rounding without the group maximum"),
@@ -94,9 +94,8 @@ MUTANTS = [
     ("groupsort.py", '''relu(lower) <= relu(a) <= relu(upper)."""
         return self(lower), self(upper)''', '''relu(lower) <= relu(a) <= relu(upper)."""
         return self(lower) + 0.02 * (self(upper) - self(lower)), self(upper)''', "ReLU: interval's lower end"),
-    ("groupsort.py", '''every error bound passes unchanged."""
-        return errors, error_norm''', '''every error bound passes unchanged."""
-        return 0.98 * errors, error_norm''', "ReLU: rounding rule 2 % too small"),
+    ("groupsort.py", "return errors.masked_fill(off, 0.0), error_norm",
+     "return 0.98 * errors.masked_fill(off, 0.0), error_norm", "ReLU: rounding rule 2 % too small"),
     ("groupsort.py", "elif wire.upper <= 0:", "elif wire.upper <= 0.1:", "ReLU: encoding that fixes live units at 0"),
     # The IBP walk, the certificate rules and the allowance.
     ("lipschitz.py", "radius = self.radii(x)[:, None]", "radius = 0.98 * self.radii(x)[:, None]", "IBP's input box"),
@@ -181,6 +180,15 @@ MUTANTS = [
      "W1's lower bound divided by a Lipschitz bound 2 % too low"),
     ("wasserstein.py", "numerator = values[0] - values[1] - slack", "numerator = values[0] - values[1]",
      "W1's lower bound without the critic's rounding errors"),
+    # ReLU's off units, and the exact program's encodings of convolutional nets and of nets without hidden layers.
+    ("groupsort.py", "off = upper < -errors.sum(dim=0) * (1 + 4 * rounding.unit_roundoff(torch.float64))",
+     "off = upper < 0", "ReLU: a unit called off in both arithmetics by its upper end alone, without the errors"),
+    ("groupsort.py", "off = upper < -errors.sum(dim=0) * (1 + 4 * rounding.unit_roundoff(torch.float64))",
+     "off = upper < -errors[0]", "ReLU: a unit called off without the box end's own float64 error"),
+    ("convolution.py", "return Wires([wires[k] for k in order], wires.mean, wires.std, wires.pending)",
+     "return Wires(list(wires), wires.mean, wires.std, wires.pending)", "Downsample: encoding that does not permute"),
+    ("milp.py", "if network.hidden.pending:", "if False:",
+     "exact verification of a net without hidden layers, the normalisation not folded into the objective"),
 ]
 
 

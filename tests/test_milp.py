@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import itertools
 
+import highspy
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import allowance
 import attacks
 import milp
 from certificates import METHODS
@@ -19,7 +22,7 @@ from lipschitz import Ball
 from measure import certify_split
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
-from nets import seeds
+from nets import random_convs, random_nets, seeds
 
 
 @pytest.mark.parametrize("size", range(1, 13))
@@ -41,12 +44,14 @@ def test_the_sorting_network_sorts_every_zero_one_input_and_random_reals(size):
 
 
 @st.composite
-def tiny_nets(draw, in_features: int | None = None) -> LipschitzMLP:
-    """Small float32 nets of either activation, one or two hidden layers, not L1-normalised."""
+def tiny_nets(draw, in_features: int | None = None, convs: bool = False) -> LipschitzMLP:
+    """Small float32 nets of either activation, not L1-normalised: zero to two hidden layers; or with `convs`, one
+    or two convolutions (`nets.random_convs`) and zero or one hidden layer."""
     activation = draw(st.sampled_from(["groupsort", "relu"]))
     group_size = draw(st.sampled_from([2, 3, 4])) if activation == "groupsort" else 1
-    hidden = tuple(group_size * draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 2))))
-    config = MLPConfig(in_features=in_features or draw(st.integers(1, 6)), hidden=hidden,
+    layers = draw(random_convs(group_size)) if convs else (in_features or draw(st.integers(1, 6)), ())
+    hidden = tuple(group_size * draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2 - convs))))
+    config = MLPConfig(in_features=layers[0], convs=layers[1], hidden=hidden,
                        out_features=draw(st.integers(2, 4)), activation=activation, group_size=group_size,
                        mean=0.3)
     torch.manual_seed(draw(seeds))
@@ -87,8 +92,8 @@ def test_exact_agrees_with_brute_force_over_a_two_pixel_box(model, eps, seed):
                 assert model(found[None]).argmax().item() == verdict.counterexample.predicted != label
 
 
-@given(tiny_nets(), st.floats(0.01, 0.3), seeds)
-@settings(max_examples=30, deadline=None)
+@given(st.one_of(tiny_nets(), tiny_nets(convs=True)), st.floats(0.01, 0.3), seeds)
+@settings(max_examples=40, deadline=None)
 def test_certified_within_lp_within_exact_robust_within_pgd_robust(model, eps, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(12, model.config.in_features, generator=g)
@@ -113,6 +118,33 @@ def test_certified_within_lp_within_exact_robust_within_pgd_robust(model, eps, s
                     assert model(verdict.counterexample.perturbed[None]).argmax().item() != labels[i]
                 assert (verdict.counterexample.perturbed - x[i]).abs().max() <= eps
                 assert verdict.counterexample.index == i and verdict.counterexample.label == labels[i]
+
+
+@given(random_nets(convs=True), st.floats(0.01, 0.5), seeds)
+@settings(max_examples=60, deadline=None)
+def test_the_program_with_its_inputs_fixed_computes_the_network(model, eps, seed):
+    """The encoding is exact: with every input variable fixed to a point of the ball, the program is feasible and
+    its last hidden wires hold the float64 network's last hidden layer there (MLPs and CNNs, every activation,
+    zero and circular padding, downsampling; a net without hidden layers leaves the pixels, normalisation
+    pending)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, model.config.in_features, generator=g, dtype=torch.float64)
+    ball = Ball("linf", eps, PIXEL_RANGE)
+    lower, upper = ball.box(x)
+    point = lower + (upper - lower) * torch.rand(x.shape, generator=g, dtype=torch.float64)
+    network = milp.encode(model, x, ball, allowance.certified_gap_bounds(model, x, ball, apart=True).boxes)
+    solver = network.program.highs(relax=False)
+    columns = np.array([wire.column for wire in network.inputs], dtype=np.int32)
+    solver.changeColsBounds(len(columns), columns, point[0].numpy(), point[0].numpy())
+    solver.run()
+    assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    values = np.array(solver.getSolution().col_value)
+    hidden = np.array([0.0 if wire.column is None else values[wire.column] for wire in network.hidden])
+    if network.hidden.pending:
+        hidden = (hidden - network.hidden.mean) / network.hidden.std
+    with torch.no_grad():
+        expected = model.layers[:-1](model.input(point))[0].numpy()
+    assert np.allclose(hidden, expected, rtol=1e-6, atol=1e-6 * (1 + np.abs(expected).max()))
 
 
 def test_verification_refuses_other_norms_and_methods():

@@ -90,6 +90,35 @@ def test_activations_pass_error_bounds_by_their_rounding_rules(group_size, group
         assert (torch.linalg.vector_norm(change, dim=1) <= error_norm * (1 + 1e-12)).all()
 
 
+@given(seeds, st.floats(1e-9, 1e3))
+@settings(max_examples=60, deadline=None)
+def test_relu_drops_the_errors_of_units_off_in_both_arithmetics(seed, scale):
+    """Exact values a <= U (the box's exact upper end), float32 values within e0 of them, and the computed end
+    `upper` within e1 of U, each often at its extreme: |relu(a) - relu(a^)| <= the rule's bound [0] and
+    |relu(U) - relu(upper)| <= [1]; and the rule zeroes the bounds of every unit whose upper end plus both
+    errors is below 0, no other."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (64, 16)
+
+    def signs() -> torch.Tensor:  # -1, +1 or a uniform draw in between, a third of the time each
+        pick = torch.randint(0, 3, shape, generator=g)
+        uniform = 2 * torch.rand(shape, generator=g, dtype=F64) - 1
+        return torch.where(pick == 0, -1.0, torch.where(pick == 1, 1.0, uniform)).to(F64)
+
+    errors = scale * torch.rand((2, *shape), generator=g, dtype=F64)
+    exact_end = scale * 3 * (torch.rand(shape, generator=g, dtype=F64) - 0.7)
+    upper = exact_end + errors[1] * signs()
+    exact = exact_end - errors[0] * torch.rand(shape, generator=g, dtype=F64) * (torch.rand(shape, generator=g) < 0.5)
+    computed = exact + errors[0] * signs()
+    bound, _ = ReLU().rounding(errors, None, upper)
+    slack = 1 + 1e-12  # the test's own sums round; a zero bound stays zero
+    assert ((torch.relu(exact) - torch.relu(computed)).abs() <= bound[0] * slack).all()
+    assert ((torch.relu(exact_end) - torch.relu(upper)).abs() <= bound[1] * slack).all()
+    off = upper + errors.sum(dim=0) < 0
+    assert off.any() and (~off).any()
+    assert torch.equal(bound == 0, off.expand_as(bound) | (errors == 0))
+
+
 def test_a_linear_view_shares_its_tensors_and_folds_the_gaps():
     weight = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]], requires_grad=True)
     bias = torch.tensor([0.1, -0.2, 0.3])
@@ -129,7 +158,7 @@ class Abs(Activation):
         low = torch.where(straddles, torch.zeros_like(lower), torch.minimum(lower.abs(), upper.abs()))
         return low, torch.maximum(lower.abs(), upper.abs())
 
-    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None
+    def rounding(self, errors: torch.Tensor, error_norm: torch.Tensor | None, upper: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.used.add("rounding")
         return errors, error_norm  # exact, and 1-Lipschitz per unit
