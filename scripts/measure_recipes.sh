@@ -7,6 +7,7 @@
 #   OMP_NUM_THREADS=2 scripts/measure_recipes.sh                        # cnn-ibp, cnn-ibp-0.3, bcop-l2
 #   RECIPES="cnn-ibp" SEEDS="1 2" OMP_NUM_THREADS=2 scripts/measure_recipes.sh
 #   RECIPES=bcop-l2 ATTACK_LIMIT=500 scripts/measure_recipes.sh     # APGD on the first 500 digits only
+#   RECIPES="cnn-ibp cnn-ibp-0.3" VERIFY=60 scripts/measure_recipes.sh  # and exact verification, 60 s a digit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,6 +23,6 @@ for recipe in ${RECIPES:-cnn-ibp cnn-ibp-0.3 bcop-l2}; do
                 --save-fn "mnist_$name.p" --overwrite 2>&1 | tee "$OUT/$name.log"
         fi
         "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "results/recipes/$name.json" \
-            ${ATTACK_LIMIT:+--attack-limit "$ATTACK_LIMIT"}
+            ${ATTACK_LIMIT:+--attack-limit "$ATTACK_LIMIT"} ${VERIFY:+--verify "$VERIFY"}
     done
 done

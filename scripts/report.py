@@ -133,6 +133,19 @@ def attacked(run: dict) -> str:
     return f"{run['attack_robust']:.2f} (first {digits} digits, {run['attacked_certified']:.2f} certified there)"
 
 
+def method_label(run: dict, open_digits: bool = False) -> str:
+    """The tightest sound method of a record: a certificate's name, or exact verification (`best`), with
+    `open_digits` the digits it left open and what the tightest certificate alone proved."""
+    if run["best_method"] != "best":
+        return run["best_method"]
+    if not open_digits:
+        return "exact (`best`)"
+    verdicts, certified = run["verification"]["verdicts"], run["certified"]
+    certificate = max((method for method in certified if method != "best"), key=certified.get)
+    return (f"exact (`best`: {verdicts['timeout']} timeouts, {verdicts['undecided']} undecided; "
+            f"{certificate} alone {certified[certificate]:.2f})")
+
+
 def recipes_table(results: Path) -> str:
     """`scripts/measure_recipe.py`'s records in results/recipes/: per trained recipe, its layers, the certified
     accuracy of the tightest sound method, APGD's robust accuracy on the same net, and the training's time."""
@@ -144,7 +157,8 @@ def recipes_table(results: Path) -> str:
         layers = ", ".join([*training["convs"], *map(str, training["hidden"])])
         norm = NORM_NAMES[run["norm"]]
         rows.append(f"| `{run['recipe']}` ({training['seed']}) | {layers}, {training['activation']} | {norm} "
-                    f"{run['radius']:g} | {run['clean']:.2f} | **{run['best_certified']:.2f}** {run['best_method']} | "
+                    f"{run['radius']:g} | {run['clean']:.2f} | **{run['best_certified']:.2f}** "
+                    f"{method_label(run, open_digits=True)} | "
                     f"{attacked(run)} | {run['broken_certified'][run['best_method']]} | "
                     f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.1f} |")
     return "\n".join(rows) + "\n"
@@ -193,7 +207,7 @@ def readme_recipes_table(results: Path) -> str:
             mean = {key: sum(r[key] for r in runs) / count for key in ("clean", "best_certified")}
             seeds = f", mean of {count} seeds" if count > 1 else ""
             rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | {mean['clean']:.2f} | "
-                        f"{mean['best_certified']:.2f} {run['best_method']}, {norm} {run['radius']:g}{seeds} |")
+                        f"{mean['best_certified']:.2f} {method_label(run)}, {norm} {run['radius']:g}{seeds} |")
     return "\n".join(rows) + "\n"
 
 

@@ -76,3 +76,12 @@ def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
                                              "Earlier 0.4444.\n<!-- typed:end -->\n"))
     flagged = [figure for figure in report.unsourced(root, REPO / "results") if "Wasserstein" in figure]
     assert flagged == ["docs/results.md: Wasserstein distances: 0.4242", "docs/results.md: Wasserstein distances: 0.4545"]
+
+
+def test_a_verified_recipe_shows_exact_verification_its_open_digits_and_the_certificate_alone():
+    record = {"best_method": "best", "best_certified": 95.9, "certified": {"best": 95.9, "ibp": 95.7, "global": 0.0},
+              "verification": {"verdicts": {"robust": 9590, "counterexample": 405, "timeout": 3, "undecided": 2}}}
+    assert report.method_label(record) == "exact (`best`)"
+    assert report.method_label(record, open_digits=True) == ("exact (`best`: 3 timeouts, 2 undecided; ibp alone "
+                                                             "95.70)")
+    assert report.method_label({**record, "best_method": "ibp"}, open_digits=True) == "ibp"
