@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +28,7 @@ from torch import nn
 import lipschitz
 from errors import ConfigError
 from lipschitz import OperatorNorm
+from onnxgraph import Flow, Graph
 from operators import Activation, Affine, Box, Linear, Slope, Step
 from program import Program, Wires
 
@@ -203,8 +205,42 @@ class Convolution(Affine, nn.Conv2d):
         operator.in_features, operator.out_features = like.in_features, out_h * out_w * weight.shape[0]
         return operator
 
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        """The flat channels-last rows as images (Reshape, Transpose to NCHW), one Conv in float32 with the
+        kernel, bias, stride and zero padding, and back (Transpose, Reshape). A pending normalisation becomes
+        Sub and Div nodes before it, the arithmetic of `operators.Normalise` (folded into the kernel it would be
+        wrong at the border, where the padding's zeros are normalised values). Circular padding (BCOP) has no
+        ONNX form at the opset written, and is refused."""
+        if self.padding_mode != "zeros":
+            raise ConfigError("a circularly padded convolution (BCOP) has no ONNX form at opset 13")
+        name = flow.name
+        if flow.pending:
+            name = graph.node("Sub", [name, graph.constant("mean", np.array(flow.mean, dtype=np.float32))], "centred")[0]
+            name = graph.node("Div", [name, graph.constant("std", np.array(flow.std, dtype=np.float32))], "normalised")[0]
+        images = nchw(graph, name, self.shape)
+        weight, bias = (graph.constant(hint, tensor.detach().cpu().numpy().astype(np.float32))
+                        for hint, tensor in (("kernel", self.weight), ("bias", self.bias)))
+        (padding, _), (stride, _) = self.padding, self.stride
+        out = graph.node("Conv", [images, weight, bias], "conv", kernel_shape=list(self.kernel_size),
+                         strides=[stride, stride], pads=[padding] * 4)[0]
+        return Flow(flat_rows(graph, out))
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, shape={self.shape}"
+
+
+def nchw(graph: Graph, name: str, shape: Shape) -> str:
+    """ONNX nodes that read flat channels-last rows (n, h * w * c) as images (n, c, h, w)."""
+    height, width, channels = shape
+    rows = graph.node("Reshape", [name, graph.constant("shape", np.array([-1, height, width, channels], np.int64))],
+                      "nhwc")[0]
+    return graph.node("Transpose", [rows], "nchw", perm=[0, 3, 1, 2])[0]
+
+
+def flat_rows(graph: Graph, name: str) -> str:
+    """ONNX nodes that write images (n, c, h, w) as flat channels-last rows (n, h * w * c)."""
+    images = graph.node("Transpose", [name], "nhwc", perm=[0, 2, 3, 1])[0]
+    return graph.node("Reshape", [images, graph.constant("shape", np.array([0, -1], np.int64))], "flat")[0]
 
 
 class Downsample(Activation):
@@ -250,6 +286,16 @@ class Downsample(Activation):
         (it is the same for every unit)."""
         order = self(torch.arange(len(wires), dtype=torch.float64)).long().tolist()
         return Wires([wires[k] for k in order], wires.mean, wires.std, wires.pending)
+
+    def onnx(self, graph: Graph, flow: Flow) -> Flow:
+        """The flat rows (pixel (2i + a, 2j + b), channel c) regrouped as (i, j, 4c + 2a + b) by one Reshape, one
+        Transpose and one Reshape: no arithmetic. A pending normalisation stays pending."""
+        height, width, channels = self.shape
+        blocks = graph.node("Reshape", [flow.name, graph.constant(
+            "shape", np.array([-1, height // 2, 2, width // 2, 2, channels], np.int64))], "blocks")[0]
+        moved = graph.node("Transpose", [blocks], "unshuffled", perm=[0, 1, 3, 5, 2, 4])[0]
+        rows = graph.node("Reshape", [moved, graph.constant("shape", np.array([0, -1], np.int64))], "flat")[0]
+        return Flow(rows, flow.mean, flow.std, flow.pending)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

@@ -2,7 +2,9 @@
 instances.csv of VNN-COMP's benchmark layout.
 
 The ONNX graph is one loop over the operators, each appending its own nodes (`operators.Operator.onnx`): the
-normalisation folded into the first Gemm, ReLU as Relu, GroupSort as a sorting network of Min and Max. Input
+normalisation folded into the first Gemm (or written as Sub and Div before a first convolution), a convolution
+as one Conv between a Transpose to NCHW and back, the invertible downsampling as Reshape and Transpose, ReLU as
+Relu, GroupSort as a sorting network of Min and Max. Input
 "input" (1, 784), the pixels in [0, 1] flattened row by row (VNN-LIB's X_0 ... X_783); output "output" (1, 10),
 the logits (Y_0 ... Y_9). A property's unsafe set is the disjunction over rival classes j of Y_j >= Y_label:
 a verifier that proves it empty has proved the digit robust in real arithmetic (ties count as unsafe).
@@ -27,7 +29,7 @@ from models import LipschitzMLP, MLPConfig, in_float64
 from onnxgraph import Flow, Graph
 from operators import fold_normalisation, require
 
-OPSET = 13  # Gemm, Relu, Min, Max, Reshape, Split (sizes as an input), Concat: read by every ONNX verifier
+OPSET = 13  # Gemm, Conv, Relu, Min, Max, Reshape, Transpose, Split (sizes as an input), Concat, Sub, Div
 IR_VERSION = 7  # the oldest that carries opset 13, for older readers
 NETWORK = "network.onnx"
 

@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FAST_TESTS = ["tests/test_operators.py", "tests/test_milp.py", "tests/test_ibp.py", "tests/test_groupsort.py",
               "tests/test_rounding.py", "tests/test_lipschitz.py", "tests/test_overflow.py", "tests/test_certificates.py",
-              "tests/test_models.py", "tests/test_wasserstein.py", "tests/test_convolution.py"]
+              "tests/test_models.py", "tests/test_wasserstein.py", "tests/test_convolution.py",
+              "tests/test_export.py"]
 
 # (file, exact original text, unsound replacement, what the mutant breaks)
 MUTANTS = [
@@ -189,6 +190,10 @@ MUTANTS = [
      "return Wires(list(wires), wires.mean, wires.std, wires.pending)", "Downsample: encoding that does not permute"),
     ("milp.py", "if network.hidden.pending:", "if False:",
      "exact verification of a net without hidden layers, the normalisation not folded into the objective"),
+    ("convolution.py", 'name = graph.node("Div", [name, graph.constant("std"',
+     'name = graph.node("Mul", [name, graph.constant("std"', "Convolution: ONNX export multiplying by std"),
+    ("convolution.py", "perm=[0, 1, 3, 5, 2, 4]", "perm=[0, 1, 3, 5, 4, 2]",
+     "Downsample: ONNX export with the two pixels of a row swapped"),
 ]
 
 

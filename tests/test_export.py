@@ -20,15 +20,19 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from hypothesis import given, settings
 from onnx import numpy_helper
 
 import allowance
 import certify
+import export
 from checkpoints import Expected, load_checkpoint
 from conftest import run_in_process
 from lipschitz import Ball
 from mnist_data import PIXEL_RANGE, load_mnist
+from errors import ConfigError
 from models import LipschitzMLP, MLPConfig, in_float64
+from nets import random_nets, seeds
 
 DIGITS = 20
 RADIUS = 0.1
@@ -162,3 +166,46 @@ def test_an_operator_without_an_onnx_rule_is_refused():
     model.layers[1] = Square()
     with pytest.raises(MissingRule, match="ONNX export needs the onnx rule of every layer, and Square has none"):
         export.onnx_model(model)
+
+
+@given(random_nets(convs=True), seeds)
+@settings(max_examples=30, deadline=None)
+def test_onnxruntime_replays_convolutional_nets_within_their_rounding_bounds(model64, seed):
+    """Random small nets, a third of them convolutional (zero padding, strides, invertible downsampling; BCOP's
+    circular padding is refused): the exported float32 network, run by onnxruntime, gives the float32 logits of
+    the model to within twice the sum of the two runs' allowances (the same weights, each run summing in its own
+    order)."""
+    model = model64.float()
+    circular = any(getattr(layer, "padding_mode", "zeros") == "circular" for layer in model.layers)
+    if circular:
+        with pytest.raises(ConfigError, match="circularly padded convolution"):
+            export.onnx_model(model)
+        return
+    session = onnxruntime.InferenceSession(export.onnx_model(model).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    x = torch.rand(8, model.config.in_features, generator=torch.Generator().manual_seed(seed))
+    replayed = np.concatenate([session.run(["output"], {"input": row[None].numpy()})[0] for row in x])
+    with torch.no_grad():
+        logits = model(x).numpy()
+        bound = allowance.logit_allowance(in_float64(model), x.double(), Ball("linf", 0.0, PIXEL_RANGE)).numpy()
+    assert (np.abs(replayed - logits) <= 4 * bound).all()
+
+
+@pytest.mark.parametrize("convs", [("down", "3:3:1:1"), ("4:2:2:0", "down", "2:1:1:0"), ("down", "down")])
+def test_onnxruntime_replays_invertible_downsampling(convs):
+    """The downsampling's regrouping of pixels into channels, before and after convolutions, as onnxruntime runs
+    it: the same logits as the model to within the rounding bounds (a wrong order of the four pixels fails)."""
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=64, convs=convs, hidden=(6,), out_features=3, activation="relu",
+                                   mean=0.2, std=0.5)).eval()
+    with torch.no_grad():
+        for layer in model.affine_layers():
+            layer.weight.normal_()  # no two taps alike, so any other order of pixels changes the logits
+    session = onnxruntime.InferenceSession(export.onnx_model(model).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    x = torch.rand(8, 64, generator=torch.Generator().manual_seed(1))
+    replayed = np.concatenate([session.run(["output"], {"input": row[None].numpy()})[0] for row in x])
+    with torch.no_grad():
+        logits = model(x).numpy()
+        bound = allowance.logit_allowance(in_float64(model), x.double(), Ball("linf", 0.0, PIXEL_RANGE)).numpy()
+    assert (np.abs(replayed - logits) <= 4 * bound).all()
