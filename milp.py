@@ -5,9 +5,9 @@ the gap f_y - f_j over every input of the ball (cut to its domain) and every
 hidden state the network can reach from it, exactly:
 
 - inputs: one variable per pixel, bounded by the box of the ball;
-- a Linear layer: one variable per unit, equal to its affine function of the
-  layer before, bounded by IBP's interval (widened by the float64 error bound,
-  so that it holds for the exact network);
+- an affine layer (Linear, convolution): one variable per unit, equal to its
+  affine function of the layer before, bounded by IBP's interval (widened by
+  the float64 error bound, so that it holds for the exact network);
 - every other operator by its own encoding (`operators.Operator.encode`):
   ReLU's big-M with one binary per unstable unit (Tjeng, Xiao & Tedrake 2019),
   GroupSort's sorting network whose big-M constants are IBP's bounds of the
