@@ -107,6 +107,21 @@ def scaling_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def verification_all_table(results: Path) -> str:
+    """`scripts/measure_verification_all.sh`: `best` on the whole test set of the GroupSort net, its verdicts,
+    wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met."""
+    run = json.loads((results / "verification" / "groupsort_best_all.json").read_text())
+    verdicts, minutes = run["verdicts"], run["seconds"] / 60
+    stages = ", ".join(f"{stage} {count}" for stage, count in run["decided_by"].items())
+    met = verdicts["timeout"] <= 10 and minutes <= 30
+    rows = ["| net, method | digits | robust | counterexample | timeout | undecided | decided by | wall time "
+            "| goal: ≤ 10 timeouts in ≤ 30 min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| GroupSort, `best`, {run['workers']} workers, {run['time_limit']} s a digit | {run['digits']:,} | "
+            f"{verdicts['robust']:,} | {verdicts['counterexample']:,} | {verdicts['timeout']} | {verdicts['undecided']} "
+            f"| {stages} | {minutes:.1f} min | {'yes' if met else '**no**'} |"]
+    return "\n".join(rows) + "\n"
+
+
 def marabou_table(results: Path) -> str:
     """`scripts/compare_marabou.py`: per verdict of `exact`, how Marabou answered on the same digits, and the
     seconds each spent on them (per digit, summed; without start-up)."""
@@ -255,7 +270,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier-cnn": frontier_table,
     "marabou": marabou_table,
-    "verification-scaling": scaling_table,
+    "verification-scaling": scaling_table, "verification-all": verification_all_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
