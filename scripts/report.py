@@ -219,10 +219,10 @@ def readme_recipes_table(results: Path) -> str:
         if runs:
             run, count = runs[0], len(runs)
             norm = NORM_NAMES[run["norm"]]
-            mean = {key: sum(r[key] for r in runs) / count for key in ("clean", "best_certified")}
             seeds = f", mean of {count} seeds" if count > 1 else ""
-            rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | {mean['clean']:.2f} | "
-                        f"{mean['best_certified']:.2f} {method_label(run)}, {norm} {run['radius']:g}{seeds} |")
+            rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | "
+                        f"{average(runs, 'clean'):.2f} | {average(runs, 'best_certified'):.2f} {method_label(run)}, "
+                        f"{norm} {run['radius']:g}{seeds} |")
     return "\n".join(rows) + "\n"
 
 
