@@ -194,6 +194,9 @@ MUTANTS = [
      'name = graph.node("Mul", [name, graph.constant("std"', "Convolution: ONNX export multiplying by std"),
     ("convolution.py", "perm=[0, 1, 3, 5, 2, 4]", "perm=[0, 1, 3, 5, 4, 2]",
      "Downsample: ONNX export with the two pixels of a row swapped"),
+    ("attacks.py", 'APGDStage("dlr-t", runs=32, targets=3, start="vertex", focus=0.05),',
+     'APGDStage("dlr-t", runs=8, targets=1, start="vertex", focus=0.05),',
+     "APGD: the focused targeted runs on the likeliest rival alone, as before the L2 needle digits"),
 ]
 
 
