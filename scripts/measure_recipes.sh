@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The convolutional recipes of docs/results.md: train each (unless its checkpoint is there already), then
 # certify it on all 10,000 test digits with every sound method and attack it with APGD
-# (scripts/measure_recipe.py), writing results/recipes/<recipe>.json, from which scripts/report.py builds the
-# table. Run alone on the machine: the training time is the budget. Logs go to outputs/recipes/.
+# (scripts/measure_recipe.py), writing results/recipes/<recipe>.json (or $RESULTS/), from which scripts/report.py
+# builds the tables. Run alone on the machine: the training time is the budget. Logs go to outputs/recipes/.
 #
 #   OMP_NUM_THREADS=2 scripts/measure_recipes.sh                        # cnn-ibp, cnn-ibp-0.3, bcop-l2
 #   RECIPES="cnn-ibp" SEEDS="1 2" OMP_NUM_THREADS=2 scripts/measure_recipes.sh
 #   RECIPES=bcop-l2 ATTACK_LIMIT=500 scripts/measure_recipes.sh     # APGD on the first 500 digits only
 #   RECIPES="cnn-ibp cnn-ibp-0.3" VERIFY=60 scripts/measure_recipes.sh  # and exact verification, 60 s a digit
+#   RECIPES="demo relu" RESULTS=results/reproduction OMP_NUM_THREADS=2 scripts/measure_recipes.sh  # the demo's runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-../shared/mnist}
 OUT=outputs/recipes
-mkdir -p "$OUT" results/recipes
+RESULTS=${RESULTS:-results/recipes}
+mkdir -p "$OUT" "$RESULTS"
 
 for recipe in ${RECIPES:-cnn-ibp cnn-ibp-0.3 bcop-l2}; do
     for seed in ${SEEDS:-0}; do
@@ -22,7 +24,7 @@ for recipe in ${RECIPES:-cnn-ibp cnn-ibp-0.3 bcop-l2}; do
             "$PY" train_mnist.py --recipe "$recipe" --seed "$seed" --data-dir "$DATA" --save-dir "$OUT" \
                 --save-fn "mnist_$name.p" --overwrite 2>&1 | tee "$OUT/$name.log"
         fi
-        "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "results/recipes/$name.json" \
+        "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "$RESULTS/$name.json" \
             ${ATTACK_LIMIT:+--attack-limit "$ATTACK_LIMIT"} ${VERIFY:+--verify "$VERIFY"}
     done
 done

@@ -179,6 +179,24 @@ def recipes_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def reproduction_table(results: Path) -> str:
+    """The demo's two runs as `scripts/measure_reproduction.sh` recorded them (results/reproduction/): the clean
+    and certified accuracy that training printed (the demo's `global` rule), every sound method's certified
+    accuracy and APGD's robust accuracy on the saved net, and the training's time."""
+    rows = ["| run | clean (%) | certified, `global` (%) | `pairwise` | `margin` | `ibp` | APGD robust (%) | "
+            "certified broken | training (min) | s / epoch |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted((results / "reproduction").glob("*.json"), key=lambda path: path.stem != "demo"):
+        run = json.loads(path.read_text())
+        training, certified = run["training"], run["certified"]
+        rows.append(f"| `{run['recipe']}` ({NETS[training['activation']]}, seed {training['seed']}, {run['threads']} "
+                    f"threads) | {training['clean_accuracy']:.3f} | **{training['certified_accuracy']:.3f}** | "
+                    f"{certified['pairwise']:.2f} | {certified['margin']:.2f} | {certified['ibp']:.2f} | "
+                    f"{attacked(run)} | {max(run['broken_certified'].values())} | "
+                    f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 GOALS = (  # recipe, ball, the goal, the field's figure and its source
     ("cnn-ibp", "L∞ 0.1", "≥ 95", "97.08, IBP medium CNN (deepmind/interval-bound-propagation)"),
     ("cnn-ibp-0.3", "L∞ 0.3", "≥ 85", "93–94, IBP and its successors, large CNNs"),
@@ -268,7 +286,7 @@ def frontier_table(results: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
-    "frontier-cnn": frontier_table,
+    "frontier-cnn": frontier_table, "reproduction": reproduction_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-all": verification_all_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,

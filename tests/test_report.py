@@ -85,3 +85,16 @@ def test_a_verified_recipe_shows_exact_verification_its_open_digits_and_the_cert
     assert report.method_label(record, open_digits=True) == ("exact (`best`: 3 timeouts, 2 undecided; ibp alone "
                                                              "95.70)")
     assert report.method_label({**record, "best_method": "ibp"}, open_digits=True) == "ibp"
+
+
+def test_the_reproduction_table_shows_what_training_printed(tmp_path):
+    """The demo's row gives the clean and certified accuracy that training printed, to the printed decimals."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    run = results / "reproduction" / "demo.json"
+    entries = json.loads(run.read_text())
+    printed = f"{entries['training']['clean_accuracy']:.3f} | **{entries['training']['certified_accuracy']:.3f}**"
+    assert printed in report.reproduction_table(results)
+    entries["training"]["certified_accuracy"] += 0.01
+    run.write_text(json.dumps(entries))
+    assert report.stale(REPO, results) == ["docs/results.md: reproduction"]
