@@ -180,7 +180,7 @@ def recipes_table(results: Path) -> str:
 
 
 def reproduction_table(results: Path) -> str:
-    """The demo's two runs as `scripts/measure_reproduction.sh` recorded them (results/reproduction/): the clean
+    """The demo's two runs as `scripts/measure_recipes.sh` recorded them with RESULTS=results/reproduction: the clean
     and certified accuracy that training printed (the demo's `global` rule), every sound method's certified
     accuracy and APGD's robust accuracy on the saved net, and the training's time."""
     rows = ["| run | clean (%) | certified, `global` (%) | `pairwise` | `margin` | `ibp` | APGD robust (%) | "
