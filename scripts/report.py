@@ -122,6 +122,27 @@ def verification_all_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def verification_here_table(results: Path) -> str:
+    """`scripts/measure_recipe.py --verify` on the seed-0 checkpoints of the reproduction trained on the Intel Xeon
+    (results/verification/xeon/): every sound certificate, the exact verdicts of `best`, what decided them, APGD's
+    robust accuracy and the verification's wall time; percentages of the digits used."""
+    rows = ["| net, radius, digits | clean | global | pairwise | margin | ibp | exact (`best`): robust / "
+            "counterexample / timeout / undecided | decided by | APGD robust | exact's wall time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted((results / "verification" / "xeon").glob("*.json"), key=lambda path: path.stem != "relu"):
+        run = json.loads(path.read_text())
+        certified, verification = run["certified"], run["verification"]
+        verdicts = verification["verdicts"]
+        stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
+        counts = " / ".join(f"{verdicts[status]:,}" for status in ("robust", "counterexample", "timeout", "undecided"))
+        rows.append(f"| {NETS[run['training']['activation']]}, {run['radius']:g}, {run['digits']:,} | {run['clean']:.2f} | "
+                    f"{certified['global']:.2f} | {certified['pairwise']:.2f} | {certified['margin']:.2f} | "
+                    f"{certified['ibp']:.2f} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
+                    f"{run['attack_robust']:.2f} | {verification['seconds']:.1f} s, {verification['workers']} "
+                    f"workers, {verification['time_limit']:g} s a digit |")
+    return "\n".join(rows) + "\n"
+
+
 def marabou_table(results: Path) -> str:
     """`scripts/compare_marabou.py`: per verdict of `exact`, how Marabou answered on the same digits, and the
     seconds each spent on them (per digit, summed; without start-up)."""
@@ -288,7 +309,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier-cnn": frontier_table, "reproduction": reproduction_table,
     "marabou": marabou_table,
-    "verification-scaling": scaling_table, "verification-all": verification_all_table,
+    "verification-scaling": scaling_table, "verification-all": verification_all_table, "verification-here": verification_here_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
@@ -372,6 +393,8 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
                 path = results / cited.removeprefix("results/").rstrip("/.")
                 while not path.exists() and path != results:
                     path = path.parent
+                if path == results:  # "results/" alone, or a path that names nothing there: no source
+                    continue
                 files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
                 known |= {figure for file in files for figure in figures_in(file)}
             prose = CODE.sub("", TYPED.sub("", FENCE.sub("", MARKED.sub("", section))))

@@ -98,3 +98,31 @@ def test_the_reproduction_table_shows_what_training_printed(tmp_path):
     entries["training"]["certified_accuracy"] += 0.01
     run.write_text(json.dumps(entries))
     assert report.stale(REPO, results) == ["docs/results.md: reproduction"]
+
+
+def test_the_verification_table_shows_the_exact_verdicts_of_its_records(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    run = results / "verification" / "xeon" / "relu.json"
+    entries = json.loads(run.read_text())
+    verdicts = entries["verification"]["verdicts"]
+    counts = " / ".join(f"{verdicts[k]:,}" for k in ("robust", "counterexample", "timeout", "undecided"))
+    assert f"**{counts}**" in report.verification_here_table(results)
+    verdicts["timeout"] += 1
+    run.write_text(json.dumps(entries))
+    assert report.stale(REPO, results) == ["docs/results.md: verification-here"]
+
+
+def test_results_named_alone_sources_no_figure(tmp_path):
+    """"results/" alone (a typed block's reason, say) names no file: the section's figures still need their
+    results, so a sentence cannot make the check vacuous by mentioning the folder."""
+    root = tmp_path / "repo"
+    for document in report.DOCUMENTS:
+        (root / document).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / document, root / document)
+    page = root / "docs" / "results.md"
+    heading = "### Wasserstein distances\n"
+    elsewhere = f"{json.loads((REPO / 'results' / 'attacks' / 'linf.json').read_text())['rows'][0]['robust']:.2f}"
+    page.write_text(page.read_text().replace(heading, heading + "\n<!-- typed: measured before results/ -->\nEarlier."
+                                             f"\n<!-- typed:end -->\nThe critic certifies {elsewhere} (see `results/`).\n"))
+    assert f"docs/results.md: Wasserstein distances: {elsewhere}" in report.unsourced(root, REPO / "results")
