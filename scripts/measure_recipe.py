@@ -8,7 +8,8 @@ sound method that takes the network (global, pairwise, margin, ibp), the tightes
 certified digits it broke (must be 0, else the script exits 1). With `--verify SECONDS` (L-inf nets), exact
 verification too (`milp.verify_split`, method `best`: IBP, APGD, PGD, then the linear relaxation and the
 mixed-integer program on what is left, SECONDS per digit, on every core): its robust verdicts are certified
-as method "best" (APGD's broken ones counted among them too), with its counts and time. The record holds
+as method "best" (APGD's broken ones counted among them too), with its counts and time. With `--runs-in
+float64`, the network's float64 copy is certified and attacked (`certify.py --runs-in`). The record holds
 the training's own figures from the metrics JSON (settings, seconds, seconds per epoch, clean and certified
 as training printed them) beside these, with the command, threads, machine and date; its recipe is the
 checkpoint's name, mnist_<recipe>[_seed<k>].p, as `scripts/measure_recipes.sh` names them.
@@ -52,6 +53,9 @@ def main() -> None:
                              "digit with one thread)")
     parser.add_argument("--verify", type=cli.positive_float, default=None, metavar="SECONDS",
                         help="also verify every digit exactly (method best), with this time limit per digit")
+    parser.add_argument("--runs-in", choices=("float32", "float64"), default="float32",
+                        help="certify and attack the network as run in this arithmetic (certify.py's --runs-in; "
+                             "not with --verify, which takes the float32 network)")
     parser.add_argument("--workers", type=cli.positive_int, default=None, metavar="N",
                         help="processes for --verify (default: the machine's cores)")
     args = parser.parse_args()
@@ -66,6 +70,10 @@ def main() -> None:
     ball = Ball(metrics["norm"], metrics["cert_magnitude"], PIXEL_RANGE)
     if args.verify is not None and ball.norm != "linf":
         raise cli.UsageError(f"--verify takes L-inf nets only; this one was trained for {ball.norm}")
+    if args.runs_in == "float64":  # the float32 weights and pixels are exact in float64
+        if args.verify is not None:
+            raise cli.UsageError("--verify takes the float32 network only: drop --runs-in float64")
+        model, test = model.double(), Split(test.images.double(), test.labels)
     start = time.perf_counter()
     attacked = test if args.attack_limit is None or args.attack_limit >= len(test.labels) else test.head(
         args.attack_limit)
@@ -84,7 +92,7 @@ def main() -> None:
         **cli.provenance("scripts/measure_recipe.py"),
         "checkpoint": args.checkpoint.name, "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
         "training": {key: metrics.get(key) for key in TRAINING},
-        "digits": len(test.labels), "norm": ball.norm, "radius": ball.eps, "clean": whole.clean,
+        "runs_in": args.runs_in, "digits": len(test.labels), "norm": ball.norm, "radius": ball.eps, "clean": whole.clean,
         "certified": certified, "best_method": best, "best_certified": certified[best],
         "overflow": whole.overflow, "attack": row.attack, "attacked_digits": len(attacked.labels),
         "attacked_certified": attacked_certified[best], "attack_robust": row.robust, "broken_certified": broken,

@@ -143,6 +143,29 @@ def verification_here_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def deep_allowance_table(results: Path) -> str:
+    """`scripts/measure_recipe.py` on the two-hidden-layer orthonormal net, as run in float32 and in float64
+    (results/allowance/): every sound method's certified accuracy, APGD's, and what soundness in float32 costs
+    against float64 under the tightest method (the goal: at most 1 point)."""
+    runs = {run["runs_in"]: run for run in (json.loads(path.read_text())
+                                            for path in sorted((results / "allowance").glob("*.json")))}
+    rows = ["| certified network | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arithmetic in ("float32", "float64"):
+        run = runs[arithmetic]
+        certified = run["certified"]
+        rows.append(f"| {arithmetic} | {run['clean']:.2f} | {certified['global']:.2f} | {certified['pairwise']:.2f} | "
+                    f"{certified['margin']:.2f} | {certified['ibp']:.2f} | {attacked(run)} | "
+                    f"{max(run['broken_certified'].values())} |")
+    best = runs["float64"]["best_method"]
+    run32, run64 = runs["float32"]["certified"][best], runs["float64"]["certified"][best]
+    cost = run64 - run32
+    rows += ["", "| tightest method | certified, float32 (%) | certified, float64 (%) | soundness in float32 costs "
+             "(points) | goal: ≤ 1 |", "| --- | --- | --- | --- | --- |",
+             f"| `{best}` | {run32:.2f} | {run64:.2f} | **{cost:.2f}** | {'yes' if cost <= 1 else '**no**'} |"]
+    return "\n".join(rows) + "\n"
+
+
 def marabou_table(results: Path) -> str:
     """`scripts/compare_marabou.py`: per verdict of `exact`, how Marabou answered on the same digits, and the
     seconds each spent on them (per digit, summed; without start-up)."""
@@ -309,7 +332,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier-cnn": frontier_table, "reproduction": reproduction_table,
     "marabou": marabou_table,
-    "verification-scaling": scaling_table, "verification-all": verification_all_table, "verification-here": verification_here_table,
+    "verification-scaling": scaling_table, "verification-all": verification_all_table, "verification-here": verification_here_table, "deep-allowance": deep_allowance_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),

@@ -126,3 +126,16 @@ def test_results_named_alone_sources_no_figure(tmp_path):
     page.write_text(page.read_text().replace(heading, heading + "\n<!-- typed: measured before results/ -->\nEarlier."
                                              f"\n<!-- typed:end -->\nThe critic certifies {elsewhere} (see `results/`).\n"))
     assert f"docs/results.md: Wasserstein distances: {elsewhere}" in report.unsourced(root, REPO / "results")
+
+
+def test_the_deep_allowance_table_states_what_soundness_costs(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    runs = {path.stem: json.loads(path.read_text()) for path in (results / "allowance").glob("*.json")}
+    cost = runs["bjorck-deep_float64"]["certified"]["margin"] - runs["bjorck-deep_float32"]["certified"]["margin"]
+    assert f"**{cost:.2f}** | {'yes' if cost <= 1 else '**no**'} |" in report.deep_allowance_table(results)
+    path = results / "allowance" / "bjorck-deep_float32.json"
+    runs["bjorck-deep_float32"]["certified"]["margin"] = runs["bjorck-deep_float64"]["certified"]["margin"] - 0.5
+    path.write_text(json.dumps(runs["bjorck-deep_float32"]))
+    assert "**0.50** | yes |" in report.deep_allowance_table(results)
+    assert report.stale(REPO, results) == ["docs/results.md: deep-allowance"]
