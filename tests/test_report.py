@@ -14,6 +14,14 @@ report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 
 
+def copied_documents(root):
+    """The documents copied under `root`, as a user's edit would leave them; returns the results page."""
+    for document in report.DOCUMENTS:
+        (root / document).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / document, root / document)
+    return root / "docs" / "results.md"
+
+
 def test_every_generated_table_matches_its_results():
     marked = {match[2] for document in report.DOCUMENTS for match in report.MARKED.finditer((REPO / document).read_text())}
     assert marked == set(report.TABLES)  # every table is placed in some document, so the check is not vacuous
@@ -66,10 +74,7 @@ def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
     assert f"docs/results.md: Wasserstein distances: {quoted}" in report.unsourced(REPO, results)
 
     root = tmp_path / "repo"
-    for document in report.DOCUMENTS:
-        (root / document).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / document, root / document)
-    page = root / "docs" / "results.md"
+    page = copied_documents(root)
     heading = "### Wasserstein distances\n"
     page.write_text(page.read_text().replace(heading, heading + "\nThe critic certifies 0.4242 here.\n"
                                              "The field's 0.4343, not 0.4545 <!-- quoted: 0.4343, a paper -->\n<!-- typed: old -->\n"
@@ -117,10 +122,7 @@ def test_results_named_alone_sources_no_figure(tmp_path):
     """"results/" alone (a typed block's reason, say) names no file: the section's figures still need their
     results, so a sentence cannot make the check vacuous by mentioning the folder."""
     root = tmp_path / "repo"
-    for document in report.DOCUMENTS:
-        (root / document).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / document, root / document)
-    page = root / "docs" / "results.md"
+    page = copied_documents(root)
     heading = "### Wasserstein distances\n"
     elsewhere = f"{json.loads((REPO / 'results' / 'attacks' / 'linf.json').read_text())['rows'][0]['robust']:.2f}"
     page.write_text(page.read_text().replace(heading, heading + "\n<!-- typed: measured before results/ -->\nEarlier."
