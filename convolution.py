@@ -12,8 +12,10 @@ norms are the convolutions of a ones image with |kernel| and kernel^2.
 
 Rounding: a unit is a dot product of channels * kernel^2 products plus its
 bias, summed in any order, which covers direct and GEMM-based convolutions (as
-PyTorch runs them on a CPU) but not Winograd or FFT algorithms, which a GPU
-library may choose: certificates speak of the network run on a CPU.
+PyTorch runs them on a CPU, and on a GPU without cuDNN) but not cuDNN, which
+may pick Winograd or FFT algorithms and round float32 to TF32: certificates
+speak of the network run that way, and every certificate is computed so
+(`rounding.exact_arithmetic`).
 """
 
 from __future__ import annotations
@@ -156,7 +158,10 @@ class Convolution(Affine, nn.Conv2d):
         the convolution and W^T by its adjoint (autograd's vector-Jacobian product). Each call goes on from the
         last call's vector (`first` steps from a fixed start on the first call, `iterations` after), as
         spectral normalisation does, the kernel changing little between training steps. An ESTIMATE from
-        below (||W v|| <= ||W|| for every unit v), for the training penalty only; differentiable in the kernel."""
+        below (||W v|| <= ||W|| for every unit v), for the training penalty only; differentiable in the kernel.
+        The fixed start (ones) can lie in a subspace the iteration keeps, missing the top singular vectors:
+        constant images under a circular convolution, whose top mode need not be constant (BCOP's orthogonal
+        kernels have every singular value 1, so it misses nothing there)."""
         weight = self.weight.detach()
         vector = self.__dict__.get("_power_vector")
         if vector is None or vector.dtype != weight.dtype or vector.device != weight.device:

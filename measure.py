@@ -51,16 +51,17 @@ def require_rules(model: LipschitzMLP, methods: tuple[str, ...]) -> None:
 @contextmanager
 def evaluating(model: LipschitzMLP, norm: str, methods: tuple[str, ...]
                ) -> Iterator[tuple[torch.dtype, LipschitzMLP, dict[str, torch.Tensor]]]:
-    """The model in eval mode for the duration, after the checks every certificate needs; yields the network's
-    arithmetic, its float64 copy and the proved thresholds of the Lipschitz methods among `methods`."""
+    """The model in eval mode and the arithmetic the bounds assume (`rounding.exact_arithmetic`) for the
+    duration, after the checks every certificate needs; yields the network's arithmetic, its float64 copy and
+    the proved thresholds of the Lipschitz methods among `methods`."""
     certificates.check_methods(methods)
-    rounding.check_exact_float32_matmul()
     require_rules(model, methods)
     was_training = model.training
     model.eval()
     try:
-        model64 = in_float64(model)
-        yield model.affine_layers()[0].weight.dtype, model64, method_thresholds(model64, norm, methods)
+        with rounding.exact_arithmetic():
+            model64 = in_float64(model)
+            yield model.affine_layers()[0].weight.dtype, model64, method_thresholds(model64, norm, methods)
     finally:
         model.train(was_training)
 

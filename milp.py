@@ -63,6 +63,7 @@ from tqdm import tqdm
 import allowance
 import attacks
 import measure
+import rounding
 from attacks import Counterexample
 from errors import ConfigError
 from lipschitz import Ball
@@ -117,6 +118,7 @@ class Verdict:
 
 
 @torch.no_grad()
+@rounding.exact_arithmetic()
 def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: bool = False,
            time_limit: float = 60.0, model64: LipschitzMLP | None = None, index: int = 0) -> Verdict:
     """Verdict for one float32 example x (d,) with `label` (its `index` in the split, for the record): exact,

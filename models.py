@@ -184,6 +184,7 @@ class LipschitzMLP(nn.Module):
         return self._logit_bounds(norm, operator_norm, per_pair)
 
     @torch.no_grad()
+    @rounding.exact_arithmetic()
     def certified_logit_bounds(self, norm: str) -> LogitBounds:
         """`logit_bounds` that hold despite rounding, for certificates: float64 upper bounds of the
         Lipschitz constants of the network with the stored weights in exact arithmetic.
@@ -203,6 +204,7 @@ class LipschitzMLP(nn.Module):
         return LogitBounds(norm, bounds.per_logit * factor, bounds.per_gap * factor, bounds.output * factor)
 
     @torch.no_grad()
+    @rounding.exact_arithmetic()
     def certified_slopes(self, norm: str) -> CertifiedSlopes:
         """Per operator but the last, float64 upper bounds that hold despite rounding: every unit's Lipschitz
         bound in the input p-norm `norm` and the whole output's (the bounds of `layer_bounds`, a prefix of the

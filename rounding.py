@@ -17,7 +17,8 @@ the kernel that evaluates it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Iterator, Protocol
 
 import torch
 
@@ -150,3 +151,15 @@ def check_exact_float32_matmul() -> None:
     if torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32:
         raise ConfigError("certificates assume IEEE float32 matrix products: call "
                           "torch.set_float32_matmul_precision('highest') before certifying")
+
+
+@contextmanager
+def exact_arithmetic() -> Iterator[None]:
+    """For the duration, the arithmetic the rules here assume: matrix products in IEEE precision (refused
+    otherwise) and convolutions as sums of products, so cuDNN is off. cuDNN may pick Winograd or FFT
+    algorithms, and rounds float32 convolutions to TF32 by default, outside the dot-product model; without
+    it, a CUDA convolution runs as PyTorch's unfold and matrix product (or its direct depthwise kernel).
+    A CPU's arithmetic does not change."""
+    check_exact_float32_matmul()
+    with torch.backends.cudnn.flags(enabled=False, allow_tf32=False):
+        yield

@@ -138,6 +138,7 @@ def exact_mean(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
+@rounding.exact_arithmetic()
 def certify(model: LipschitzMLP, p: torch.Tensor, q: torch.Tensor) -> Estimate:
     """A lower bound of W1 between the sample sets p and q (rows, float64, exact as given).
 

@@ -197,6 +197,11 @@ MUTANTS = [
     ("attacks.py", 'APGDStage("dlr-t", runs=32, targets=3, start="vertex", focus=0.05),',
      'APGDStage("dlr-t", runs=8, targets=1, start="vertex", focus=0.05),',
      "APGD: the focused targeted runs on the likeliest rival alone, as before the L2 needle digits"),
+    ("rounding.py", "torch.backends.cudnn.flags(enabled=False, allow_tf32=False)",
+     "torch.backends.cudnn.flags(enabled=True, allow_tf32=True)",
+     "exact_arithmetic: certificates convolve with cuDNN on (Winograd, FFT, TF32 on a GPU)"),
+    ("milp.py", "@torch.no_grad()\n@rounding.exact_arithmetic()\ndef verify(", "@torch.no_grad()\ndef verify(",
+     "exact/lp verification without exact_arithmetic (cuDNN on for its convolutions)"),
 ]
 
 
