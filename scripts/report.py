@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -143,26 +144,54 @@ def verification_here_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def deep_allowance_table(results: Path) -> str:
-    """`scripts/measure_recipe.py` on the two-hidden-layer orthonormal net, as run in float32 and in float64
-    (results/allowance/): every sound method's certified accuracy, APGD's, and what soundness in float32 costs
-    against float64 under the tightest method (the goal: at most 1 point)."""
-    runs = {run["runs_in"]: run for run in (json.loads(path.read_text())
-                                            for path in sorted((results / "allowance").glob("*.json")))}
-    rows = ["| certified network | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for arithmetic in ("float32", "float64"):
-        run = runs[arithmetic]
-        certified = run["certified"]
-        rows.append(f"| {arithmetic} | {run['clean']:.2f} | {certified['global']:.2f} | {certified['pairwise']:.2f} | "
-                    f"{certified['margin']:.2f} | {certified['ibp']:.2f} | {attacked(run)} | "
-                    f"{max(run['broken_certified'].values())} |")
-    best = runs["float64"]["best_method"]
-    run32, run64 = runs["float32"]["certified"][best], runs["float64"]["certified"][best]
-    cost = run64 - run32
-    rows += ["", "| tightest method | certified, float32 (%) | certified, float64 (%) | soundness in float32 costs "
-             "(points) | goal: ≤ 1 |", "| --- | --- | --- | --- | --- |",
-             f"| `{best}` | {run32:.2f} | {run64:.2f} | **{cost:.2f}** | {'yes' if cost <= 1 else '**no**'} |"]
+def allowance_table(net: str) -> Callable[[Path], str]:
+    """`scripts/measure_recipe.py` on `net` as run in float32 and in float64 (results/allowance/NET_float64.json,
+    and NET_float32.json there or else the recipe's record in results/recipes/): every sound method's certified
+    accuracy, APGD's, and what soundness in float32 costs against float64 under the tightest method (the goal:
+    at most 1 point)."""
+
+    def table(results: Path) -> str:
+        float32 = results / "allowance" / f"{net}_float32.json"
+        runs = {"float32": json.loads((float32 if float32.exists() else results / "recipes" / f"{net}.json")
+                                      .read_text()),
+                "float64": json.loads((results / "allowance" / f"{net}_float64.json").read_text())}
+        rows = ["| certified network | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | "
+                "certified broken |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for arithmetic, run in runs.items():
+            certified = run["certified"]
+            rows.append(f"| {arithmetic} | {run['clean']:.2f} | {certified['global']:.2f} | "
+                        f"{certified['pairwise']:.2f} | {certified['margin']:.2f} | {certified['ibp']:.2f} | "
+                        f"{attacked(run)} | {max(run['broken_certified'].values())} |")
+        best = runs["float64"]["best_method"]
+        run32, run64 = runs["float32"]["certified"][best], runs["float64"]["certified"][best]
+        cost = run64 - run32
+        rows += ["", "| tightest method | certified, float32 (%) | certified, float64 (%) | soundness in float32 "
+                 "costs (points) | goal: ≤ 1 |", "| --- | --- | --- | --- | --- |",
+                 f"| `{best}` | {run32:.2f} | {run64:.2f} | **{cost:.2f}** | {'yes' if cost <= 1 else '**no**'} |"]
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
+def orthonormal_table(results: Path) -> str:
+    """The `orthonormal-l2` recipe's seeds (results/recipes/): clean, certified by the tightest sound method,
+    APGD's robust accuracy, the certified digits it broke and the training's time; then the seeds' mean and
+    standard deviation (n - 1)."""
+    runs = seeds_of(results, "orthonormal-l2")
+    rows = ["| seed | clean (%) | certified (%) | APGD robust (%) | certified broken | training (min) | s / epoch |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        training = run["training"]
+        rows.append(f"| {training['seed']} | {run['clean']:.2f} | {run['best_certified']:.2f} {run['best_method']} | "
+                    f"{attacked(run)} | {run['broken_certified'][run['best_method']]} | "
+                    f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.1f} |")
+    if len(runs) > 1:
+        spread = {key: statistics.stdev(run[key] for run in runs) for key in ("clean", "best_certified", "attack_robust")}
+        minutes = sum(run["training"]["train_seconds"] for run in runs) / 60
+        rows.append(f"| mean ± std of {len(runs)} | {average(runs, 'clean'):.2f} ± {spread['clean']:.2f} | "
+                    f"**{average(runs, 'best_certified'):.2f} ± {spread['best_certified']:.2f}** | "
+                    f"{average(runs, 'attack_robust'):.2f} ± {spread['attack_robust']:.2f} | "
+                    f"{sum(run['broken_certified'][run['best_method']] for run in runs)} | {minutes:.1f} in all | |")
     return "\n".join(rows) + "\n"
 
 
@@ -245,12 +274,16 @@ GOALS = (  # recipe, ball, the goal, the field's figure and its source
     ("cnn-ibp", "L∞ 0.1", "≥ 95", "97.08, IBP medium CNN (deepmind/interval-bound-propagation)"),
     ("cnn-ibp-0.3", "L∞ 0.3", "≥ 85", "93–94, IBP and its successors, large CNNs"),
     ("bcop-l2", "L2 1.58", "> 56.66", "56.66, BCOP large conv net (LConvNet, 5 trials); 62.8, GloRo 4C3F"),
+    ("orthonormal-l2", "L2 1.58", "> 54.46", "54.46, FC 784-1024-1024-1024-10, GroupSort(2), Björck layers "
+     "(LConvNet, 5 trials, 200 epochs); 62.8, GloRo 4C3F"),
 )
 
 
 RECIPE_WORDS = {"cnn-ibp": "Gowal et al.'s small CNN, ReLU, IBP training at 0.2",
                 "cnn-ibp-0.3": "`cnn-ibp` for L∞ 0.3, trained at 0.4",
-                "bcop-l2": "BCOP orthogonal convolutions, MaxMin, orthonormal Linear layers, `lmt` loss"}
+                "bcop-l2": "BCOP orthogonal convolutions, MaxMin, orthonormal Linear layers, `lmt` loss",
+                "orthonormal-l2": "Björck's iteration in the forward pass (Anil et al.), 784-1024-10, MaxMin, "
+                                  "`lmt` loss, batches of 1,024"}
 
 
 def seeds_of(results: Path, recipe: str) -> list[dict]:
@@ -289,7 +322,7 @@ def readme_recipes_table(results: Path) -> str:
 
 
 def goals_table(results: Path) -> str:
-    """Per convolutional recipe: its goal, the field's figure, this repository's certified accuracy and the
+    """Per recipe with a goal: its goal, the field's figure, this repository's certified accuracy and the
     attack's upper bound on the same net, and whether the goal is met (by the mean over the seeds trained)."""
     rows = ["| recipe | ball | goal (%) | the field (%) | certified here (%) | APGD robust here (%) | goal met |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -328,14 +361,52 @@ def frontier_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def cuda_training_table(results: Path) -> str:
+    """`scripts/measure_cuda.sh`'s training runs on a GPU (results/cuda/training.json): what ran, the median
+    epoch's seconds, the whole training's, and the clean and certified accuracy that training printed."""
+    rows = ["| run | flags | epochs | s / epoch | training (s) | clean (%) | certified (%) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in json.loads((results / "cuda" / "training.json").read_text()):
+        flags = run["command"].split("--device cuda", 1)[1].strip()
+        rows.append(f"| {run['name']} | {f'`{flags}`' if flags else 'the defaults'} | {run['epochs']} | {run['seconds_per_epoch_median']:.2f} | "
+                    f"{run['train_seconds']:.0f} | {run['clean_accuracy']:.2f} | {run['certified_accuracy']:.2f} "
+                    f"{run['method']}, {NORM_NAMES[run['norm']]} {run['cert_magnitude']:g} |")
+    return "\n".join(rows) + "\n"
+
+
+def ratio(value: float) -> str:
+    """A ratio with four decimals, or two significant digits where those would show only zeros."""
+    return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def cuda_certificates_table(results: Path) -> str:
+    """`scripts/measure_cuda.py` (results/cuda/certify_cuda*.json): per net, how far the GPU's float32 logits
+    stray from the float64 copy's against the rounding allowance, with cuDNN as set up by default and with it
+    off (`rounding.exact_arithmetic`), and `measure.certify_split` on the GPU against the CPU."""
+    rows = ["| net | digits | cuDNN default: worst error / allowance (digits outside) | cuDNN off: worst error / "
+            "allowance (digits outside) | masks differing, GPU vs CPU | certify_split, GPU / CPU (s) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    records = [json.loads(path.read_text()) for path in sorted((results / "cuda").glob("certify_cuda*.json"))]
+    for record, net in ((record, net) for record in records for net in record["nets"]):
+        layers = "convolutional" if net["convs"] else "MLP"
+        rows.append(f"| {Path(net['checkpoint']).stem} ({layers}) | {record['digits']} | "
+                    f"{ratio(net['cudnn_default_worst_error_over_allowance'])} ({net['cudnn_default_digits_outside']}) | "
+                    f"{ratio(net['exact_arithmetic_worst_error_over_allowance'])} "
+                    f"({net['exact_arithmetic_digits_outside']}) | {sum(net['masks_differing'].values())} | "
+                    f"{net['cuda_seconds']:.2f} / {net['cpu_seconds']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier-cnn": frontier_table, "reproduction": reproduction_table,
     "marabou": marabou_table,
-    "verification-scaling": scaling_table, "verification-all": verification_all_table, "verification-here": verification_here_table, "deep-allowance": deep_allowance_table,
+    "verification-scaling": scaling_table, "verification-all": verification_all_table, "verification-here": verification_here_table, "deep-allowance": allowance_table("bjorck-deep"),
+    "orthonormal": orthonormal_table, "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
+    "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
 

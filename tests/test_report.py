@@ -135,9 +135,26 @@ def test_the_deep_allowance_table_states_what_soundness_costs(tmp_path):
     shutil.copytree(REPO / "results", results)
     runs = {path.stem: json.loads(path.read_text()) for path in (results / "allowance").glob("*.json")}
     cost = runs["bjorck-deep_float64"]["certified"]["margin"] - runs["bjorck-deep_float32"]["certified"]["margin"]
-    assert f"**{cost:.2f}** | {'yes' if cost <= 1 else '**no**'} |" in report.deep_allowance_table(results)
+    assert f"**{cost:.2f}** | {'yes' if cost <= 1 else '**no**'} |" in report.allowance_table("bjorck-deep")(results)
     path = results / "allowance" / "bjorck-deep_float32.json"
     runs["bjorck-deep_float32"]["certified"]["margin"] = runs["bjorck-deep_float64"]["certified"]["margin"] - 0.5
     path.write_text(json.dumps(runs["bjorck-deep_float32"]))
-    assert "**0.50** | yes |" in report.deep_allowance_table(results)
+    assert "**0.50** | yes |" in report.allowance_table("bjorck-deep")(results)
     assert report.stale(REPO, results) == ["docs/results.md: deep-allowance"]
+
+
+def test_the_orthonormal_table_gives_the_seeds_mean_and_spread_and_the_allowance_falls_back_to_the_recipe(
+        tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    for seed, certified in enumerate((50.0, 52.0, 57.0)):
+        path = results / "recipes" / ("orthonormal-l2.json" if seed == 0 else f"orthonormal-l2_seed{seed}.json")
+        run = json.loads((REPO / "results" / "recipes" / "orthonormal-l2.json").read_text())
+        run["training"]["seed"], run["best_method"] = seed, "margin"
+        run["best_certified"] = run["certified"]["margin"] = certified
+        path.write_text(json.dumps(run))
+    assert "| **53.00 ± 3.61** |" in report.orthonormal_table(results)  # the sample deviation of 50, 52, 57
+    float64 = json.loads((results / "recipes" / "orthonormal-l2.json").read_text())
+    float64["certified"]["margin"], float64["runs_in"] = 51.25, "float64"
+    (results / "allowance" / "orthonormal-l2_float64.json").write_text(json.dumps(float64))
+    assert "| `margin` | 50.00 | 51.25 | **1.25** | **no** |" in report.allowance_table("orthonormal-l2")(results)
