@@ -4,10 +4,11 @@ The walk starts from the L-inf box of the ball (cut to its domain) in pixels.
 In L2 and L1 the box also carries the p-ball itself, to which the first Linear
 layer cuts its interval (in L-inf the box is already the ball cut to its
 domain). With `runs_in`, each operator also carries the bounds of the rounding
-errors (see `operators.Box`); where those bounds would otherwise grow some
-sqrt(width) times per layer (L2 and L1, two hidden layers or more), every
-deeper box is cut to its units' certified Lipschitz reach around their value
-at x and the error vector's L2 norm is carried too. The last layer is folded
+errors (see `operators.Box`); in L2 and L1, for a net with a hidden layer,
+where those bounds would otherwise grow with every unit's own reach over the
+ball (some sqrt(width) times per layer), every deeper box is cut to its units'
+certified Lipschitz reach around their value at x, and the error vector's L2
+norm and each box's values' L2 norm are carried too. The last layer is folded
 into the gaps (`operators.Linear.pairs`); `allowance` turns the walk into the
 certificates' rounding allowances.
 """
@@ -42,7 +43,7 @@ def propagate(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.d
     x = x.flatten(1)
     lower, upper = ball.box(x)
     errors = error_norm = point = overflow = None
-    deep = runs_in is not None and ball.norm != "linf" and len(model.affine_layers()) > 2
+    deep = runs_in is not None and ball.norm != "linf" and len(model.affine_layers()) > 1  # a hidden layer
     if runs_in is not None:
         if model.affine_layers()[0].weight.dtype != torch.float64:
             raise TypeError("rounding errors are bounded for a float64 computation: pass the model's float64 copy")

@@ -202,6 +202,8 @@ MUTANTS = [
      "exact_arithmetic: certificates convolve with cuDNN on (Winograd, FFT, TF32 on a GPU)"),
     ("milp.py", "@torch.no_grad()\n@rounding.exact_arithmetic()\ndef verify(", "@torch.no_grad()\ndef verify(",
      "exact/lp verification without exact_arithmetic (cuDNN on for its convolutions)"),
+    ("ibp.py", "len(model.affine_layers()) > 1  # a hidden layer", "len(model.affine_layers()) > 2  # a hidden layer",
+     "IBP: the error and value norms carried from two hidden layers only, as before 2026-12-04"),
 ]
 
 

@@ -296,3 +296,20 @@ def test_the_float64_allowance_bounds_the_network_run_in_float64(model, norm, se
     exact = extended_precision_logits(model, points.flatten(0, 1)).reshape(computed.shape)
     slack = 1e-17 * (1 + np.abs(exact))  # the reference's own rounding, some 2^-64 of its magnitudes per step
     assert (np.abs(computed - exact) <= bound[:, None] + slack).all()
+
+
+def test_one_hidden_layer_in_l2_carries_the_norms_too():
+    """The error vector's and the values' L2 norms are carried for a net with a single hidden layer as well:
+    over a large L2 ball (whole, as the Lipschitz methods take it) a wide orthonormal layer's per-unit
+    magnitudes each reach the whole radius, and the rounding bounded from them alone is some 2.5 times what
+    the norms give (0.0055 against 0.0022 logit units on this net)."""
+    torch.manual_seed(0)
+    model = LipschitzMLP(MLPConfig(in_features=256, hidden=(256,), out_features=10, group_size=2)).double()
+    with torch.no_grad():
+        for layer in model.affine_layers():
+            torch.nn.init.orthogonal_(layer.weight)
+    x = torch.rand(8, 256, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ball = Ball("l2", 1.5)
+    box = ibp.propagate(model, x, ball, torch.float32)[-1]
+    assert box.error_norm is not None and box.magnitude_norm is not None
+    assert allowance.logit_allowance(model, x, ball).max() < 3e-3
