@@ -11,8 +11,8 @@ PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-../shared/mnist}
 OUT=${OUT:-/tmp/cuda-runs}
 RESULTS=${RESULTS:-results/cuda}
-mkdir -p "$OUT" "$RESULTS"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'measure_cuda.sh: no CUDA device')" || exit 2
+mkdir -p "$OUT" "$RESULTS"
 
 step() {  # the command, its output and its wall seconds, into $RESULTS/log.txt
     echo "=== $(date -u +%FT%TZ) $*"
