@@ -31,6 +31,7 @@ from tqdm import tqdm
 import allowance
 import certificates
 import lipschitz
+import rounding
 from lipschitz import Ball
 from mnist_data import EVAL_BATCH, Split
 from models import LipschitzMLP, in_float64
@@ -381,6 +382,7 @@ def apgd_intervals(steps: int) -> list[int]:
     return intervals
 
 
+@rounding.exact_arithmetic()
 def ibp_open_rivals(model: LipschitzMLP, x: torch.Tensor, labels: torch.Tensor, ball: Ball) -> torch.Tensor:
     """(n, classes): the classes other than the label that IBP cannot rule out anywhere in the ball.
 
