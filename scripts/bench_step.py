@@ -10,7 +10,9 @@ Variants: the recipe as it is, with --precision bfloat16, with --batch-norm, and
 objective (`--loss ce`) on the same network, the unit the other steps are measured in. Each round
 times `--steps` steps of every variant as a training epoch takes them (`training.train_epoch`:
 shuffled MNIST batches), after the ramp, at the recipe's full radius. Prints the median over rounds
-of the milliseconds per step.
+of the milliseconds per step; `--json FILE` also writes them, with the command, machine and date.
+
+    OMP_NUM_THREADS=2 python scripts/bench_step.py --data-dir ../shared/mnist --recipe cnn-ibp --json results/steps/cnn-ibp.json
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
+from checkpoints import write_json  # noqa: E402
 from errors import ConfigError  # noqa: E402
 from mnist_data import Split, load_mnist  # noqa: E402
 from training import Recipe, Run, recipe_path, train_epoch  # noqa: E402
@@ -52,15 +55,19 @@ def main() -> None:
     parser.add_argument("--recipe", default="ibp-wide", help="recipe name or JSON file (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every variant (default: 5)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant and round (default: 40)")
+    parser.add_argument("--json", type=Path, help="also write the medians to this JSON file")
     cli.add_data_flag(parser)
     args = parser.parse_args()
+    if args.json is not None:
+        cli.check_output_file(args.json, "--json")
     recipe = Recipe.build(recipe_path(args.recipe))
     train, = load_mnist(args.data_dir, ("train",), allow_download=False)
-    runs = {}
+    runs, refused = {}, {}
     for name, changes in VARIANTS.items():
         try:
             runs[name] = Run.start(replace(recipe, **changes), torch.device("cpu"))
         except ConfigError as err:  # a variant the recipe's network cannot take (batch norm with convolutions)
+            refused[name] = str(err)
             print(f"{name}: not timed ({err})")
     for run in runs.values():
         run.epoch = math.ceil(recipe.warmup_epochs + recipe.ramp_epochs)  # the ramp done: the full radius
@@ -75,6 +82,11 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:34s} {median:7.2f} ms per step  {median / unit:5.2f} x the ce step")
+    if args.json is not None:
+        write_json(args.json, {**cli.provenance("scripts/bench_step.py"), "recipe": args.recipe, "layers": layers,
+                               "batch_size": recipe.batch_size, "rounds": args.rounds, "steps": args.steps,
+                               "milliseconds_per_step": {name: statistics.median(v) for name, v in times.items()},
+                               "rounds_milliseconds": times, "not_timed": refused})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -361,6 +362,24 @@ def frontier_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def steps_table(recipe: str) -> Callable[[Path], str]:
+    """`scripts/bench_step.py --json` on `recipe` (results/steps/RECIPE.json): per variant the median step, the
+    step over the plain cross-entropy step's on the same net, and an epoch's worth of such steps."""
+
+    def table(results: Path) -> str:
+        record = json.loads((results / "steps" / f"{recipe}.json").read_text())
+        times = record["milliseconds_per_step"]
+        unit = times["--loss ce (the demo's objective)"]
+        steps = math.ceil(60_000 / record["batch_size"])
+        rows = [f"| variant ({record['threads']} threads, median of {record['rounds']} rounds of {record['steps']} "
+                f"steps) | ms per step | × the `ce` step | {steps} steps, one epoch (s) |", "| --- | --- | --- | --- |"]
+        rows += [f"| {name} | {ms:.2f} | {ms / unit:.2f} | {ms * steps / 1000:.1f} |" for name, ms in times.items()]
+        rows += [f"| {name} | not timed: {why} | | |" for name, why in record["not_timed"].items()]
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
 def cuda_training_table(results: Path) -> str:
     """`scripts/measure_cuda.sh`'s training runs on a GPU (results/cuda/training.json): what ran, the median
     epoch's seconds, the whole training's, and the clean and certified accuracy that training printed."""
@@ -406,7 +425,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
-    "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
+    "steps-cnn-ibp": steps_table("cnn-ibp"), "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
 

@@ -158,3 +158,16 @@ def test_the_orthonormal_table_gives_the_seeds_mean_and_spread_and_the_allowance
     float64["certified"]["margin"], float64["runs_in"] = 51.25, "float64"
     (results / "allowance" / "orthonormal-l2_float64.json").write_text(json.dumps(float64))
     assert "| `margin` | 50.00 | 51.25 | **1.25** | **no** |" in report.allowance_table("orthonormal-l2")(results)
+
+
+def test_the_steps_table_measures_each_variant_in_ce_steps_and_epochs(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    path = results / "steps" / "cnn-ibp.json"
+    record = json.loads(path.read_text())
+    record["milliseconds_per_step"] = {"--loss ce (the demo's objective)": 4.0, "the recipe": 10.0}
+    record["batch_size"] = 1000  # 60 steps an epoch
+    path.write_text(json.dumps(record))
+    table = report.steps_table("cnn-ibp")(results)
+    assert "| the recipe | 10.00 | 2.50 | 0.6 |" in table and "60 steps, one epoch" in table
+    assert report.stale(REPO, results) == ["docs/results.md: steps-cnn-ibp"]
