@@ -124,6 +124,12 @@ def verification_all_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def method_cells(certified: dict[str, float], methods: tuple[str, ...] = ("global", "pairwise", "margin", "ibp")
+                 ) -> str:
+    """A record's certified accuracy under each of `methods`, as table cells."""
+    return " | ".join(f"{certified[method]:.2f}" for method in methods)
+
+
 def verification_here_table(results: Path) -> str:
     """`scripts/measure_recipe.py --verify` on the seed-0 checkpoints of the reproduction trained on the Intel Xeon
     (results/verification/xeon/): every sound certificate, the exact verdicts of `best`, what decided them, APGD's
@@ -138,8 +144,7 @@ def verification_here_table(results: Path) -> str:
         stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
         counts = " / ".join(f"{verdicts[status]:,}" for status in ("robust", "counterexample", "timeout", "undecided"))
         rows.append(f"| {NETS[run['training']['activation']]}, {run['radius']:g}, {run['digits']:,} | {run['clean']:.2f} | "
-                    f"{certified['global']:.2f} | {certified['pairwise']:.2f} | {certified['margin']:.2f} | "
-                    f"{certified['ibp']:.2f} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
+                    f"{method_cells(certified)} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
                     f"{run['attack_robust']:.2f} | {verification['seconds']:.1f} s, {verification['workers']} "
                     f"workers, {verification['time_limit']:g} s a digit |")
     return "\n".join(rows) + "\n"
@@ -159,9 +164,7 @@ def allowance_table(net: str) -> Callable[[Path], str]:
         rows = ["| certified network | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | "
                 "certified broken |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for arithmetic, run in runs.items():
-            certified = run["certified"]
-            rows.append(f"| {arithmetic} | {run['clean']:.2f} | {certified['global']:.2f} | "
-                        f"{certified['pairwise']:.2f} | {certified['margin']:.2f} | {certified['ibp']:.2f} | "
+            rows.append(f"| {arithmetic} | {run['clean']:.2f} | {method_cells(run['certified'])} | "
                         f"{attacked(run)} | {max(run['broken_certified'].values())} |")
         best = runs["float64"]["best_method"]
         run32, run64 = runs["float32"]["certified"][best], runs["float64"]["certified"][best]
@@ -265,7 +268,7 @@ def reproduction_table(results: Path) -> str:
         training, certified = run["training"], run["certified"]
         rows.append(f"| `{run['recipe']}` ({NETS[training['activation']]}, seed {training['seed']}, {run['threads']} "
                     f"threads) | {training['clean_accuracy']:.3f} | **{training['certified_accuracy']:.3f}** | "
-                    f"{certified['pairwise']:.2f} | {certified['margin']:.2f} | {certified['ibp']:.2f} | "
+                    f"{method_cells(certified, ('pairwise', 'margin', 'ibp'))} | "
                     f"{attacked(run)} | {max(run['broken_certified'].values())} | "
                     f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.2f} |")
     return "\n".join(rows) + "\n"
@@ -387,8 +390,8 @@ def cuda_training_table(results: Path) -> str:
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for run in json.loads((results / "cuda" / "training.json").read_text()):
         flags = run["command"].split("--device cuda", 1)[1].strip()
-        rows.append(f"| {run['name']} | {f'`{flags}`' if flags else 'the defaults'} | {run['epochs']} | {run['seconds_per_epoch_median']:.2f} | "
-                    f"{run['train_seconds']:.0f} | {run['clean_accuracy']:.2f} | {run['certified_accuracy']:.2f} "
+        rows.append(f"| {run['name']} | {f'`{flags}`' if flags else 'the defaults'} | {run['epochs']} | "
+                    f"{run['seconds_per_epoch_median']:.2f} | {run['train_seconds']:.0f} | {run['clean_accuracy']:.2f} | {run['certified_accuracy']:.2f} "
                     f"{run['method']}, {NORM_NAMES[run['norm']]} {run['cert_magnitude']:g} |")
     return "\n".join(rows) + "\n"
 
@@ -420,12 +423,15 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier-cnn": frontier_table, "reproduction": reproduction_table,
     "marabou": marabou_table,
-    "verification-scaling": scaling_table, "verification-all": verification_all_table, "verification-here": verification_here_table, "deep-allowance": allowance_table("bjorck-deep"),
-    "orthonormal": orthonormal_table, "orthonormal-allowance": allowance_table("orthonormal-l2"),
+    "verification-scaling": scaling_table, "verification-all": verification_all_table,
+    "verification-here": verification_here_table,
+    "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
+    "orthonormal": orthonormal_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
-    "steps-cnn-ibp": steps_table("cnn-ibp"), "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
+    "steps-cnn-ibp": steps_table("cnn-ibp"),
+    "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
 

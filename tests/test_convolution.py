@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import attacks
 import bcop
 import lipschitz
+import measure
+import milp
 import rounding
 from convolution import Convolution, Downsample
 from errors import ConfigError
@@ -324,10 +327,6 @@ def test_a_frozen_bcop_network_computes_what_the_parametrised_one_did():
 def test_every_certificate_of_a_cnn_convolves_with_cudnn_off(monkeypatch):
     """cuDNN may convolve by Winograd or FFT, or round float32 to TF32: outside the dot-product model the
     rounding rules prove. Every convolution a certificate computes must run with it off, on any device."""
-    import attacks
-    import measure
-    import milp
-
     seen: list[bool] = []
     conv2d = F.conv2d
 
