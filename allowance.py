@@ -4,12 +4,13 @@ rounding rule along IBP's walk (`ibp.propagate`), and handed to the certificate 
 
 Two allowances, one per kind of certificate:
 
-- `logit_allowance`, per logit, for the Lipschitz methods, which compare the
-  float64 logits at x with thresholds: the network's float32 error of each
-  logit over the whole ball, plus the float64 forward pass's own error at x;
+- `gap_allowance`, per gap, for the Lipschitz methods, which compare the
+  float64 logits at x with thresholds: the network's float32 error of the
+  gap over the whole ball, plus the float64 forward pass's own error at x
+  (`logit_allowance` is the same per logit, for a critic's single output);
 - `certified_gap_bounds`, per gap, for IBP: the network's float32 error of the
-  two logits, plus the float64 error of IBP's own gap bound, plus the rounding
-  of their difference.
+  gap, plus the float64 error of IBP's own gap bound, plus the rounding of
+  their difference.
 
 Both hold only where no float32 quantity of the forward pass can overflow
 anywhere in the ball (`rounding.overflows`, checked by each operator's
@@ -34,12 +35,26 @@ def logit_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
                     runs_in: torch.dtype = torch.float32) -> torch.Tensor:
     """Per example and logit, a bound on |f^(x') - f(x')| over the ball plus |f~(x) - f(x)|: f the exact
     logits, f^ the network's in `runs_in` (any batch, any order), f~ the float64 forward pass of the
-    network's float64 copy `model64` at x. The Lipschitz methods subtract it from each gap (n, out)."""
+    network's float64 copy `model64` at x (n, out): a critic's bound on its single output
+    (`wasserstein.certify`); gaps take `gap_allowance`."""
     box = ibp.propagate(model64, x, ball, runs_in)[-1]
     last = model64.layers[-1]
-    lost = (last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm,
-                          magnitude_norm=box.magnitude_norm)[0]
-            + last.rounding(box.errors[1], box.magnitude, torch.float64)[0])
+    lost = last.box_rounding(box, runs_in)[0] + last.rounding(box.errors[1], box.magnitude, torch.float64)[0]
+    return void(lost, last.overflow(box, runs_in))
+
+
+def gap_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
+                  runs_in: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per example and ordered pair of logits (i, j), a bound on |(f^_i - f^_j)(x') - (f_i - f_j)(x')| over
+    the ball plus |f~_i(x) - f_i(x)| + |f~_j(x) - f_j(x)|, with f, f^ and f~ as in `logit_allowance`: never
+    more than E_i + E_j from it, and less where the last layer's rows are near orthonormal, since both
+    logits are computed from the same h^ and their difference carries (w_i - w_j) . (h^ - h) as one dot
+    product (`operators.Linear.gap_rounding`). The Lipschitz methods subtract it from each gap
+    (n, out, out)."""
+    box = ibp.propagate(model64, x, ball, runs_in)[-1]
+    last = model64.layers[-1]
+    own = last.rounding(box.errors[1], box.magnitude, torch.float64)[0]
+    lost = last.gap_rounding(box, runs_in) + own[:, :, None] + own[:, None, :]
     return void(lost, last.overflow(box, runs_in))
 
 
@@ -76,7 +91,7 @@ def certified_gap_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, run
 
     A adds three terms: the float64 rounding of the gaps' own interval (the
     last layer's rows W_i - W_j, `operators.Linear.own_error`), the network's
-    float32 error of each logit (the last layer's rounding rule), and the
+    float32 error of each gap (`operators.Linear.gap_rounding`), and the
     rounding of the subtraction lower - A itself (gamma_3 of the magnitudes).
     `apart` is passed to `ibp.propagate`.
     """
@@ -86,9 +101,7 @@ def certified_gap_bounds(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, run
     lower, _, ball_term = pairs.box_interval(box)
     lower = lower.unflatten(1, (out, out))
     own = pairs.own_error(box, ball_term).unflatten(1, (out, out))
-    logit = last.rounding(box.errors[0], box.magnitude, runs_in, box.error_norm,
-                          magnitude_norm=box.magnitude_norm)[0]
-    allowance = own + logit[:, :, None] + logit[:, None, :]
+    allowance = own + last.gap_rounding(box, runs_in)
     allowance = allowance + rounding.gamma(3, torch.float64) * (lower.abs() + allowance)
     return CertifiedGaps(lower, void(allowance, last.overflow(box, runs_in)), boxes)
 

@@ -112,8 +112,10 @@ def certified(
 
     Without `allowance` this is the rule in the logits' own arithmetic, for
     training statistics: correct, and the strict inequality with E = 0. With
-    `allowance` E (n, out), float64 logits and a proved T (see the module note),
-    E bounds each logit's rounding error (`allowance.logit_allowance`), and
+    `allowance` E, float64 logits and a proved T (see the module note), E
+    bounds each logit's rounding error (n, out; `allowance.logit_allowance`)
+    or each gap's (n, out, out, E[y, j] in place of E_y + E_j;
+    `allowance.gap_allowance`), and
     gamma_6 of the magnitudes covers the six roundings of this test itself: a
     certified example is predicted y by the float32 network everywhere in the ball.
     """
@@ -134,8 +136,12 @@ def certified(
 def _pair_allowance(logits: torch.Tensor, labels: torch.Tensor, allowance: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(E_y + E_j, |f_y| + |f_j| + E_y + E_j) per example and class j: what a gap loses to rounding, and
-    the magnitude that the rounding of the test itself is relative to."""
-    lost = allowance.gather(1, labels[:, None]) + allowance
+    the magnitude that the rounding of the test itself is relative to. A per-gap allowance (n, out, out)
+    gives E[y, j] in place of E_y + E_j."""
+    if allowance.ndim == 3:
+        lost = allowance[torch.arange(len(labels), device=labels.device), labels]
+    else:
+        lost = allowance.gather(1, labels[:, None]) + allowance
     return lost, logits.gather(1, labels[:, None]).abs() + logits.abs() + lost
 
 

@@ -8,9 +8,10 @@ errors (see `operators.Box`); in L2 and L1, for a net with a hidden layer,
 where those bounds would otherwise grow with every unit's own reach over the
 ball (some sqrt(width) times per layer), every deeper box is cut to its units'
 certified Lipschitz reach around their value at x, and the error vector's L2
-norm and each box's values' L2 norm are carried too. The last layer is folded
-into the gaps (`operators.Linear.pairs`); `allowance` turns the walk into the
-certificates' rounding allowances.
+norm, each box's values' L2 norm and their L2 distance from the values at x
+are carried too. The last layer is folded into the gaps
+(`operators.Linear.pairs`); `allowance` turns the walk into the certificates'
+rounding allowances.
 """
 
 from __future__ import annotations
@@ -65,21 +66,22 @@ def propagate(model: LipschitzMLP, x: torch.Tensor, ball: Ball, runs_in: torch.d
             step = replace(step, compares=after.compares)
         box = operator.propagate(box, step)
         if step.whole_reach is not None:
-            box = replace(box, magnitude_norm=magnitude_norm(box, step.whole_reach))
+            box = whole_norms(box, step.whole_reach)
         boxes.append(box)
     return boxes
 
 
-def magnitude_norm(box: Box, whole_reach: torch.Tensor) -> torch.Tensor:
-    """Per example, a bound on ||h||_2 and on the L2 norm of its computed value over the ball, for a box that
-    tracks `point` (h at x in float64), errors and `error_norm`: ||point||_2 + ||errors[0]||_2 (the exact h at x
-    is within errors[0] of point, as `operators.cut_to_reach` takes it) + `whole_reach` (how far h moves over the
-    ball) + error_norm (how far the computed value is from h), capped by the L2 norm of the box's magnitudes; every
+def whole_norms(box: Box, whole_reach: torch.Tensor) -> Box:
+    """The box with its `spread` and `magnitude_norm`, for a box that tracks `point` (h at x in float64), errors
+    and `error_norm`. spread: `whole_reach` (how far h moves over the ball) + error_norm (how far the computed
+    value is from h). magnitude_norm: ||point||_2 + ||errors[0]||_2 (the exact h at x is within errors[0] of
+    point, as `operators.cut_to_reach` takes it) + spread, capped by the L2 norm of the box's magnitudes. Every
     float64 norm and sum inflated for its own rounding."""
     grow = 1 + rounding.gamma(box.point.shape[1] + 8, torch.float64)
+    spread = (whole_reach + box.error_norm) * grow
     at_x = (torch.linalg.vector_norm(box.point, dim=1) + torch.linalg.vector_norm(box.errors[0], dim=1)) * grow
-    bound = (at_x + whole_reach + box.error_norm) * grow
-    return torch.minimum(bound, torch.linalg.vector_norm(box.magnitude, dim=1) * grow)
+    bound = torch.minimum((at_x + spread) * grow, torch.linalg.vector_norm(box.magnitude, dim=1) * grow)
+    return replace(box, magnitude_norm=bound, spread=spread)
 
 
 def gap_lower_bounds(model: LipschitzMLP, x: torch.Tensor, ball: Ball) -> torch.Tensor:

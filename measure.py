@@ -129,15 +129,15 @@ def certify_split(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[
             voided = torch.zeros(len(x), dtype=torch.bool, device=x.device)
             if thresholds:  # the Lipschitz methods' ball is whole, not cut to the domain
                 logits = model64(x)
-                logit_allowance = allowance.logit_allowance(model64, x, Ball(block.norm, block.eps), runs_in)
-                voided |= allowance.voided(logit_allowance)
+                gap_allowance = allowance.gap_allowance(model64, x, Ball(block.norm, block.eps), runs_in)
+                voided |= allowance.voided(gap_allowance)
             for method in methods:
                 if method == "ibp":
                     gaps = allowance.certified_gap_bounds(model64, x, block, runs_in)
                     mask = certificates.gaps_certified(gaps.certified_lower(), y)
                     voided |= allowance.voided(gaps.allowance)
                 else:
-                    mask = certificates.certified(logits, y, thresholds[method], block.radii(x), logit_allowance)
+                    mask = certificates.certified(logits, y, thresholds[method], block.radii(x), gap_allowance)
                 masks[method].append(mask[:count])
             masks["overflow"].append(voided[:count])
     result = {name: torch.cat(parts) for name, parts in masks.items()}
@@ -188,7 +188,7 @@ def certified_radii(
             logits = model64(x)
 
             def lost(radius: torch.Tensor) -> torch.Tensor:
-                return allowance.logit_allowance(model64, x, Ball(norm, radius), runs_in)
+                return allowance.gap_allowance(model64, x, Ball(norm, radius), runs_in)
 
             if thresholds:
                 at_point = lost(torch.zeros(len(x), dtype=x.dtype, device=x.device))

@@ -58,7 +58,9 @@ class Box:
                   ball: where it may, errors[0] bounds nothing;
       error_norm  where tracked (deep nets in L2 and L1), a bound on the L2 norm of the vector whose entries
                   errors[0] bounds one by one;
-      magnitude_norm  where error_norm is tracked, a bound on the L2 norm of h and of its computed value.
+      magnitude_norm  where error_norm is tracked, a bound on the L2 norm of h and of its computed value;
+      spread      where error_norm is tracked, a bound on ||h' - h(x)||_2 for h' h or its computed value
+                  anywhere in the ball, h(x) exact at the ball's centre (see `at_x`).
     Always optional:
       apart       upper bounds of h_a - h_b for every two units a, b of each group that the next operator
                   compares, (n, groups, size, size);
@@ -77,6 +79,15 @@ class Box:
     center: torch.Tensor | None = None
     point: torch.Tensor | None = None
     magnitude_norm: torch.Tensor | None = None
+    spread: torch.Tensor | None = None
+
+    def at_x(self) -> torch.Tensor | None:
+        """Where `spread` is tracked, a bound on |h(x)| per unit, h exact at the ball's centre: |point| +
+        errors[0], since the float64 value `point` is within the float32 network's error bound of the exact
+        one (the same rules with a smaller unit roundoff, as `cut_to_reach` takes it)."""
+        if self.spread is None:
+            return None
+        return (self.point.abs() + self.errors[0]) * (1 + rounding.unit_roundoff(torch.float64))
 
 
 @dataclass(frozen=True)
@@ -311,15 +322,23 @@ class Affine(Operator):
     def rounding(
         self, error: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, error_norm: torch.Tensor | None = None,
         operator: torch.Tensor | None = None, extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
-        magnitude_norm: torch.Tensor | None = None,
+        magnitude_norm: torch.Tensor | None = None, at_x: torch.Tensor | None = None,
+        spread: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit, a bound on |fl(W h^ + b) - (W h + b)| in `dtype` when |h^ - h| <= error and |h^|, |h| <=
         magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm` (which also
-        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2). `extra_roundings`
-        and `extra`: see `rounding.fresh_error`."""
+        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2, `at_x` >= |h(x)| and
+        `spread` >= ||h^ - h(x)||_2). `extra_roundings` and `extra`: see `rounding.fresh_error`."""
         if error_norm is None:
             return rounding.linear_error(self, magnitude, error, dtype, extra_roundings, extra), None
-        return rounding.linear_error_with_norm(self, magnitude, error, error_norm, dtype, operator, magnitude_norm)
+        return rounding.linear_error_with_norm(self, magnitude, error, error_norm, dtype, operator, magnitude_norm,
+                                               at_x, spread)
+
+    def box_rounding(self, box: Box, dtype: torch.dtype, operator: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rounding` of the network's errors (errors[0]) from the box, with whatever it tracks as a whole."""
+        return self.rounding(box.errors[0], box.magnitude, dtype, box.error_norm, operator,
+                             magnitude_norm=box.magnitude_norm, at_x=box.at_x(), spread=box.spread)
 
     def overflow(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
         """Per example, whether the layer's output, computed in `dtype` from inputs bounded by the box's
@@ -380,8 +399,7 @@ class Affine(Operator):
         lower, upper, ball_term = self.box_interval(box)
         errors, error_norm, overflow = box.errors, box.error_norm, None
         if errors is not None:
-            network, error_norm = self.rounding(errors[0], box.magnitude, step.runs_in, error_norm, step.operator,
-                                                magnitude_norm=box.magnitude_norm)
+            network, error_norm = self.box_rounding(box, step.runs_in, step.operator)
             errors = torch.stack([network, self.own_error(box, ball_term)])
             overflow = self.overflow(box, step.runs_in)
         point = None if box.point is None else self(box.point)
@@ -426,6 +444,23 @@ class Linear(Affine, nn.Linear):
         flattened to out * out units (unflatten to (out, out))."""
         rows = lipschitz.pair_difference_rows(self.weight).flatten(0, 1)
         return Linear.of(rows, (self.bias[:, None] - self.bias[None, :]).flatten())
+
+    def gap_rounding(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
+        """Per example and ordered pair (i, j), a bound on |(y^_i - y^_j) - (y_i - y_j)|, y = W h + b exact and
+        y^ computed in `dtype` from the box's h^: the two units' own bounds (`box_rounding`) added or, where
+        the box tracks the error vector's L2 norm, the carried part (w_i - w_j) . (h^ - h) bounded as one dot
+        product (`rounding.carried_error` of the rows W_i - W_j), plus both units' new roundings, whichever is
+        smaller. Through the norm, orthonormal rows carry sqrt(2) ||h^ - h||_2 where the sum takes 2.
+        (n, out, out)."""
+        unit = self.box_rounding(box, dtype)[0]
+        summed = unit[:, :, None] + unit[:, None, :]
+        if box.error_norm is None:
+            return summed
+        out = self.out_features
+        fresh = rounding.fresh_error_within(self, box.magnitude, dtype, box.magnitude_norm, box.at_x(), box.spread)
+        carried = rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out))
+        grow = 1 + rounding.gamma(self.size + 4, torch.float64)
+        return torch.minimum(summed, (carried + fresh[:, :, None] + fresh[:, None, :]) * grow)
 
     def differences(self, group: int) -> Linear:
         groups = self.weight.unflatten(0, (-1, group))

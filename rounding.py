@@ -101,37 +101,66 @@ def fresh_error(
 def linear_error_with_norm(
     layer: AffineMap, magnitude: torch.Tensor, error: torch.Tensor, error_norm: torch.Tensor,
     dtype: torch.dtype, operator: torch.Tensor | None = None, magnitude_norm: torch.Tensor | None = None,
+    at_x: torch.Tensor | None = None, spread: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= error_norm (n,).
 
-    Per unit the carried error is min(|w| error, ||w||_2 error_norm) (Cauchy-Schwarz).
-    The outgoing vector's L2 norm is at most that of the per-unit bounds and,
-    given `operator` (an upper bound of ||W||_2), at most operator * error_norm +
-    ||fresh||_2. Through wide near-orthonormal layers the per-unit rule alone
-    grows the error some sqrt(n) times per layer; the error's L2 norm does not.
-    Given `magnitude_norm` (n,), a bound on ||h^||_2 (the input as computed),
-    each unit's new rounding is also at most gamma_{n+1} (||w||_2 magnitude_norm
-    + |b|) plus the underflows, since |w| . |h^| <= ||w||_2 ||h^||_2
-    (Cauchy-Schwarz): the smaller of the two is taken. Over an L2 ball the
-    box's magnitudes add every unit's own reach, some sqrt(n) times the whole
-    vector's. The float64 norms, sums and products here are inflated by 1 +
-    gamma_{k+4}, k the layer's `size`, for their own rounding. Returns the
-    per-unit bounds (n, out) and the outgoing error_norm (n,).
+    Per unit, the carried error (`carried_error`) plus the new rounding
+    (`fresh_error_within`). The outgoing vector's L2 norm is at most that of the
+    per-unit bounds and, given `operator` (an upper bound of ||W||_2), at most
+    operator * error_norm + ||fresh||_2. Through wide near-orthonormal layers
+    the per-unit rule alone grows the error some sqrt(n) times per layer; the
+    error's L2 norm does not. Returns the per-unit bounds (n, out) and the
+    outgoing error_norm (n,).
     """
     grow = 1 + gamma(layer.size + 4, torch.float64)
-    fresh = fresh_error(layer, magnitude, dtype)
-    rows = layer.row_norms("l2") * grow
-    if magnitude_norm is not None:
-        count = layer.fan_in + 1
-        by_norm = (gamma(count, dtype) * (magnitude_norm[:, None] * rows + layer.unit_bias.abs()) * grow
-                   + count * underflow(dtype))
-        fresh = torch.minimum(fresh, by_norm)
-    carried = torch.minimum(layer.abs_apply(error), error_norm[:, None] * rows * grow)  # rows, then the product
-    unit = (carried + fresh) * grow
+    fresh = fresh_error_within(layer, magnitude, dtype, magnitude_norm, at_x, spread)
+    unit = (carried_error(layer, error, error_norm) + fresh) * grow
     out = torch.linalg.vector_norm(unit, dim=1)
     if operator is not None:
         out = torch.minimum(out, operator * error_norm + torch.linalg.vector_norm(fresh, dim=1))
     return unit, out * grow * grow
+
+
+def carried_error(layer: AffineMap, error: torch.Tensor, error_norm: torch.Tensor) -> torch.Tensor:
+    """Per unit, a bound on |w . d| when |d| <= error entrywise and ||d||_2 <= error_norm (n,):
+    min(|w| error, ||w||_2 error_norm) (Cauchy-Schwarz), inflated by 1 + gamma_{k+4}, k the layer's `size`,
+    for the float64 norm, sums and products."""
+    grow = 1 + gamma(layer.size + 4, torch.float64)
+    return torch.minimum(layer.abs_apply(error), error_norm[:, None] * layer.row_norms("l2") * grow) * grow
+
+
+def fresh_error_within(
+    layer: AffineMap, magnitude: torch.Tensor, dtype: torch.dtype, magnitude_norm: torch.Tensor | None = None,
+    at_x: torch.Tensor | None = None, spread: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`fresh_error` of fl(W h^ + b), |h^| <= magnitude, where h^ is also known as a whole over a ball.
+
+    Given `magnitude_norm` (n,), a bound on ||h^||_2, each unit's new rounding
+    is also at most gamma_{n+1} (||w||_2 magnitude_norm + |b|) plus the
+    underflows, since |w| . |h^| <= ||w||_2 ||h^||_2 (Cauchy-Schwarz). Over an
+    L2 ball the box's magnitudes add every unit's own reach, some sqrt(n) times
+    the whole vector's. Given `at_x` (n, in) >= |h(x)|, h exact at the ball's
+    centre, and `spread` (n,) >= ||h^ - h(x)||_2 anywhere in the ball, it is
+    also at most gamma_{n+1} (|w| . at_x + ||w||_2 spread + |b|), since |h^| <=
+    |h(x)| + |h^ - h(x)| entrywise and Cauchy-Schwarz takes only the second
+    term: the input's value at x, most of its norm, keeps its per-unit
+    alignment with w. The smallest bound is taken; the float64 norms, sums and
+    products are inflated by 1 + gamma_{k+4}, k the layer's `size`.
+    """
+    grow = 1 + gamma(layer.size + 4, torch.float64)
+    fresh = fresh_error(layer, magnitude, dtype)
+    rows = layer.row_norms("l2") * grow
+    count = layer.fan_in + 1
+    if magnitude_norm is not None:
+        by_norm = (gamma(count, dtype) * (magnitude_norm[:, None] * rows + layer.unit_bias.abs()) * grow
+                   + count * underflow(dtype))
+        fresh = torch.minimum(fresh, by_norm)
+    if at_x is not None and spread is not None:
+        by_point = (gamma(count, dtype) * (layer.abs_apply(at_x) + spread[:, None] * rows + layer.unit_bias.abs())
+                    * grow * grow + count * underflow(dtype))
+        fresh = torch.minimum(fresh, by_point)
+    return fresh
 
 
 def normalisation_error(distance: torch.Tensor, mean: float, std: float, dtype: torch.dtype) -> torch.Tensor:

@@ -204,6 +204,12 @@ MUTANTS = [
      "exact/lp verification without exact_arithmetic (cuDNN on for its convolutions)"),
     ("ibp.py", "len(model.affine_layers()) > 1  # a hidden layer", "len(model.affine_layers()) > 2  # a hidden layer",
      "IBP: the error and value norms carried from two hidden layers only, as before 2026-12-04"),
+    ("rounding.py", "(layer.abs_apply(at_x) + spread[:, None] * rows + layer.unit_bias.abs())",
+     "(layer.abs_apply(at_x) + layer.unit_bias.abs())",
+     "rounding: the new rounding bounded from the input's value at x without its spread over the ball"),
+    ("operators.py", "rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out))",
+     "rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out)) / 2**0.5",
+     "gap_rounding: the carried error of a gap taken through one row's norm, not the rows' difference's"),
 ]
 
 

@@ -146,9 +146,13 @@ def test_hidden_box_errors_bound_the_float32_network_and_the_box_itself(model, n
     assert (exact >= box.lower[:, None] - box.errors[1][:, None] - slack).all()
     assert (exact <= box.upper[:, None] + box.errors[1][:, None] + slack).all()
     assert (exact.abs() <= box.magnitude[:, None] + slack).all()
-    if box.magnitude_norm is not None:  # deep nets in L2 and L1: the exact and computed h's L2 norms
+    if box.magnitude_norm is not None:  # deep nets in L2 and L1: the exact and computed h's L2 norms, their
+        at_x = exact[:, -1:]            # distance from h at x (the last point), and h at x itself
+        assert (at_x.abs() <= box.at_x()[:, None] + slack[:, -1:]).all()
         for values in (exact, computed):
             assert (torch.linalg.vector_norm(values, dim=2) <= box.magnitude_norm[:, None] * (1 + 1e-12)).all()
+            distance = torch.linalg.vector_norm(values - at_x, dim=2)
+            assert (distance <= box.spread[:, None] * (1 + 1e-12) + 1e-12 * (1 + at_x.abs().sum(dim=2))).all()
 
 
 def check_group_differences(model, boxes: list, points: torch.Tensor, norm: str) -> None:
@@ -243,7 +247,7 @@ def test_the_lipschitz_cut_holds_where_a_unit_moves_by_its_whole_reach():
 def test_a_deep_boxs_l2_norm_is_attained_where_the_input_moves_along_itself():
     """In the linear orthonormal net above (groups of 1), h = Q (x - mean) / std + c with Q orthonormal and zero
     biases: moving x by r along its normalised self moves h's L2 norm by r / std exactly, which the bound of
-    ||h||_2 over the ball (`ibp.magnitude_norm`) must cover, up to the rounding allowances it adds."""
+    ||h||_2 over the ball (`ibp.whole_norms`) must cover, up to the rounding allowances it adds."""
     torch.manual_seed(0)
     model = LipschitzMLP(MLPConfig(in_features=16, hidden=(16, 16), out_features=4, group_size=1)).double()
     with torch.no_grad():

@@ -72,6 +72,36 @@ def test_a_affine_layers_rounding_carries_its_input_error_and_adds_its_own(fan_i
     assert ((computed - exact).abs() <= bound).all()
 
 
+@given(st.integers(0, 9), st.integers(0, 9), seeds)
+@settings(max_examples=40, deadline=None)
+def test_a_gaps_carried_error_is_bounded_by_the_rows_difference_and_attained_along_it(i, j, seed):
+    """Two logits of an orthonormal layer computed from one h^ = h + d, d = c (w_i - w_j): the gap moves by
+    c ||w_i - w_j||^2 = ||w_i - w_j||_2 ||d||_2, which `gap_rounding` bounds through the rows' difference and
+    nearly attains, while the two logits' own bounds add to 2 ||d||_2 (each row has norm 1): sqrt(2) times
+    as much. Every other gap stays within its bound too."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.empty(10, 64)
+    torch.nn.init.orthogonal_(weight, generator=g)
+    bias = torch.randn(10, generator=g).float()
+    h = torch.rand(1, 64, generator=g).float()
+    shifted = (h.double() + 1e-2 * (weight[i] - weight[j]).double()).float()
+    d = shifted.double() - h.double()
+    magnitude = torch.maximum(h.abs(), shifted.abs()).double()
+    per_unit = torch.full((1, 64), 1e-2, dtype=F64)  # loose entry by entry: the norm must do the work
+    box = Box(h.double(), h.double(), torch.stack([per_unit, torch.zeros_like(per_unit)]), magnitude,
+              torch.linalg.vector_norm(d, dim=1))
+    layer = Linear.of(weight.double(), bias.double())
+    bound = layer.gap_rounding(box, F32)[0]
+    moved = (torch.nn.functional.linear(shifted, weight, bias).double() - (h.double() @ weight.double().T
+                                                                           + bias.double()))[0]
+    gaps_moved = moved[:, None] - moved[None, :]
+    assert (gaps_moved.abs() <= bound).all()
+    if i != j:
+        assert gaps_moved[i, j].abs() >= 0.99 * bound[i, j]
+        units = layer.box_rounding(box, F32)[0][0]
+        assert bound[i, j] * 1.4 < units[i] + units[j]
+
+
 @given(st.sampled_from([1, 2, 3, 5]), st.integers(1, 4), seeds)
 @settings(max_examples=60, deadline=None)
 def test_activations_pass_error_bounds_by_their_rounding_rules(group_size, groups, seed):

@@ -97,6 +97,40 @@ def test_the_inputs_l2_norm_bounds_each_units_new_rounding(fan_in, units, seed):
     assert (both <= by_box).all() and (both < by_box / 2).any()
 
 
+@given(st.integers(100, 400), st.integers(1, 300), st.sampled_from([0.0, 1.0]), seeds)
+@settings(max_examples=30, deadline=None)
+def test_the_value_at_x_and_the_spread_bound_each_units_new_rounding(fan_in, units, at_centre, seed):
+    """Given |h(x)| per unit and a bound s on ||h^ - h(x)||_2, each unit's new rounding is at most
+    gamma (|w| . |h(x)| + ||w||_2 s + |b|): the bounds hold on a positive layer (no cancellation) at points
+    h^ = h(x) + d, ||d||_2 <= s, along and across the rows; where h(x) is large against s and sparse (a
+    digit's normalised pixels against the radius), they are well below the bound through ||h^||_2 alone. With h(x) = 0
+    and no bias the spread's term is all the bound has: without it, no rounding would be allowed."""
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.rand(units, fan_in, generator=g) / fan_in ** 0.5).float()
+    bias = at_centre * 0.1 * torch.rand(units, generator=g).float()
+    centre = (at_centre * 3 * (torch.rand(1, fan_in, generator=g) < 0.1)).float().double()  # a digit's few strokes
+    spread = torch.tensor([0.5], dtype=torch.float64)
+    directions = torch.cat([weight[:4].double(), torch.rand(4, fan_in, generator=g, dtype=torch.float64),
+                            -torch.rand(4, fan_in, generator=g, dtype=torch.float64)])
+    h = (centre + spread * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
+    h = h[torch.linalg.vector_norm(h.double() - centre, dim=1) <= spread]  # float32 rounding may leave the ball
+    layer = Linear.of(weight.double(), bias.double())
+    loose = centre.abs() + spread
+    no_error = torch.zeros(1, fan_in, dtype=torch.float64)
+    magnitude_norm = torch.linalg.vector_norm(centre, dim=1) + spread
+    by_norm, _ = rounding.linear_error_with_norm(layer, loose, no_error, spread.new_zeros(1), torch.float32,
+                                                 magnitude_norm=magnitude_norm)
+    both, _ = rounding.linear_error_with_norm(layer, loose, no_error, spread.new_zeros(1), torch.float32,
+                                              magnitude_norm=magnitude_norm, at_x=centre.abs(), spread=spread)
+    exact = h.double() @ weight.double().T + bias.double()
+    for rows in (len(h), 1):
+        computed = torch.cat([torch.nn.functional.linear(h[i:i + rows], weight, bias) for i in range(0, len(h), rows)])
+        assert ((computed.double() - exact).abs() <= both).all()
+    assert (both <= by_norm).all()
+    if at_centre:
+        assert (both < 0.75 * by_norm).all()
+
+
 def test_linear_error_with_norm_is_attained_by_an_error_along_a_row():
     """An incoming error d = c w_0 moves unit 0 by c ||w_0||^2 = ||w_0||_2 ||d||_2: the bound through the error's L2 norm,
     which the per-unit rule (each |d_j| <= 1e-2, far above c |w_0j|) does not give."""
