@@ -46,7 +46,7 @@ def provenance(script: str, argv: list[str] | None = None) -> dict[str, Any]:
     `sys.argv[1:]` unless given), torch's threads, the machine, torch's version and the date."""
     return {"command": " ".join([f"python {script}", *(sys.argv[1:] if argv is None else argv)]),
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+            "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%d")}
 
 
 def run(main: Callable[[], None]) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpoints
+import cli
 from checkpoints import (
     ORIGINAL_KEYS,
     CheckpointError,
@@ -72,10 +73,11 @@ def test_json_and_csv_are_written_whole(tmp_path):
 def test_a_saved_checkpoint_loads_back_with_its_config_weights_and_metrics(tmp_path):
     model = small_model()
     path = tmp_path / "m.p"
-    save_checkpoint(path, model, {"clean_accuracy": 97.5})
+    metrics = {"clean_accuracy": 97.5, **cli.provenance("train_mnist.py", [])}  # plain types only: read back
+    save_checkpoint(path, model, metrics)                                          # with weights_only
     loaded = load_checkpoint(path)
     assert loaded.model.config == SMALL and not loaded.original and not loaded.model.training
-    assert loaded.metrics == {"clean_accuracy": 97.5}
+    assert loaded.metrics == metrics
     assert json.loads(checkpoints.metrics_path(path).read_text()) == loaded.metrics
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
