@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The three Wasserstein tasks of cemanil/LNets, each with GroupSort (groups of 4), MaxMin, FullSort and ReLU
 # critics (orthonormal layers, the task's widths), seed 0: one JSON per run in results/wasserstein/, and the
-# plots of the default critics of the line and circles tasks in docs/. Run from the repository root:
-#     OMP_NUM_THREADS=2 bash scripts/measure_wasserstein.sh
+# plots of the default critics of the line and circles tasks in docs/. Run from the repository root, one
+# thread a run (each record then holds its CPU time as well as its wall time); on two cores, two at once:
+#     TASKS=circles OMP_NUM_THREADS=1 bash scripts/measure_wasserstein.sh &
+#     TASKS="line sphere" OMP_NUM_THREADS=1 bash scripts/measure_wasserstein.sh
 set -euo pipefail
 out=results/wasserstein
 mkdir -p "$out"

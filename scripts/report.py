@@ -30,14 +30,16 @@ ACTIVATIONS = (("groupsort", "GroupSort (groups of 4)"), ("maxmin", "MaxMin"), (
 
 
 def wasserstein_table(results: Path) -> str:
-    """The three tasks against the four critics: the certified lower bound of W1 and the seconds it took."""
+    """The three tasks against the four critics: the certified lower bound of W1 and the seconds it took (its
+    CPU seconds, every thread, where the record has them)."""
     rows = ["| task (true W1 = 1) | " + " | ".join(name for _, name in ACTIVATIONS) + " |",
             "| --- |" + " --- |" * len(ACTIVATIONS)]
     for task in ("line", "circles", "sphere"):
         cells = []
         for activation, _ in ACTIVATIONS:
             run = json.loads((results / "wasserstein" / f"{task}_{activation}.json").read_text())
-            cells.append(f"{rounded_down(run['certified_lower_bound'])} ({run['seconds']:.0f} s)")
+            cpu = f", {run['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in run else ""
+            cells.append(f"{rounded_down(run['certified_lower_bound'])} ({run['seconds']:.0f} s{cpu})")
         rows.append(f"| `{task}` | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -175,6 +177,25 @@ def allowance_table(net: str) -> Callable[[Path], str]:
         return "\n".join(rows) + "\n"
 
     return table
+
+
+def allowance_rules_table(results: Path) -> str:
+    """What the 2026-12-04 rounding rules (the value at x with its spread, and the gap as one dot product)
+    gained on each net measured before them (results/allowance/NET_float32_before_gap_rule.json) against
+    the same checkpoint now (NET_float32.json, or the recipe's record) and in float64 (NET_float64.json): the
+    tightest method's certified accuracy, and what soundness in float32 costs before and after."""
+    rows = ["| net | float32 before the rules (%) | float32 now (%) | float64 (%) | costs before (points) | "
+            "costs now (points) |", "| --- | --- | --- | --- | --- | --- |"]
+    for before_path in sorted((results / "allowance").glob("*_float32_before_gap_rule.json")):
+        net = before_path.name.removesuffix("_float32_before_gap_rule.json")
+        now_path = results / "allowance" / f"{net}_float32.json"
+        before, run64 = (json.loads(path.read_text()) for path in
+                         (before_path, results / "allowance" / f"{net}_float64.json"))
+        now = json.loads((now_path if now_path.exists() else results / "recipes" / f"{net}.json").read_text())
+        best = run64["best_method"]
+        b32, n32, n64 = before["certified"][best], now["certified"][best], run64["certified"][best]
+        rows.append(f"| `{net}` | {b32:.2f} | {n32:.2f} | {n64:.2f} | {n64 - b32:.2f} | **{n64 - n32:.2f}** |")
+    return "\n".join(rows) + "\n"
 
 
 def orthonormal_table(results: Path) -> str:
@@ -426,6 +447,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-scaling": scaling_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
+    "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": orthonormal_table,
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,

@@ -140,7 +140,24 @@ def test_the_deep_allowance_table_states_what_soundness_costs(tmp_path):
     runs["bjorck-deep_float32"]["certified"]["margin"] = runs["bjorck-deep_float64"]["certified"]["margin"] - 0.5
     path.write_text(json.dumps(runs["bjorck-deep_float32"]))
     assert "**0.50** | yes |" in report.allowance_table("bjorck-deep")(results)
-    assert report.stale(REPO, results) == ["docs/results.md: deep-allowance"]
+    assert report.stale(REPO, results) == ["docs/results.md: deep-allowance", "docs/results.md: allowance-rules"]
+
+
+def test_the_rules_table_sets_each_net_before_the_rules_beside_now_and_float64(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    nets = sorted(path.name.removesuffix("_float32_before_gap_rule.json")
+                  for path in (results / "allowance").glob("*_float32_before_gap_rule.json"))
+    table = report.allowance_rules_table(results)
+    assert [line.split(" | ")[0].strip("| `") for line in table.splitlines()[2:]] == nets
+    path = results / "allowance" / "torchlip_float32_before_gap_rule.json"
+    before = json.loads(path.read_text())
+    best = json.loads((results / "allowance" / "torchlip_float64.json").read_text())["best_method"]
+    before["certified"][best] = 40.0
+    path.write_text(json.dumps(before))
+    row = next(line for line in report.allowance_rules_table(results).splitlines() if "`torchlip`" in line)
+    float64 = json.loads((results / "allowance" / "torchlip_float64.json").read_text())["certified"][best]
+    assert row.startswith(f"| `torchlip` | 40.00 | ") and f"| {float64 - 40:.2f} |" in row
 
 
 def test_the_orthonormal_table_gives_the_seeds_mean_and_spread_and_the_allowance_falls_back_to_the_recipe(
