@@ -152,6 +152,13 @@ def verification_here_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def float32_record(results: Path, net: str) -> dict:
+    """`net` certified as run in float32: results/allowance/NET_float32.json, or else the recipe's own record in
+    results/recipes/."""
+    path = results / "allowance" / f"{net}_float32.json"
+    return json.loads((path if path.exists() else results / "recipes" / f"{net}.json").read_text())
+
+
 def allowance_table(net: str) -> Callable[[Path], str]:
     """`scripts/measure_recipe.py` on `net` as run in float32 and in float64 (results/allowance/NET_float64.json,
     and NET_float32.json there or else the recipe's record in results/recipes/): every sound method's certified
@@ -159,9 +166,7 @@ def allowance_table(net: str) -> Callable[[Path], str]:
     at most 1 point)."""
 
     def table(results: Path) -> str:
-        float32 = results / "allowance" / f"{net}_float32.json"
-        runs = {"float32": json.loads((float32 if float32.exists() else results / "recipes" / f"{net}.json")
-                                      .read_text()),
+        runs = {"float32": float32_record(results, net),
                 "float64": json.loads((results / "allowance" / f"{net}_float64.json").read_text())}
         rows = ["| certified network | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | "
                 "certified broken |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -188,10 +193,9 @@ def allowance_rules_table(results: Path) -> str:
             "costs now (points) |", "| --- | --- | --- | --- | --- | --- |"]
     for before_path in sorted((results / "allowance").glob("*_float32_before_gap_rule.json")):
         net = before_path.name.removesuffix("_float32_before_gap_rule.json")
-        now_path = results / "allowance" / f"{net}_float32.json"
         before, run64 = (json.loads(path.read_text()) for path in
                          (before_path, results / "allowance" / f"{net}_float64.json"))
-        now = json.loads((now_path if now_path.exists() else results / "recipes" / f"{net}.json").read_text())
+        now = float32_record(results, net)
         best = run64["best_method"]
         b32, n32, n64 = before["certified"][best], now["certified"][best], run64["certified"][best]
         rows.append(f"| `{net}` | {b32:.2f} | {n32:.2f} | {n64:.2f} | {n64 - b32:.2f} | **{n64 - n32:.2f}** |")
