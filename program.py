@@ -15,6 +15,7 @@ import numpy as np
 from errors import ConfigError
 
 TOLERANCE = 1e-9  # HiGHS's feasibility and integrality tolerances
+SPARSIFY = 1 << 14  # HiGHS's presolve rule 14, Sparsify: switched off (see Program.highs)
 
 
 @dataclass
@@ -75,7 +76,12 @@ class Program:
         self.row(index, value, lower, upper)
 
     def highs(self, relax: bool) -> highspy.Highs:
-        """The program in a silent single-threaded HiGHS instance (binaries relaxed to [0, 1] with `relax`)."""
+        """The program in a silent single-threaded HiGHS instance (binaries relaxed to [0, 1] with `relax`).
+
+        Presolve runs without its Sparsify rule, which cancels nonzeros with the equality rows: on the dense
+        first layer (one row of 785 nonzeros per unit) it took 7 to 12 s of a GroupSort program's presolve and
+        most of a short one's time, and its absence left ReLU programs faster too (docs/results.md, "Every
+        core and many machines"). Which rules presolve runs changes the search, never the program."""
         lp = highspy.HighsLp()
         columns = len(self.lower)
         lp.num_col_, lp.num_row_ = columns, len(self.row_lower)
@@ -93,7 +99,7 @@ class Program:
         solver = highspy.Highs()
         for option, value in (("output_flag", False), ("threads", 1), ("mip_feasibility_tolerance", TOLERANCE),
                               ("primal_feasibility_tolerance", TOLERANCE), ("dual_feasibility_tolerance", TOLERANCE),
-                              ("random_seed", 0)):
+                              ("random_seed", 0), ("presolve_rule_off", SPARSIFY)):
             solver.setOptionValue(option, value)
         solver.passModel(lp)
         return solver

@@ -2,7 +2,8 @@
 # Exact verification of the whole test set (docs/results.md, "Every core and many machines"): `--method best`
 # on all 10,000 test digits of the original demo's GroupSort net at L-inf 0.1, within the pixel range, 60 s a
 # digit, on WORKERS processes (default 2). Writes results/verification/groupsort_best_all.csv (per digit) and
-# results/verification/groupsort_best_all.json (verdicts, deciding stages, timeouts, wall seconds, provenance).
+# results/verification/groupsort_best_all.json (verdicts, deciding stages, timeouts, wall seconds, provenance);
+# NAME=other writes results/verification/other.{csv,json} instead.
 # Run alone on the machine: the wall time is the figure.
 #
 #   OMP_NUM_THREADS=2 scripts/measure_verification_all.sh     # then python scripts/report.py
@@ -12,7 +13,7 @@ PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-../shared/mnist}
 WORKERS=${WORKERS:-2}
 OUT=results/verification
-NAME=groupsort_best_all
+NAME=${NAME:-groupsort_best_all}
 mkdir -p "$OUT"
 start=$(date +%s.%N)
 "$PY" certify.py ../shared/original-demo/groupsort.p --activation groupsort --group_size 10 --method best \

@@ -23,6 +23,7 @@ from measure import certify_split
 from mnist_data import PIXEL_RANGE, Split
 from models import LipschitzMLP, MLPConfig
 from nets import random_convs, random_nets, seeds
+from program import SPARSIFY, Program
 
 
 @pytest.mark.parametrize("size", range(1, 13))
@@ -145,6 +146,18 @@ def test_the_program_with_its_inputs_fixed_computes_the_network(model, eps, seed
     with torch.no_grad():
         expected = model.layers[:-1](model.input(point))[0].numpy()
     assert np.allclose(hidden, expected, rtol=1e-6, atol=1e-6 * (1 + np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("relax", [True, False])
+def test_presolve_runs_without_sparsify_and_otherwise_as_highs_chooses(relax):
+    """Sparsify is the one presolve rule switched off (it took most of a short GroupSort program's time on the
+    dense first layer); every other rule, and presolve itself, stay at HiGHS's defaults. That the verdicts are
+    unchanged is what the brute-force and fixed-input theorems above check, with these options."""
+    program = Program()
+    program.variable(0.0, 1.0, integer=True)
+    solver = program.highs(relax=relax)
+    assert solver.getOptionValue("presolve_rule_off")[1] == SPARSIFY == 1 << 14
+    assert solver.getOptionValue("presolve")[1] == highspy.Highs().getOptionValue("presolve")[1] == "choose"
 
 
 def test_verification_refuses_other_norms_and_methods():
