@@ -113,8 +113,8 @@ def scaling_table(results: Path) -> str:
 
 def verification_all_table(results: Path) -> str:
     """`scripts/measure_verification_all.sh`: `best` on the whole test set of the GroupSort net, its verdicts,
-    wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met; the run with HiGHS's whole
-    presolve (`groupsort_best_all_before_sparsify.json`, the code of 71b238b) above the current one."""
+    wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met; the run whose presolve had
+    every rule (`groupsort_best_all_before_sparsify.json`, the code of 06048a3) above the current one."""
     rows = ["| net, method, presolve | digits | robust | counterexample | timeout | undecided | decided by | wall time "
             "| goal: ≤ 10 timeouts in ≤ 30 min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, presolve in (("groupsort_best_all_before_sparsify", "whole"), ("groupsort_best_all", "without Sparsify")):
