@@ -452,15 +452,14 @@ class Linear(Affine, nn.Linear):
         product (`rounding.carried_error` of the rows W_i - W_j), plus both units' new roundings, whichever is
         smaller. Through the norm, orthonormal rows carry sqrt(2) ||h^ - h||_2 where the sum takes 2.
         (n, out, out)."""
-        unit = self.box_rounding(box, dtype)[0]
-        summed = unit[:, :, None] + unit[:, None, :]
         if box.error_norm is None:
-            return summed
-        out = self.out_features
+            unit = self.box_rounding(box, dtype)[0]
+            return unit[:, :, None] + unit[:, None, :]
+        out, grow = self.out_features, 1 + rounding.gamma(self.size + 4, torch.float64)
         fresh = rounding.fresh_error_within(self, box.magnitude, dtype, box.magnitude_norm, box.at_x(), box.spread)
+        unit = (rounding.carried_error(self, box.errors[0], box.error_norm) + fresh) * grow  # as box_rounding's
         carried = rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out))
-        grow = 1 + rounding.gamma(self.size + 4, torch.float64)
-        return torch.minimum(summed, (carried + fresh[:, :, None] + fresh[:, None, :]) * grow)
+        return torch.minimum(unit[:, :, None] + unit[:, None, :], (carried + fresh[:, :, None] + fresh[:, None, :]) * grow)
 
     def differences(self, group: int) -> Linear:
         groups = self.weight.unflatten(0, (-1, group))
