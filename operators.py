@@ -60,7 +60,7 @@ class Box:
                   errors[0] bounds one by one;
       magnitude_norm  where error_norm is tracked, a bound on the L2 norm of h and of its computed value;
       spread      where error_norm is tracked, a bound on ||h' - h(x)||_2 for h' h or its computed value
-                  anywhere in the ball, h(x) exact at the ball's centre (see `at_x`).
+                  anywhere in the ball, h(x) exact at the ball's centre (see `near_x`).
     Always optional:
       apart       upper bounds of h_a - h_b for every two units a, b of each group that the next operator
                   compares, (n, groups, size, size);
@@ -81,13 +81,16 @@ class Box:
     magnitude_norm: torch.Tensor | None = None
     spread: torch.Tensor | None = None
 
-    def at_x(self) -> torch.Tensor | None:
-        """Where `spread` is tracked, a bound on |h(x)| per unit, h exact at the ball's centre: |point| +
-        errors[0], since the float64 value `point` is within the float32 network's error bound of the exact
-        one (the same rules with a smaller unit roundoff, as `cut_to_reach` takes it)."""
+    def near_x(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Where `spread` is tracked, (low, high) with low <= h(x) <= high per unit, h exact at the ball's
+        centre: point -+ errors[0], since the float64 value `point` is within the float32 network's error bound
+        of the exact one (the same rules with a smaller unit roundoff, as `cut_to_reach` takes it), widened
+        for the two subtractions' rounding."""
         if self.spread is None:
             return None
-        return (self.point.abs() + self.errors[0]) * (1 + rounding.unit_roundoff(torch.float64))
+        u = rounding.unit_roundoff(torch.float64)
+        width = self.errors[0] + 4 * u * (self.point.abs() + self.errors[0])
+        return self.point - width, self.point + width
 
 
 @dataclass(frozen=True)
@@ -322,23 +325,23 @@ class Affine(Operator):
     def rounding(
         self, error: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, error_norm: torch.Tensor | None = None,
         operator: torch.Tensor | None = None, extra_roundings: int = 0, extra: torch.Tensor | float = 0.0,
-        magnitude_norm: torch.Tensor | None = None, at_x: torch.Tensor | None = None,
+        magnitude_norm: torch.Tensor | None = None, near_x: tuple[torch.Tensor, torch.Tensor] | None = None,
         spread: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit, a bound on |fl(W h^ + b) - (W h + b)| in `dtype` when |h^ - h| <= error and |h^|, |h| <=
         magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm` (which also
-        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2, `at_x` >= |h(x)| and
+        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2, `near_x` (low <= h(x) <= high) and
         `spread` >= ||h^ - h(x)||_2). `extra_roundings` and `extra`: see `rounding.fresh_error`."""
         if error_norm is None:
             return rounding.linear_error(self, magnitude, error, dtype, extra_roundings, extra), None
         return rounding.linear_error_with_norm(self, magnitude, error, error_norm, dtype, operator, magnitude_norm,
-                                               at_x, spread)
+                                               near_x, spread)
 
     def box_rounding(self, box: Box, dtype: torch.dtype, operator: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`rounding` of the network's errors (errors[0]) from the box, with whatever it tracks as a whole."""
         return self.rounding(box.errors[0], box.magnitude, dtype, box.error_norm, operator,
-                             magnitude_norm=box.magnitude_norm, at_x=box.at_x(), spread=box.spread)
+                             magnitude_norm=box.magnitude_norm, near_x=box.near_x(), spread=box.spread)
 
     def overflow(self, box: Box, dtype: torch.dtype) -> torch.Tensor:
         """Per example, whether the layer's output, computed in `dtype` from inputs bounded by the box's
@@ -456,7 +459,8 @@ class Linear(Affine, nn.Linear):
             unit = self.box_rounding(box, dtype)[0]
             return unit[:, :, None] + unit[:, None, :]
         out, grow = self.out_features, 1 + rounding.gamma(self.size + 4, torch.float64)
-        fresh = rounding.fresh_error_within(self, box.magnitude, dtype, box.magnitude_norm, box.at_x(), box.spread)
+        fresh = rounding.fresh_error_within(self, box.magnitude, dtype, box.magnitude_norm, box.near_x(),
+                                            box.spread)
         unit = (rounding.carried_error(self, box.errors[0], box.error_norm) + fresh) * grow  # as box_rounding's
         carried = rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out))
         return torch.minimum(unit[:, :, None] + unit[:, None, :], (carried + fresh[:, :, None] + fresh[:, None, :]) * grow)

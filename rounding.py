@@ -59,6 +59,9 @@ class AffineMap(Protocol):
     fan_in: int  # the most terms of one unit's dot product
     size: int  # the longest vector a rule sums: max(fan_in, units in, units out)
 
+    def affine(self, h: torch.Tensor) -> torch.Tensor:
+        """W h + b for each row h of `h`, in h's precision."""
+
     def abs_apply(self, v: torch.Tensor) -> torch.Tensor:
         """|W| v for each row v (last dimension) of `v`: every unit's |w| . v."""
 
@@ -101,7 +104,7 @@ def fresh_error(
 def linear_error_with_norm(
     layer: AffineMap, magnitude: torch.Tensor, error: torch.Tensor, error_norm: torch.Tensor,
     dtype: torch.dtype, operator: torch.Tensor | None = None, magnitude_norm: torch.Tensor | None = None,
-    at_x: torch.Tensor | None = None, spread: torch.Tensor | None = None,
+    near_x: tuple[torch.Tensor, torch.Tensor] | None = None, spread: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`linear_error` when the incoming error vector d is also known as a whole: ||d||_2 <= error_norm (n,).
 
@@ -114,7 +117,7 @@ def linear_error_with_norm(
     outgoing error_norm (n,).
     """
     grow = 1 + gamma(layer.size + 4, torch.float64)
-    fresh = fresh_error_within(layer, magnitude, dtype, magnitude_norm, at_x, spread)
+    fresh = fresh_error_within(layer, magnitude, dtype, magnitude_norm, near_x, spread)
     unit = (carried_error(layer, error, error_norm) + fresh) * grow
     out = torch.linalg.vector_norm(unit, dim=1)
     if operator is not None:
@@ -130,9 +133,30 @@ def carried_error(layer: AffineMap, error: torch.Tensor, error_norm: torch.Tenso
     return torch.minimum(layer.abs_apply(error), error_norm[:, None] * layer.row_norms("l2") * grow) * grow
 
 
+def sum_error(count: int, dtype: torch.dtype, total: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """A bound on |fl(s) - s| for a dot product plus bias s, `count` terms in all, computed in `dtype` in any
+    order (any tree of additions, with or without fused multiply-adds), given `total` >= the sum of the
+    terms' magnitudes and `side` >= the sum of the positive terms and >= that of the negative terms' magnitudes.
+
+    Each product rounds once (at most u of its magnitude: u total in all);
+    each of the count - 1 additions rounds its result once, and that result
+    is an exact sum of some of the rounded terms, within [-side, side] (1 + u),
+    plus the errors made below it, at most gamma_count total (1 + u). Hence
+    u total + (count - 1) u (1 + u) (side + gamma_count total), plus count
+    underflows. Higham's gamma_count total takes every partial sum as large as
+    total; where the terms cancel, side is about total / 2 and so is the bound.
+    The smaller of the two is returned (this one is larger only by second-order
+    terms where the terms all share a sign). Exact in float64 but for its own
+    few roundings, which the factor 1 + gamma_8 covers.
+    """
+    u = unit_roundoff(dtype)
+    signed = u * total + (count - 1) * u * (1 + u) * (side + gamma(count, dtype) * total)
+    return torch.minimum(gamma(count, dtype) * total, signed * (1 + gamma(8, torch.float64))) + count * underflow(dtype)
+
+
 def fresh_error_within(
     layer: AffineMap, magnitude: torch.Tensor, dtype: torch.dtype, magnitude_norm: torch.Tensor | None = None,
-    at_x: torch.Tensor | None = None, spread: torch.Tensor | None = None,
+    near_x: tuple[torch.Tensor, torch.Tensor] | None = None, spread: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`fresh_error` of fl(W h^ + b), |h^| <= magnitude, where h^ is also known as a whole over a ball.
 
@@ -140,13 +164,19 @@ def fresh_error_within(
     is also at most gamma_{n+1} (||w||_2 magnitude_norm + |b|) plus the
     underflows, since |w| . |h^| <= ||w||_2 ||h^||_2 (Cauchy-Schwarz). Over an
     L2 ball the box's magnitudes add every unit's own reach, some sqrt(n) times
-    the whole vector's. Given `at_x` (n, in) >= |h(x)|, h exact at the ball's
-    centre, and `spread` (n,) >= ||h^ - h(x)||_2 anywhere in the ball, it is
-    also at most gamma_{n+1} (|w| . at_x + ||w||_2 spread + |b|), since |h^| <=
-    |h(x)| + |h^ - h(x)| entrywise and Cauchy-Schwarz takes only the second
-    term: the input's value at x, most of its norm, keeps its per-unit
-    alignment with w. The smallest bound is taken; the float64 norms, sums and
-    products are inflated by 1 + gamma_{k+4}, k the layer's `size`.
+    the whole vector's. Given `near_x` (low, high), low <= h(x) <= high (n, in),
+    h exact at the ball's centre, and `spread` (n,) >= ||h^ - h(x)||_2 anywhere
+    in the ball, the terms' magnitudes sum to at most |w| . a + ||w||_2 spread +
+    |b|, a = max(|low|, |high|), since |h^| <= |h(x)| + |h^ - h(x)| entrywise
+    and Cauchy-Schwarz takes only the second term: the input's value at x, most
+    of its norm, keeps its per-unit alignment with w. The positive terms sum to
+    at most w . c + |w| . r + b+ + ||w||_2 spread and the negative ones to at
+    most -w . c + |w| . r + b- + ||w||_2 spread, [c - r, c + r] the interval
+    [low, high] widened to hold 0 (the largest of w_i h_i and 0 over it is
+    w_i c_i + |w_i| r_i); `sum_error` takes both, so a unit whose terms cancel
+    gets about half of Higham's bound. The smallest bound is taken; the float64
+    norms, sums and products are inflated by 1 + gamma_{k+4}, k the layer's
+    `size`.
     """
     grow = 1 + gamma(layer.size + 4, torch.float64)
     fresh = fresh_error(layer, magnitude, dtype)
@@ -156,10 +186,14 @@ def fresh_error_within(
         by_norm = (gamma(count, dtype) * (magnitude_norm[:, None] * rows + layer.unit_bias.abs()) * grow
                    + count * underflow(dtype))
         fresh = torch.minimum(fresh, by_norm)
-    if at_x is not None and spread is not None:
-        by_point = (gamma(count, dtype) * (layer.abs_apply(at_x) + spread[:, None] * rows + layer.unit_bias.abs())
-                    * grow * grow + count * underflow(dtype))
-        fresh = torch.minimum(fresh, by_point)
+    if near_x is not None and spread is not None:
+        low, high = near_x
+        reach, bias = spread[:, None] * rows, layer.unit_bias.abs()
+        total = (layer.abs_apply(torch.maximum(low.abs(), high.abs())) + reach + bias) * grow * grow
+        top, bottom = high.clamp_min(0), low.clamp_max(0)
+        centre = (layer.affine((top + bottom) / 2) - layer.unit_bias / 2).abs() + gamma(layer.size + 4, torch.float64) * total
+        side = (centre + layer.abs_apply((top - bottom) / 2) + bias / 2 + reach) * grow * grow
+        fresh = torch.minimum(fresh, sum_error(count, dtype, total, side))
     return fresh
 
 

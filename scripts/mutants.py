@@ -205,12 +205,20 @@ MUTANTS = [
      "exact/lp verification without exact_arithmetic (cuDNN on for its convolutions)"),
     ("ibp.py", "len(model.affine_layers()) > 1  # a hidden layer", "len(model.affine_layers()) > 2  # a hidden layer",
      "IBP: the error and value norms carried from two hidden layers only, as before 2026-12-04"),
-    ("rounding.py", "(layer.abs_apply(at_x) + spread[:, None] * rows + layer.unit_bias.abs())",
-     "(layer.abs_apply(at_x) + layer.unit_bias.abs())",
+    ("rounding.py", "total = (layer.abs_apply(torch.maximum(low.abs(), high.abs())) + reach + bias) * grow * grow",
+     "total = (layer.abs_apply(torch.maximum(low.abs(), high.abs())) + bias) * grow * grow",
      "rounding: the new rounding bounded from the input's value at x without its spread over the ball"),
     ("operators.py", "rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out))",
      "rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out)) / 2**0.5",
      "gap_rounding: the carried error of a gap taken through one row's norm, not the rows' difference's"),
+    ("rounding.py", "(count - 1) * u * (1 + u) * (side + gamma(count, dtype) * total)",
+     "(count - 1) * u * (1 + u) * (side / 2 + gamma(count, dtype) * total)",
+     "sum_error: each addition's rounding taken from half the larger side"),
+    ("rounding.py", "top, bottom = high.clamp_min(0), low.clamp_max(0)", "top, bottom = high, low",
+     "fresh_error_within: the larger side from h(x)'s interval, not widened to hold 0 (the sum, not its sides)"),
+    ("rounding.py", "side = (centre + layer.abs_apply((top - bottom) / 2) + bias / 2 + reach) * grow * grow",
+     "side = (centre + layer.abs_apply((top - bottom) / 2) + bias / 2) * grow * grow",
+     "fresh_error_within: the larger side without the spread's reach over the ball"),
 ]
 
 

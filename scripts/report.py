@@ -189,21 +189,31 @@ def allowance_table(net: str) -> Callable[[Path], str]:
     return table
 
 
+RULE_STAGES = (("before_gap_rule", "before the rules of 2026-12-04"), ("before_sum_rule", "before the sum rule"))
+
+
 def allowance_rules_table(results: Path) -> str:
-    """What the 2026-12-04 rounding rules (the value at x with its spread, and the gap as one dot product)
-    gained on each net measured before them (results/allowance/NET_float32_before_gap_rule.json) against
-    the same checkpoint now (NET_float32.json, or the recipe's record) and in float64 (NET_float64.json): the
-    tightest method's certified accuracy, and what soundness in float32 costs before and after."""
-    rows = ["| net | float32 before the rules (%) | float32 now (%) | float64 (%) | costs before (points) | "
-            "costs now (points) |", "| --- | --- | --- | --- | --- | --- |"]
-    for before_path in sorted((results / "allowance").glob("*_float32_before_gap_rule.json")):
-        net = before_path.name.removesuffix("_float32_before_gap_rule.json")
-        before, run64 = (json.loads(path.read_text()) for path in
-                         (before_path, results / "allowance" / f"{net}_float64.json"))
-        now = float32_record(results, net)
+    """What the rounding rules gained on each net measured before them: the 2026-12-04 rules (the value at x
+    with its spread, the gap as one dot product; results/allowance/NET_float32_before_gap_rule.json) and the
+    2026-12-05 sum rule (NET_float32_before_sum_rule.json), against the same checkpoint now (NET_float32.json,
+    or the recipe's record) and in float64 (NET_float64.json): the tightest method's certified accuracy, and
+    what soundness in float32 costs at each stage."""
+    header = [f"float32 {name} (%)" for _, name in RULE_STAGES] + ["float32 now (%)", "float64 (%)"]
+    header += [f"costs {name} (points)" for _, name in RULE_STAGES] + ["costs now (points)"]
+    rows = ["| net | " + " | ".join(header) + " |", "|" + " --- |" * (len(header) + 1)]
+    for first in sorted((results / "allowance").glob(f"*_float32_{RULE_STAGES[0][0]}.json")):
+        net = first.name.removesuffix(f"_float32_{RULE_STAGES[0][0]}.json")
+        run64 = json.loads((results / "allowance" / f"{net}_float64.json").read_text())
         best = run64["best_method"]
-        b32, n32, n64 = before["certified"][best], now["certified"][best], run64["certified"][best]
-        rows.append(f"| `{net}` | {b32:.2f} | {n32:.2f} | {n64:.2f} | {n64 - b32:.2f} | **{n64 - n32:.2f}** |")
+        stages = [results / "allowance" / f"{net}_float32_{stage}.json" for stage, _ in RULE_STAGES]
+        runs = [json.loads(path.read_text()) if path.exists() else None for path in stages]
+        runs.append(float32_record(results, net))
+        n64 = run64["certified"][best]
+        certified = [None if run is None else run["certified"][best] for run in runs]
+        cells = [" " if value is None else f"{value:.2f}" for value in certified] + [f"{n64:.2f}"]
+        costs = [" " if value is None else f"{n64 - value:.2f}" for value in certified]
+        costs[-1] = f"**{costs[-1]}**"
+        rows.append(f"| `{net}` | " + " | ".join(cells + costs) + " |")
     return "\n".join(rows) + "\n"
 
 

@@ -3,6 +3,9 @@ shape and batch, large and small magnitudes, and the input normalisation."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -121,7 +124,7 @@ def test_the_value_at_x_and_the_spread_bound_each_units_new_rounding(fan_in, uni
     by_norm, _ = rounding.linear_error_with_norm(layer, loose, no_error, spread.new_zeros(1), torch.float32,
                                                  magnitude_norm=magnitude_norm)
     both, _ = rounding.linear_error_with_norm(layer, loose, no_error, spread.new_zeros(1), torch.float32,
-                                              magnitude_norm=magnitude_norm, at_x=centre.abs(), spread=spread)
+                                              magnitude_norm=magnitude_norm, near_x=(centre, centre), spread=spread)
     exact = h.double() @ weight.double().T + bias.double()
     for rows in (len(h), 1):
         computed = torch.cat([torch.nn.functional.linear(h[i:i + rows], weight, bias) for i in range(0, len(h), rows)])
@@ -129,6 +132,75 @@ def test_the_value_at_x_and_the_spread_bound_each_units_new_rounding(fan_in, uni
     assert (both <= by_norm).all()
     if at_centre:
         assert (both < 0.75 * by_norm).all()
+
+
+def sequential_sum(terms: np.ndarray) -> float:
+    """The terms added left to right in float32, each addition rounded (numpy's scalar float32 arithmetic)."""
+    total = np.float32(0)
+    for term in terms:
+        total = np.float32(total + term)
+    return float(total)
+
+
+@given(st.integers(1, 1500), st.booleans(), seeds)
+@settings(max_examples=40, deadline=None)
+def test_sum_error_holds_where_every_addition_rounds_the_same_way(k, cancel, seed):
+    """A sum built so that every addition rounds by nearly u of its partial sum, all in one direction: 1, then
+    k terms just above half an ulp of 1 (each rounds up by about u), k just below (each rounds back up, by
+    about u again), then, with `cancel`, -1, so that the terms cancel and the larger side is about half the
+    magnitudes. Its error reaches (count - 2) u of the side: `sum_error` must hold, Higham's gamma_count of the
+    magnitudes is nearly twice as large where the terms cancel, and the signed bound is attained to within 1 + 4/count.
+    Then the same terms in random orders."""
+    half_ulp = 2.0 ** -24
+    terms = np.concatenate([[1.0], np.full(k, half_ulp * (1 + 2.0 ** -10)), np.full(k, -half_ulp * (1 - 2.0 ** -10)),
+                            [-1.0] if cancel else []]).astype(np.float32)
+    exact = math.fsum(terms.astype(np.float64))
+    values = terms.astype(np.float64)
+    total = torch.tensor([np.abs(values).sum()], dtype=torch.float64)
+    side = torch.tensor([max(values[values > 0].sum(), -values[values < 0].sum())], dtype=torch.float64)
+    bound = float(rounding.sum_error(len(terms), torch.float32, total, side)[0])
+    error = abs(sequential_sum(terms) - exact)
+    assert error <= bound
+    assert error >= (len(terms) - 2) * rounding.unit_roundoff(torch.float32) * float(side[0]) * (1 - 2.0 ** -9)
+    if cancel:
+        assert bound < (0.5 + 1 / len(terms)) * rounding.gamma(len(terms), torch.float32) * float(total[0])
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        assert abs(sequential_sum(rng.permutation(terms)) - exact) <= bound
+    # the same sum as a layer's dot product w . h, the terms as its row and h = 1 (exact products): the bound
+    # that fresh_error_within finds from h's value at x must hold too
+    layer = Linear.of(torch.from_numpy(values)[None], torch.zeros(1, dtype=torch.float64))
+    ones, no_spread = torch.ones(1, len(terms), dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    within = rounding.fresh_error_within(layer, ones, torch.float32, near_x=(ones, ones), spread=no_spread)
+    assert error <= float(within[0, 0])
+
+
+@given(st.integers(100, 400), st.integers(30, 100), seeds)
+@settings(max_examples=30, deadline=None)
+def test_signed_terms_halve_the_new_rounding_and_still_bound_it(fan_in, units, seed):
+    """Random weights of both signs against a digit-like h(x) >= 0, and against h(x) of both signs: a unit's
+    terms mostly cancel, so the bound through the larger side (`near_x`) is on average about half of
+    gamma (|w| . |h(x)| + ||w||_2 s + |b|) and never above it; it still bounds fl32(W h^ + b) at points of the
+    ball, in any batch."""
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(units, fan_in, generator=g) / fan_in ** 0.5).float()
+    bias = (0.1 * torch.randn(units, generator=g)).float()
+    for centre in (3 * (torch.rand(1, fan_in, generator=g) < 0.2), torch.randn(1, fan_in, generator=g)):
+        centre = centre.float().double()
+        spread = torch.tensor([0.5], dtype=torch.float64)
+        directions = torch.cat([weight[:4].double(), torch.randn(8, fan_in, generator=g, dtype=torch.float64)])
+        h = (centre + spread * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
+        h = h[torch.linalg.vector_norm(h.double() - centre, dim=1) <= spread]
+        layer = Linear.of(weight.double(), bias.double())
+        loose = centre.abs() + spread
+        signed = rounding.fresh_error_within(layer, loose, torch.float32, near_x=(centre, centre), spread=spread)
+        unsigned = rounding.gamma(fan_in + 1, torch.float32) * (
+            layer.abs_apply(centre.abs()) + spread * layer.row_norms("l2") + bias.double().abs())
+        exact = h.double() @ weight.double().T + bias.double()
+        for rows in (len(h), 1):
+            computed = torch.cat([torch.nn.functional.linear(h[i:i + rows], weight, bias) for i in range(0, len(h), rows)])
+            assert ((computed.double() - exact).abs() <= signed).all()
+        assert (signed <= unsigned * (1 + 1e-12) + 1e-35).all() and signed.sum() < 0.7 * unsigned.sum()
 
 
 def test_linear_error_with_norm_is_attained_by_an_error_along_a_row():
