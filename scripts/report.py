@@ -517,12 +517,14 @@ def numbers(value: object) -> list[float]:
 
 
 def figures_in(path: Path) -> set[str]:
-    """Every number of a results file (JSON, or CSV cells), as printed with 0 to 4 decimals."""
+    """Every number of a results file (JSON, or CSV cells), as printed with 0 to 4 decimals, rounded to nearest
+    or down (a lower bound's way, `rounded_down`)."""
     if path.suffix == ".json":
         values = numbers(json.loads(path.read_text()))
     else:
         values = [float(cell) for cell in re.split(r"[,\s]+", path.read_text()) if FIGURE.fullmatch(cell)]
-    return {f"{value:.{places}f}" for value in values for places in range(5)}
+    return {text for value in values for places in range(5)
+            for text in (f"{value:.{places}f}", rounded_down(value, places) if math.isfinite(value) else "")}
 
 
 def sections(text: str) -> list[str]:

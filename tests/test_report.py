@@ -64,7 +64,7 @@ def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
     of a generated section is flagged; a quoted or typed-block one is not."""
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
-    run = results / "wasserstein" / "circles_groupsort.json"
+    run = results / "wasserstein" / "sphere_maxmin.json"
     entries = json.loads(run.read_text())
     quoted = report.rounded_down(entries["certified_lower_bound"])  # as the table and prose write a lower bound
     assert quoted in (REPO / "docs" / "results.md").read_text()
