@@ -330,8 +330,8 @@ class Affine(Operator):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit, a bound on |fl(W h^ + b) - (W h + b)| in `dtype` when |h^ - h| <= error and |h^|, |h| <=
         magnitude: `rounding.linear_error`; with `error_norm`, `rounding.linear_error_with_norm` (which also
-        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2, `near_x` (low <= h(x) <= high) and
-        `spread` >= ||h^ - h(x)||_2). `extra_roundings` and `extra`: see `rounding.fresh_error`."""
+        returns the outgoing error vector's L2 norm, and takes `magnitude_norm` >= ||h^||_2, `near_x` (low <=
+        h(x) <= high) and `spread` >= ||h^ - h(x)||_2). `extra_roundings` and `extra`: see `rounding.fresh_error`."""
         if error_norm is None:
             return rounding.linear_error(self, magnitude, error, dtype, extra_roundings, extra), None
         return rounding.linear_error_with_norm(self, magnitude, error, error_norm, dtype, operator, magnitude_norm,

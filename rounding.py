@@ -191,7 +191,8 @@ def fresh_error_within(
         reach, bias = spread[:, None] * rows, layer.unit_bias.abs()
         total = (layer.abs_apply(torch.maximum(low.abs(), high.abs())) + reach + bias) * grow * grow
         top, bottom = high.clamp_min(0), low.clamp_max(0)
-        centre = (layer.affine((top + bottom) / 2) - layer.unit_bias / 2).abs() + gamma(layer.size + 4, torch.float64) * total
+        centre = ((layer.affine((top + bottom) / 2) - layer.unit_bias / 2).abs()
+                  + gamma(layer.size + 4, torch.float64) * total)  # |w . c + b / 2|, its float64 rounding added
         side = (centre + layer.abs_apply((top - bottom) / 2) + bias / 2 + reach) * grow * grow
         fresh = torch.minimum(fresh, sum_error(count, dtype, total, side))
     return fresh
