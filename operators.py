@@ -461,7 +461,7 @@ class Linear(Affine, nn.Linear):
         out, grow = self.out_features, 1 + rounding.gamma(self.size + 4, torch.float64)
         fresh = rounding.fresh_error_within(self, box.magnitude, dtype, box.magnitude_norm, box.near_x(),
                                             box.spread)
-        unit = (rounding.carried_error(self, box.errors[0], box.error_norm) + fresh) * grow  # as box_rounding's
+        unit = rounding.unit_error(self, box.errors[0], box.error_norm, fresh)  # as box_rounding's
         carried = rounding.carried_error(self.pairs(), box.errors[0], box.error_norm).unflatten(1, (out, out))
         return torch.minimum(unit[:, :, None] + unit[:, None, :], (carried + fresh[:, :, None] + fresh[:, None, :]) * grow)
 

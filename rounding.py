@@ -118,11 +118,17 @@ def linear_error_with_norm(
     """
     grow = 1 + gamma(layer.size + 4, torch.float64)
     fresh = fresh_error_within(layer, magnitude, dtype, magnitude_norm, near_x, spread)
-    unit = (carried_error(layer, error, error_norm) + fresh) * grow
+    unit = unit_error(layer, error, error_norm, fresh)
     out = torch.linalg.vector_norm(unit, dim=1)
     if operator is not None:
         out = torch.minimum(out, operator * error_norm + torch.linalg.vector_norm(fresh, dim=1))
     return unit, out * grow * grow
+
+
+def unit_error(layer: AffineMap, error: torch.Tensor, error_norm: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """Per unit, `carried_error` plus the new rounding `fresh` (`fresh_error_within`), inflated by
+    1 + gamma_{k+4} for the float64 sum, k the layer's `size`."""
+    return (carried_error(layer, error, error_norm) + fresh) * (1 + gamma(layer.size + 4, torch.float64))
 
 
 def carried_error(layer: AffineMap, error: torch.Tensor, error_norm: torch.Tensor) -> torch.Tensor:

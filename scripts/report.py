@@ -394,7 +394,8 @@ def frontier_table(results: Path) -> str:
     rows = ["| model | clean / certified at L∞ 0.1 | cost | source |", "| --- | --- | --- | --- |"]
     for recipe, words in RECIPE_WORDS.items():
         runs = seeds_of(results, recipe)
-        if not runs or not runs[0]["training"].get("convs") or runs[0]["norm"] != "linf" or runs[0]["radius"] != 0.1:
+        convolutional = runs and runs[0]["training"].get("convs")
+        if not convolutional or runs[0]["norm"] != "linf" or runs[0]["radius"] != 0.1:
             continue
         certificate = {method: sum(run["certified"][method] for run in runs) / len(runs)
                        for method in runs[0]["certified"] if method != "best"}

@@ -115,8 +115,9 @@ def test_the_value_at_x_and_the_spread_bound_each_units_new_rounding(fan_in, uni
     spread = torch.tensor([0.5], dtype=torch.float64)
     directions = torch.cat([weight[:4].double(), torch.rand(4, fan_in, generator=g, dtype=torch.float64),
                             -torch.rand(4, fan_in, generator=g, dtype=torch.float64)])
-    h = (centre + spread * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
+    h = (centre + 0.999 * spread * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
     h = h[torch.linalg.vector_norm(h.double() - centre, dim=1) <= spread]  # float32 rounding may leave the ball
+    assert len(h) > 0
     layer = Linear.of(weight.double(), bias.double())
     loose = centre.abs() + spread
     no_error = torch.zeros(1, fan_in, dtype=torch.float64)
@@ -189,8 +190,10 @@ def test_signed_terms_halve_the_new_rounding_and_still_bound_it(fan_in, units, s
         centre = centre.float().double()
         spread = torch.tensor([0.5], dtype=torch.float64)
         directions = torch.cat([weight[:4].double(), torch.randn(8, fan_in, generator=g, dtype=torch.float64)])
-        h = (centre + spread * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
+        inside = 0.999 * spread  # on the sphere itself float32 rounding may leave the ball, and all the points can
+        h = (centre + inside * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
         h = h[torch.linalg.vector_norm(h.double() - centre, dim=1) <= spread]
+        assert len(h) > 0
         layer = Linear.of(weight.double(), bias.double())
         loose = centre.abs() + spread
         signed = rounding.fresh_error_within(layer, loose, torch.float32, near_x=(centre, centre), spread=spread)
