@@ -314,6 +314,20 @@ def reproduction_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def readme_reproduction_table(results: Path) -> str:
+    """The README's rows of the demo's two runs on this machine (results/reproduction/): the clean and certified
+    accuracy that training printed, to its three decimals."""
+    rows = ["| run | command | clean (%) | certified (%) |", "| --- | --- | --- | --- |"]
+    for path in sorted((results / "reproduction").glob("*.json"), key=lambda path: path.stem != "demo"):
+        run = json.loads(path.read_text())
+        training = run["training"]
+        flags = "" if run["recipe"] == "demo" else f" --recipe {run['recipe']}"
+        rows.append(f"| {NETS[training['activation']]} | `python train_mnist.py{flags} --data-dir ../shared/mnist` "
+                    f"(seed {training['seed']}) | **{training['clean_accuracy']:.3f}** | "
+                    f"**{training['certified_accuracy']:.3f}** |")
+    return "\n".join(rows) + "\n"
+
+
 GOALS = (  # recipe, ball, the goal, the field's figure and its source
     ("cnn-ibp", "L∞ 0.1", "≥ 95", "97.08, IBP medium CNN (deepmind/interval-bound-propagation)"),
     ("cnn-ibp-0.3", "L∞ 0.3", "≥ 85", "93–94, IBP and its successors, large CNNs"),
@@ -323,7 +337,14 @@ GOALS = (  # recipe, ball, the goal, the field's figure and its source
 )
 
 
-RECIPE_WORDS = {"l2": "L2 penalty (`--norm l2 --lc_penalty 0.5`), certified at L2 radius 1.58 by `margin`",
+RECIPE_WORDS = {"demo": "the defaults: the original demo, GroupSort groups of 10, penalty 0.01, 100 epochs",
+                "relu": "the demo with ReLU, the baseline",
+                "ibp-gs50": "IBP training, GroupSort groups of 50, radius ramped over 20 of 120 epochs",
+                "ibp-wide": "IBP training, 1000 units in groups of 50, trained at 0.15, smooth ramp, two learning-rate "
+                            "drops",
+                "ibp-wide-0.3": "`ibp-wide` for L∞ 0.3, trained at 0.4",
+                "l2-lmt": "Lipschitz-margin training on the L2 `margin` thresholds, 1000 units, no penalty, 240 epochs",
+                "l2": "L2 penalty (`--norm l2 --lc_penalty 0.5`), certified at L2 radius 1.58 by `margin`",
                 "lmt": "Lipschitz-margin training on the `margin` thresholds, 10 epochs",
                 "bjorck-l2": "orthonormal weights (`--constraint bjorck`, Anil et al.), 784-1024-10, MaxMin, "
                              "`lmt` loss, 8 epochs",
@@ -334,9 +355,14 @@ RECIPE_WORDS = {"l2": "L2 penalty (`--norm l2 --lc_penalty 0.5`), certified at L
                                   "`lmt` loss, batches of 1,024"}
 
 
+RECORDS = ("reproduction", "recipes")
+REPRODUCTION = ("demo", "relu")  # the recipes of results/reproduction/  # the folders of results/ that hold `scripts/measure_recipe.py`'s records
+
+
 def seeds_of(results: Path, recipe: str) -> list[dict]:
-    """`scripts/measure_recipe.py`'s records of `recipe`, one per seed trained, by seed."""
-    runs = [json.loads(path.read_text()) for path in (results / "recipes").glob("*.json")]
+    """`scripts/measure_recipe.py`'s records of `recipe` (the demo's runs in results/reproduction/, the other
+    recipes' in results/recipes/), one per seed trained, by seed."""
+    runs = [json.loads(path.read_text()) for folder in RECORDS for path in (results / folder).glob("*.json")]
     return sorted((run for run in runs if run["recipe"] == recipe), key=lambda run: run["training"]["seed"])
 
 
@@ -353,19 +379,27 @@ def mean_of(runs: list[dict], key: str) -> str:
     return f"{mean} (mean of {len(runs)} seeds: {', '.join(f'{run[key]:.2f}' for run in runs)})"
 
 
+def demo_rule(runs: list[dict]) -> str:
+    """The demo's own certificate (`global`) beside a tighter one, for the MLPs certified in L-inf."""
+    run = runs[0]
+    if run["norm"] != "linf" or run["training"].get("convs") or run["best_method"] == "global":
+        return ""
+    return f" ({sum(r['certified']['global'] for r in runs) / len(runs):.2f} global)"
+
+
 def readme_recipes_table(results: Path) -> str:
     """The README's rows of the recipes measured into results/recipes/: what each is, clean and certified
     (tightest method; the means over seeds where several were trained)."""
     rows = ["| recipe | what it is | clean (%) | certified (%) |", "| --- | --- | --- | --- |"]
     for recipe, words in RECIPE_WORDS.items():
         runs = seeds_of(results, recipe)
-        if runs:
+        if runs and recipe not in REPRODUCTION:  # the demo's runs have their own table above
             run, count = runs[0], len(runs)
             norm = NORM_NAMES[run["norm"]]
             seeds = f", mean of {count} seeds" if count > 1 else ""
             rows.append(f"| `{recipe}` | {words}; {run['training']['train_seconds'] / 60:.0f} min | "
                         f"{average(runs, 'clean'):.2f} | {average(runs, 'best_certified'):.2f} {method_label(run)}, "
-                        f"{norm} {run['radius']:g}{seeds} |")
+                        f"{norm} {run['radius']:g}{seeds}{demo_rule(runs)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -388,25 +422,32 @@ def goals_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+FRONTIER = (("cnn-ibp", "convolutional networks"), ("ibp-wide", "measured recipes"),
+            ("ibp-gs50", "measured recipes"), ("demo", "the reproduction on the 2-core Intel Xeon, generated"))
+
+
 def frontier_table(results: Path) -> str:
-    """The convolutional recipes at L∞ 0.1 in the frontier table's terms: clean / certified (means over the seeds
-    trained), the certificate alone and APGD's robust accuracy, the training's wall time on this CPU."""
+    """This repository's rows of the frontier at L∞ 0.1: clean / certified by the tightest sound method (means over
+    the seeds trained), the tightest certificate alone and APGD's robust accuracy, the training's wall time on
+    this CPU, and the section that measured it."""
     rows = ["| model | clean / certified at L∞ 0.1 | cost | source |", "| --- | --- | --- | --- |"]
-    for recipe, words in RECIPE_WORDS.items():
+    for recipe, section in FRONTIER:
         runs = seeds_of(results, recipe)
-        convolutional = runs and runs[0]["training"].get("convs")
-        if not convolutional or runs[0]["norm"] != "linf" or runs[0]["radius"] != 0.1:
+        if not runs:
             continue
         certificate = {method: sum(run["certified"][method] for run in runs) / len(runs)
                        for method in runs[0]["certified"] if method != "best"}
         alone = max(certificate, key=certificate.get)
+        alone = "" if alone == runs[0]["best_method"] else f"{alone} alone {certificate[alone]:.2f}; "
+        if not runs[0]["training"].get("convs"):  # an MLP: the demo's own rule too
+            alone += f"global {certificate['global']:.2f}; "
         minutes = [run["training"]["train_seconds"] / 60 for run in runs]
+        spread = f"{min(minutes):.0f}–{max(minutes):.0f} min a seed" if len(runs) > 1 else f"{minutes[0]:.0f} min"
         seeds = f", mean of {len(runs)} seeds" if len(runs) > 1 else ""
-        rows.append(f"| this repository, `{recipe}`: {words} | **{average(runs, 'clean'):.2f} / "
-                    f"{average(runs, 'best_certified'):.2f}** {method_label(runs[0])}{seeds} ({alone} alone "
-                    f"{certificate[alone]:.2f}; APGD robust {average(runs, 'attack_robust'):.2f}) | "
-                    f"{min(minutes):.0f}–{max(minutes):.0f} min a seed, 2-core CPU | "
-                    "[convolutional networks](#convolutional-networks) |")
+        anchor = "#" + re.sub(r"[^\w -]", "", section).lower().replace(" ", "-")
+        rows.append(f"| this repository, `{recipe}`: {RECIPE_WORDS[recipe]} | **{average(runs, 'clean'):.2f} / "
+                    f"{average(runs, 'best_certified'):.2f}** {method_label(runs[0])}{seeds} ({alone}APGD robust "
+                    f"{average(runs, 'attack_robust'):.2f}) | {spread}, 2-core CPU | [{section}]({anchor}) |")
     return "\n".join(rows) + "\n"
 
 
@@ -466,7 +507,8 @@ def cuda_certificates_table(results: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
-    "frontier-cnn": frontier_table, "reproduction": reproduction_table,
+    "frontier": frontier_table, "reproduction": reproduction_table,
+    "readme-reproduction": readme_reproduction_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table,

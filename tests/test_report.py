@@ -51,7 +51,7 @@ def test_another_seed_is_averaged_into_the_goals(tmp_path):
     row = next(line for line in report.goals_table(results).splitlines() if line.startswith("| `cnn-ibp` |"))
     assert f"{mean:.2f} (mean of {len(values)} seeds: {', '.join(f'{v:.2f}' for v in values)})" in row
     assert ("yes" in row) == (mean >= 95)
-    assert sorted(report.stale(REPO, results)) == ["README.md: readme-recipes", "docs/results.md: frontier-cnn",
+    assert sorted(report.stale(REPO, results)) == ["README.md: readme-recipes", "docs/results.md: frontier",
                                                    "docs/results.md: recipes", "docs/results.md: recipes-goals"]
 
 
@@ -102,7 +102,23 @@ def test_the_reproduction_table_shows_what_training_printed(tmp_path):
     assert printed in report.reproduction_table(results)
     entries["training"]["certified_accuracy"] += 0.01
     run.write_text(json.dumps(entries))
-    assert report.stale(REPO, results) == ["docs/results.md: reproduction"]
+    assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction"]
+
+
+def test_the_readme_shows_the_demo_as_training_printed_it_and_not_again_among_the_recipes(tmp_path):
+    """The README's reproduction rows come from results/reproduction/ (training's printed figures, as in the
+    expected output); the recipes' table below them leaves those runs out, and the frontier keeps the demo."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    run = results / "reproduction" / "demo.json"
+    entries = json.loads(run.read_text())
+    printed = f"**{entries['training']['clean_accuracy']:.3f}** | **{entries['training']['certified_accuracy']:.3f}**"
+    assert printed in report.readme_reproduction_table(results)
+    assert "`demo`" not in report.readme_recipes_table(results)
+    assert "`demo`" in report.frontier_table(results)
+    entries["training"]["clean_accuracy"] -= 0.01
+    run.write_text(json.dumps(entries))
+    assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction"]
 
 
 def test_the_verification_table_shows_the_exact_verdicts_of_its_records(tmp_path):
