@@ -552,6 +552,8 @@ FENCE = re.compile(r"```.*?```", re.S)
 QUOTED = re.compile(r"<!-- quoted: .*? -->")
 CODE = re.compile(r"`[^`\n]*`")  # commands, flags, versions: settings, not figures
 TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->", re.S)
+LINK = re.compile(r"\]\([^)\s]*\)|arXiv:\d{4}\.\d{4,5}")  # a link's target, a paper's arXiv number
+SETTINGS = {"0.1", "0.3", "1.58", "0.01", "0.985"}  # the radii and the demo's penalty and decay: settings, not results
 
 
 def numbers(value: object) -> list[float]:
@@ -582,22 +584,21 @@ def sections(text: str) -> list[str]:
 def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
     """The figures of prose that no results file holds, as 'document: heading: figure'.
 
-    In every section that holds a generated table, each decimal figure outside
-    its tables, code blocks and code spans must be in those tables (as `results`
+    In every section, each decimal figure outside its generated tables, code
+    blocks, code spans and link targets must be in those tables (as `results`
     makes them) or in a results file the section cites by path (`results/...`).
-    Exempt: the figures named inside a `<!-- quoted: figures, source -->` on
-    their line (the field's figures and the goals), and a block between
-    `<!-- typed: why -->` and `<!-- typed:end -->` (measured before results/
-    held it: still typed, and said so).
+    Exempt: the `SETTINGS`; the figures named inside a `<!-- quoted: figures,
+    source -->` on their line (the field's figures, the goals, settings); and a
+    block between `<!-- typed: why -->` and `<!-- typed:end -->` (measured
+    before results/ held it, or a probe that wrote no file: still typed, and
+    said so).
     """
     results = results or root / "results"
     found = []
     for document in DOCUMENTS:
         for section in sections((root / document).read_text()):
             tables = [match[0] for match in MARKED.finditer(section)]
-            if not tables:
-                continue
-            known = set(FIGURE.findall("".join(regenerate(table, results) for table in tables)))
+            known = SETTINGS | set(FIGURE.findall("".join(regenerate(table, results) for table in tables)))
             for cited in CITED.findall(section):
                 path = results / cited.removeprefix("results/").rstrip("/.")
                 while not path.exists() and path != results:
@@ -606,7 +607,7 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
                     continue
                 files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
                 known |= {figure for file in files for figure in figures_in(file)}
-            prose = CODE.sub("", TYPED.sub("", FENCE.sub("", MARKED.sub("", section))))
+            prose = LINK.sub("", CODE.sub("", TYPED.sub("", FENCE.sub("", MARKED.sub("", section)))))
             heading = section.splitlines()[0].lstrip("# ")
             for line in prose.splitlines():
                 quoted = {figure for marker in QUOTED.findall(line) for figure in FIGURE.findall(marker)}
@@ -626,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
         loose = unsourced()
         if loose:
             raise SystemExit("error: figures in prose that no table or cited results file holds: " + "; ".join(loose))
-        print("every generated table matches results/, and every figure beside one is in its results")
+        print("every generated table matches results/, and every figure in prose is in its results, quoted or typed")
         return
     for document in DOCUMENTS:
         path = REPO / document

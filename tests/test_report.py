@@ -83,6 +83,21 @@ def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
     assert flagged == ["docs/results.md: Wasserstein distances: 0.4242", "docs/results.md: Wasserstein distances: 0.4545"]
 
 
+def test_a_figure_in_a_section_without_a_generated_table_is_caught_unless_typed_or_a_setting(tmp_path):
+    """Every section is checked, not only those with a generated table: a measured figure there must be typed
+    (and say why) or come from the results the section cites; the radii and the demo's settings are not
+    results, and neither are a link's target or a paper's arXiv number."""
+    root = tmp_path / "repo"
+    page = copied_documents(root)
+    heading = "## Certificate-aware training\n"
+    assert heading in page.read_text() and "<!-- report:" not in report.sections(page.read_text().split(heading)[1])[0]
+    page.write_text(page.read_text().replace(heading, heading + "\nTrained at L∞ 0.1, it certifies 12.34 %, "
+                                             "as [arXiv:1904.04861](https://x.org/1.25) says. "
+                                             "<!-- typed: old -->Once 56.78.<!-- typed:end -->\n"))
+    flagged = [figure for figure in report.unsourced(root, REPO / "results") if "Certificate-aware" in figure]
+    assert flagged == ["docs/results.md: Certificate-aware training: 12.34"]
+
+
 def test_a_verified_recipe_shows_exact_verification_its_open_digits_and_the_certificate_alone():
     record = {"best_method": "best", "best_certified": 95.9, "certified": {"best": 95.9, "ibp": 95.7, "global": 0.0},
               "verification": {"verdicts": {"robust": 9590, "counterexample": 405, "timeout": 3, "undecided": 2}}}
