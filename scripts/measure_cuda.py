@@ -16,6 +16,7 @@ Needs a CUDA device. One JSON record, with the machine, the GPU, torch and the c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -44,7 +45,7 @@ def deviations(model: LipschitzMLP, split: Split, device: torch.device) -> dict[
     with rounding.exact_arithmetic():
         exact = model64(x64)
         bound = allowance.logit_allowance(model64, x64, Ball("linf", 0.0, PIXEL_RANGE), torch.float32)
-    on_device, images = model.to(device), split.images.to(device)
+    on_device, images = copy.deepcopy(model).to(device), split.images.to(device)  # the caller's model stays put
     out: dict[str, float | int] = {}
     for name, context in (("cudnn_default", torch.backends.cudnn.flags(enabled=True, allow_tf32=True)),
                           ("exact_arithmetic", rounding.exact_arithmetic())):
@@ -54,14 +55,13 @@ def deviations(model: LipschitzMLP, split: Split, device: torch.device) -> dict[
         out[f"{name}_digits_outside"] = int((error > bound).any(dim=1).sum())
         out[f"{name}_worst_error_over_allowance"] = float((error / bound).max())
     out["median_allowance"] = float(bound.median())
-    model.cpu()
     return out
 
 
 def certify_on(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str, ...], device: torch.device
                ) -> tuple[dict[str, torch.Tensor], float]:
     """`measure.certify_split` on `device`, its masks back on the CPU, and the seconds it took."""
-    model, split = model.to(device), Split(split.images.to(device), split.labels.to(device))
+    model, split = copy.deepcopy(model).to(device), Split(split.images.to(device), split.labels.to(device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -69,7 +69,6 @@ def certify_on(model: LipschitzMLP, split: Split, ball: Ball, methods: tuple[str
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    model.cpu()
     return {name: mask.cpu() for name, mask in masks.items()}, seconds
 
 
