@@ -107,31 +107,20 @@ def test_a_verified_recipe_shows_exact_verification_its_open_digits_and_the_cert
     assert report.method_label({**record, "best_method": "ibp"}, open_digits=True) == "ibp"
 
 
-def test_the_reproduction_table_shows_what_training_printed(tmp_path):
-    """The demo's row gives the clean and certified accuracy that training printed, to the printed decimals."""
+def test_the_reproduction_tables_show_what_training_printed(tmp_path):
+    """The demo's rows, in results.md and in the README, give the clean and certified accuracy that training
+    printed (results/reproduction/), to the printed decimals; the README's recipes table leaves those runs
+    out, and the frontier keeps the demo."""
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
     run = results / "reproduction" / "demo.json"
     entries = json.loads(run.read_text())
-    printed = f"{entries['training']['clean_accuracy']:.3f} | **{entries['training']['certified_accuracy']:.3f}**"
-    assert printed in report.reproduction_table(results)
-    entries["training"]["certified_accuracy"] += 0.01
-    run.write_text(json.dumps(entries))
-    assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction"]
-
-
-def test_the_readme_shows_the_demo_as_training_printed_it_and_not_again_among_the_recipes(tmp_path):
-    """The README's reproduction rows come from results/reproduction/ (training's printed figures, as in the
-    expected output); the recipes' table below them leaves those runs out, and the frontier keeps the demo."""
-    results = tmp_path / "results"
-    shutil.copytree(REPO / "results", results)
-    run = results / "reproduction" / "demo.json"
-    entries = json.loads(run.read_text())
-    printed = f"**{entries['training']['clean_accuracy']:.3f}** | **{entries['training']['certified_accuracy']:.3f}**"
-    assert printed in report.readme_reproduction_table(results)
+    clean, certified = (f"{entries['training'][key]:.3f}" for key in ("clean_accuracy", "certified_accuracy"))
+    assert f"{clean} | **{certified}**" in report.reproduction_table(results)
+    assert f"**{clean}** | **{certified}**" in report.readme_reproduction_table(results)
     assert "`demo`" not in report.readme_recipes_table(results)
     assert "`demo`" in report.frontier_table(results)
-    entries["training"]["clean_accuracy"] -= 0.01
+    entries["training"]["certified_accuracy"] += 0.01
     run.write_text(json.dumps(entries))
     assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction"]
 
