@@ -40,7 +40,7 @@ import milp
 import shards
 from attacks import ATTACKS, Counterexample
 from certificates import METHODS, RADIUS_DIGITS, Accuracy
-from checkpoints import COUNTEREXAMPLE_FORMATS, Expected, load_checkpoint, write_counterexamples, write_csv
+from checkpoints import COUNTEREXAMPLE_FORMATS, Expected, load_checkpoint, write_counterexamples, write_csv, write_json
 from lipschitz import NORM_NAMES, Ball
 from measure import Row
 from mnist_data import PIXEL_RANGE, Split, load_mnist
@@ -197,7 +197,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "a .png file (a picture)")
     outputs = [("--per-example", args.per_example), ("--save-adversarial", args.save_adversarial)]
     if args.eps is not None:
-        outputs += [("--curves", args.curves), ("--curves", args.curves.with_suffix(".png"))]
+        outputs += [("--curves", args.curves), ("--curves", args.curves.with_suffix(".png")),
+                    ("--curves", shards.record_path(args.curves))]
     for flag, path in outputs:
         if path is not None:
             cli.check_output_file(path, flag)
@@ -275,9 +276,11 @@ def write_curves(args: argparse.Namespace, rows: list[Row], methods: tuple[str, 
 
     curve = curves.Curve.from_rows(args.norm, rows, methods)
     curves.write_csv(args.curves, curve)
+    write_json(shards.record_path(args.curves), {**cli.provenance("certify.py"), "examples": examples,
+                                                "domain": args.domain})
     title = f"{args.checkpoint.name} ({model.config.activation}), {examples} test examples"
     curves.plot([(title, curve)], args.curves.with_suffix(".png"))
-    print(f"wrote {args.curves} and {args.curves.with_suffix('.png')}")
+    print(f"wrote {args.curves}, its record {shards.record_path(args.curves)} and {args.curves.with_suffix('.png')}")
 
 
 def verify(args: argparse.Namespace, model: LipschitzMLP, run: Run, ball: Ball) -> None:

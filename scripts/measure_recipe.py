@@ -2,7 +2,8 @@
 
     python scripts/measure_recipe.py outputs/recipes/mnist_cnn-ibp.p --data-dir ../shared/mnist --json results/recipes/cnn-ibp.json
 
-At the norm and radius the checkpoint was trained for (its metrics JSON), within the pixel range: every
+At the norm and radius the checkpoint was trained for (its metrics JSON), within the pixel range (or with
+`--domain ball` in the whole ball): every
 sound method that takes the network (global, pairwise, margin, ibp), the tightest of them, and APGD
 (`attacks.apgd`, the project's strongest attack) on every digit (or the first `--attack-limit`), with the
 certified digits it broke (must be 0, else the script exits 1). With `--verify SECONDS` (L-inf nets), exact
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--runs-in", choices=("float32", "float64"), default="float32",
                         help="certify and attack the network as run in this arithmetic (certify.py's --runs-in; "
                              "not with --verify, which takes the float32 network)")
+    parser.add_argument("--domain", choices=("pixels", "ball"), default="pixels",
+                        help="IBP and APGD within the pixel range (default), or in the whole ball, as certify.py's "
+                             "--domain: the Lipschitz certificates are the same either way")
     parser.add_argument("--workers", type=cli.positive_int, default=None, metavar="N",
                         help="processes for --verify (default: the machine's cores)")
     args = parser.parse_args()
@@ -67,7 +71,7 @@ def main() -> None:
     (test,) = load_mnist(args.data_dir, splits=("test",), allow_download=False)
     if args.limit:
         test = test.head(args.limit)
-    ball = Ball(metrics["norm"], metrics["cert_magnitude"], PIXEL_RANGE)
+    ball = Ball(metrics["norm"], metrics["cert_magnitude"], PIXEL_RANGE if args.domain == "pixels" else None)
     if args.verify is not None and ball.norm != "linf":
         raise cli.UsageError(f"--verify takes L-inf nets only; this one was trained for {ball.norm}")
     if args.runs_in == "float64":  # the float32 weights and pixels are exact in float64
@@ -92,7 +96,8 @@ def main() -> None:
         **cli.provenance("scripts/measure_recipe.py"),
         "checkpoint": args.checkpoint.name, "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
         "training": {key: metrics.get(key) for key in TRAINING},
-        "runs_in": args.runs_in, "digits": len(test.labels), "norm": ball.norm, "radius": ball.eps, "clean": whole.clean,
+        "runs_in": args.runs_in, "domain": args.domain, "digits": len(test.labels), "norm": ball.norm, "radius": ball.eps,
+        "clean": whole.clean,
         "certified": certified, "best_method": best, "best_certified": certified[best],
         "overflow": whole.overflow, "attack": row.attack, "attacked_digits": len(attacked.labels),
         "attacked_certified": attacked_certified[best], "attack_robust": row.robust, "broken_certified": broken,

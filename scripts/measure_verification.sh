@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every figure of the "Exact verification" section of docs/results.md, and docs/counterexamples.png.
 #
-# Assumes the two 100-epoch seed-0 checkpoints of the reproduction in outputs/ (see
-# scripts/measure_certification.sh). Writes every table and per-example CSV under outputs/verification/.
+# Assumes the two 100-epoch seed-0 checkpoints of the reproduction in outputs/ (`python train_mnist.py
+# --data-dir ../shared/mnist` and the same with `--recipe relu`). Writes every table and per-example CSV under outputs/verification/.
 # LIMIT (default 1000) digits for ReLU at L-inf 0.1; LIMIT_WIDE (default 100) for ReLU at 0.3 and
 # LIMIT_GROUPSORT (default 1000) for GroupSort at 0.1, whose programs often reach the time limit.
 #

@@ -213,6 +213,9 @@ def test_certify_cli_table_curves_and_per_example_radii(l2_trained, run_script, 
         assert values == sorted(values, reverse=True)  # never rises with the radius
         assert all(float(row[m]) <= float(row["pgd"]) <= float(row["clean"]) for row in rows for m in METHODS)
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((tmp_path / "curve.csv.json").read_text())  # what the curve ran with, beside it
+    assert record["command"].startswith("python certify.py ") and "--eps 0 0.05 0.1" in record["command"]
+    assert record["examples"] == 100 and record["domain"] == "pixels" and record["machine"] and record["date"]
     with (tmp_path / "radii.csv").open() as stream:
         radii = list(csv.DictReader(stream))
     assert len(radii) == 100
