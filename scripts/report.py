@@ -11,6 +11,7 @@ NAME is one of `TABLES`, each a function of the results folder that returns the 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -135,6 +136,42 @@ def method_cells(certified: dict[str, float], methods: tuple[str, ...] = ("globa
                  ) -> str:
     """A record's certified accuracy under each of `methods`, as table cells."""
     return " | ".join(f"{certified[method]:.2f}" for method in methods)
+
+
+CERTIFIED_NETS = (("demo", "GroupSort"), ("relu", "ReLU"))  # the reproduction's nets, as the suite names them
+
+
+def certification_table(results: Path) -> str:
+    """Every sound method on the reproduction's two nets at L-inf 0.1 (results/reproduction/): clean, certified,
+    APGD's robust accuracy and the certified digits it broke; and IBP and APGD in the whole ball
+    (`scripts/measure_certification.sh`, results/certification/NET_ball.json)."""
+    rows = ["| model | method | clean (%) | certified (%) | APGD robust (%) | certified broken by APGD |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for recipe, name in CERTIFIED_NETS:
+        run = json.loads((results / "reproduction" / f"{recipe}.json").read_text())
+        for method in ("global", "pairwise", "margin", "ibp"):
+            rows.append(f"| {name} | {method} | {run['clean']:.2f} | {run['certified'][method]:.2f} | "
+                        f"{run['attack_robust']:.2f} | {run['broken_certified'][method]} |")
+        ball = json.loads((results / "certification" / f"{recipe}_ball.json").read_text())
+        rows.append(f"| {name} | ibp, whole ball | {ball['clean']:.2f} | {ball['certified']['ibp']:.2f} | "
+                    f"{ball['attack_robust']:.2f} (whole ball) | {ball['broken_certified']['ibp']} |")
+    return "\n".join(rows) + "\n"
+
+
+CURVE_RADII = (0.02, 0.06, 0.1, 0.14, 0.2, 0.3)  # the radius curve's rows shown as a table
+
+
+def radius_curve_table(results: Path) -> str:
+    """The GroupSort net's radius curve (results/certification/curves_demo.csv, `certify.py --eps`): certified
+    accuracy per method and APGD's robust accuracy at some of its radii."""
+    with (results / "certification" / "curves_demo.csv").open(newline="") as stream:
+        curve = {float(row["eps"]): row for row in csv.DictReader(stream)}
+    rows = ["| ε | global | pairwise | margin | ibp | APGD robust |", "| --- | --- | --- | --- | --- | --- |"]
+    for eps in CURVE_RADII:
+        row = curve[eps]
+        rows.append(f"| {eps:g} | " + " | ".join(f"{float(row[column]):.2f}" for column in
+                                               ("global", "pairwise", "margin", "ibp", "apgd")) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def verification_here_table(results: Path) -> str:
@@ -509,6 +546,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier": frontier_table, "reproduction": reproduction_table,
     "readme-reproduction": readme_reproduction_table,
+    "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table,

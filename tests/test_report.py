@@ -3,6 +3,7 @@ changed number in results/ is caught."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import shutil
@@ -123,6 +124,32 @@ def test_the_reproduction_tables_show_what_training_printed(tmp_path):
     entries["training"]["certified_accuracy"] += 0.01
     run.write_text(json.dumps(entries))
     assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction"]
+
+
+def test_the_certification_suite_comes_from_its_curve_and_whole_ball_records(tmp_path):
+    """The radius curve's rows are the CSV's values at the radii shown, and the whole-ball rows the `--domain
+    ball` records': a changed value in either makes its table stale, and nothing else."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    curve = results / "certification" / "curves_demo.csv"
+    with curve.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    at = next(row for row in rows if float(row["eps"]) == 0.1)
+    shown = " | ".join(f"{float(at[m]):.2f}" for m in ("global", "pairwise", "margin", "ibp", "apgd"))
+    assert f"| 0.1 | {shown} |" in report.radius_curve_table(results)
+    at["ibp"] = f"{float(at['ibp']) - 1:.3f}"
+    with curve.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert report.stale(REPO, results) == ["docs/results.md: radius-curve"]
+    ball = results / "certification" / "relu_ball.json"
+    entries = json.loads(ball.read_text())
+    assert f"| ReLU | ibp, whole ball | {entries['clean']:.2f} | {entries['certified']['ibp']:.2f} |" in (
+        report.certification_table(results))
+    entries["broken_certified"]["ibp"] = 1
+    ball.write_text(json.dumps(entries))
+    assert report.stale(REPO, results) == ["docs/results.md: certification", "docs/results.md: radius-curve"]
 
 
 def test_the_verification_table_shows_the_exact_verdicts_of_its_records(tmp_path):
