@@ -392,8 +392,8 @@ RECIPE_WORDS = {"demo": "the defaults: the original demo, GroupSort groups of 10
                                   "`lmt` loss, batches of 1,024"}
 
 
-RECORDS = ("reproduction", "recipes")
-REPRODUCTION = ("demo", "relu")  # the recipes of results/reproduction/  # the folders of results/ that hold `scripts/measure_recipe.py`'s records
+RECORDS = ("reproduction", "recipes")  # the folders of results/ that hold `scripts/measure_recipe.py`'s records
+REPRODUCTION = ("demo", "relu")  # the recipes of results/reproduction/
 
 
 def seeds_of(results: Path, recipe: str) -> list[dict]:
@@ -590,6 +590,8 @@ FENCE = re.compile(r"```.*?```", re.S)
 QUOTED = re.compile(r"<!-- quoted: .*? -->")
 CODE = re.compile(r"`[^`\n]*`")  # commands, flags, versions: settings, not figures
 TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->", re.S)
+DECLARED = re.compile(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", re.S)  # tables made from the code's declarations
+# (the recipe flags and files; tests/test_docs.py holds them to it): settings, not results
 LINK = re.compile(r"\]\([^)\s]*\)|arXiv:\d{4}\.\d{4,5}")  # a link's target, a paper's arXiv number
 SETTINGS = {"0.1", "0.3", "1.58", "0.01", "0.985"}  # the radii and the demo's penalty and decay: settings, not results
 
@@ -625,11 +627,11 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
     In every section, each decimal figure outside its generated tables, code
     blocks, code spans and link targets must be in those tables (as `results`
     makes them) or in a results file the section cites by path (`results/...`).
-    Exempt: the `SETTINGS`; the figures named inside a `<!-- quoted: figures,
-    source -->` on their line (the field's figures, the goals, settings); and a
-    block between `<!-- typed: why -->` and `<!-- typed:end -->` (measured
-    before results/ held it, or a probe that wrote no file: still typed, and
-    said so).
+    Exempt: the `SETTINGS` and the tables made from the code's declarations
+    (`DECLARED`); the figures named inside a `<!-- quoted: figures, source -->`
+    on their line (the field's figures, the goals, settings); and a block
+    between `<!-- typed: why -->` and `<!-- typed:end -->` (measured before
+    results/ held it, or a probe that wrote no file: still typed, and said so).
     """
     results = results or root / "results"
     found = []
@@ -645,7 +647,7 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
                     continue
                 files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
                 known |= {figure for file in files for figure in figures_in(file)}
-            prose = LINK.sub("", CODE.sub("", TYPED.sub("", FENCE.sub("", MARKED.sub("", section)))))
+            prose = LINK.sub("", CODE.sub("", TYPED.sub("", FENCE.sub("", DECLARED.sub("", MARKED.sub("", section))))))
             heading = section.splitlines()[0].lstrip("# ")
             for line in prose.splitlines():
                 quoted = {figure for marker in QUOTED.findall(line) for figure in FIGURE.findall(marker)}
