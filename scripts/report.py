@@ -375,7 +375,6 @@ GOALS = (  # recipe, ball, the goal, the field's figure and its source
 
 
 RECIPE_WORDS = {"demo": "the defaults: the original demo, GroupSort groups of 10, penalty 0.01, 100 epochs",
-                "relu": "the demo with ReLU, the baseline",
                 "ibp-gs50": "IBP training, GroupSort groups of 50, radius ramped over 20 of 120 epochs",
                 "ibp-wide": "IBP training, 1000 units in groups of 50, trained at 0.15, smooth ramp, two learning-rate "
                             "drops",
