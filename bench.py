@@ -27,7 +27,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import gzip
-import platform
 import resource
 import statistics
 import tempfile
@@ -170,10 +169,9 @@ def summary(seconds: dict[str, list[float]], config: MLPConfig, batch: int, exam
     floor = matmul_seconds_per_epoch(config, batch, examples, device)
     median = {path: statistics.median(values) for path, values in seconds.items()}
     result = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
-        else torch.cuda.get_device_name(device),
+        **cli.provenance("bench.py"),  # the command, threads, machine, torch and date
+        **({} if device.type == "cpu" else {"machine": torch.cuda.get_device_name(device)}),
         "device": str(device),
-        "torch": str(torch.__version__),
         "epochs_timed": len(seconds["ours"]),
         "seconds_per_epoch": seconds,
         "median_seconds_per_epoch": median,

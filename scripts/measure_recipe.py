@@ -40,7 +40,8 @@ from mnist_data import PIXEL_RANGE, Split, load_mnist  # noqa: E402
 from models import LipschitzMLP  # noqa: E402
 
 TRAINING = ("seed", "convs", "hidden", "activation", "loss", "train_eps", "epochs", "ramp_epochs", "lr", "lr_drops",
-            "gamma", "train_seconds", "seconds_per_epoch_median", "clean_accuracy", "certified_accuracy", "method")
+            "gamma", "compiled", "train_seconds", "seconds_per_epoch_median", "peak_rss_mb", "clean_accuracy",
+            "certified_accuracy", "method")
 
 
 def main() -> None:

@@ -195,10 +195,10 @@ def verification_here_table(results: Path) -> str:
 
 
 def float32_record(results: Path, net: str) -> dict:
-    """`net` certified as run in float32: results/allowance/NET_float32.json, or else the recipe's own record in
-    results/recipes/."""
+    """`net` certified as run in float32: results/allowance/NET_float32.json, or else the recipe's own record of
+    seed 0."""
     path = results / "allowance" / f"{net}_float32.json"
-    return json.loads((path if path.exists() else results / "recipes" / f"{net}.json").read_text())
+    return json.loads(path.read_text()) if path.exists() else seeds_of(results, net)[0]
 
 
 def allowance_table(net: str) -> Callable[[Path], str]:
@@ -254,26 +254,37 @@ def allowance_rules_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def orthonormal_table(results: Path) -> str:
-    """The `orthonormal-l2` recipe's seeds (results/recipes/): clean, certified by the tightest sound method,
-    APGD's robust accuracy, the certified digits it broke and the training's time; then the seeds' mean and
-    standard deviation (n - 1)."""
-    runs = seeds_of(results, "orthonormal-l2")
-    rows = ["| seed | clean (%) | certified (%) | APGD robust (%) | certified broken | training (min) | s / epoch |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for run in runs:
-        training = run["training"]
-        rows.append(f"| {training['seed']} | {run['clean']:.2f} | {run['best_certified']:.2f} {run['best_method']} | "
-                    f"{attacked(run)} | {run['broken_certified'][run['best_method']]} | "
-                    f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.1f} |")
-    if len(runs) > 1:
-        spread = {key: statistics.stdev(run[key] for run in runs) for key in ("clean", "best_certified", "attack_robust")}
-        minutes = sum(run["training"]["train_seconds"] for run in runs) / 60
-        rows.append(f"| mean ± std of {len(runs)} | {average(runs, 'clean'):.2f} ± {spread['clean']:.2f} | "
-                    f"**{average(runs, 'best_certified'):.2f} ± {spread['best_certified']:.2f}** | "
-                    f"{average(runs, 'attack_robust'):.2f} ± {spread['attack_robust']:.2f} | "
-                    f"{sum(run['broken_certified'][run['best_method']] for run in runs)} | {minutes:.1f} in all | |")
-    return "\n".join(rows) + "\n"
+def seeds_table(recipe: str, methods: tuple[str, ...] = ()) -> Callable[[Path], str]:
+    """A recipe's seeds (`scripts/measure_recipe.py`'s records): clean, certified by each of `methods` and by the
+    tightest sound method, APGD's robust accuracy, the certified digits it broke and the training's time; then the
+    seeds' mean and standard deviation (n - 1)."""
+
+    def figures(run: dict) -> list[float]:
+        return [run["clean"], *(run["certified"][method] for method in methods), run["best_certified"],
+                run["attack_robust"]]
+
+    def table(results: Path) -> str:
+        runs = seeds_of(results, recipe)
+        rows = ["| seed | clean (%) | " + "".join(f"{method} (%) | " for method in methods) + "certified (%) | "
+                "APGD robust (%) | certified broken | training (min) | s / epoch |",
+                "| --- " * (7 + len(methods)) + "|"]
+        for run in runs:
+            training, cells = run["training"], [f"{value:.2f}" for value in figures(run)]
+            cells[-2] = f"{cells[-2]} {run['best_method']}"
+            cells[-1] = attacked(run)
+            rows.append(f"| {training['seed']} | " + " | ".join(cells) + f" | "
+                        f"{run['broken_certified'][run['best_method']]} | {training['train_seconds'] / 60:.1f} | "
+                        f"{training['seconds_per_epoch_median']:.1f} |")
+        if len(runs) > 1:
+            cells = [f"{statistics.mean(column):.2f} ± {statistics.stdev(column):.2f}"
+                     for column in zip(*(figures(run) for run in runs))]
+            cells[-2] = f"**{cells[-2]}**"
+            minutes = sum(run["training"]["train_seconds"] for run in runs) / 60
+            rows.append(f"| mean ± std of {len(runs)} | " + " | ".join(cells) + " | "
+                        f"{sum(run['broken_certified'][run['best_method']] for run in runs)} | {minutes:.1f} in all | |")
+        return "\n".join(rows) + "\n"
+
+    return table
 
 
 def marabou_table(results: Path) -> str:
@@ -340,8 +351,8 @@ def reproduction_table(results: Path) -> str:
     rows = ["| run | clean (%) | certified, `global` (%) | `pairwise` | `margin` | `ibp` | APGD robust (%) | "
             "certified broken | training (min) | s / epoch |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for path in sorted((results / "reproduction").glob("*.json"), key=lambda path: path.stem != "demo"):
-        run = json.loads(path.read_text())
+    for recipe in REPRODUCTION:
+        run = seeds_of(results, recipe)[0]
         training, certified = run["training"], run["certified"]
         rows.append(f"| `{run['recipe']}` ({NETS[training['activation']]}, seed {training['seed']}, {run['threads']} "
                     f"threads) | {training['clean_accuracy']:.3f} | **{training['certified_accuracy']:.3f}** | "
@@ -353,15 +364,22 @@ def reproduction_table(results: Path) -> str:
 
 def readme_reproduction_table(results: Path) -> str:
     """The README's rows of the demo's two runs on this machine (results/reproduction/): the clean and certified
-    accuracy that training printed, to its three decimals."""
+    accuracy that training printed for seed 0, to its three decimals, and their mean and standard deviation (n - 1)
+    over the seeds trained."""
     rows = ["| run | command | clean (%) | certified (%) |", "| --- | --- | --- | --- |"]
-    for path in sorted((results / "reproduction").glob("*.json"), key=lambda path: path.stem != "demo"):
-        run = json.loads(path.read_text())
-        training = run["training"]
-        flags = "" if run["recipe"] == "demo" else f" --recipe {run['recipe']}"
-        rows.append(f"| {NETS[training['activation']]} | `python train_mnist.py{flags} --data-dir ../shared/mnist` "
-                    f"(seed {training['seed']}) | **{training['clean_accuracy']:.3f}** | "
-                    f"**{training['certified_accuracy']:.3f}** |")
+    for recipe in REPRODUCTION:
+        runs = seeds_of(results, recipe)
+        training = runs[0]["training"]
+        name, flags = NETS[training["activation"]], "" if recipe == "demo" else f" --recipe {recipe}"
+        rows.append(f"| {name} | `python train_mnist.py{flags} --data-dir ../shared/mnist` (seed {training['seed']}) "
+                    f"| **{training['clean_accuracy']:.3f}** | **{training['certified_accuracy']:.3f}** |")
+        if len(runs) > 1:
+            seeds = [run["training"]["seed"] for run in runs]
+            cells = [f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+                     for values in ([run["training"][key] for run in runs]
+                                    for key in ("clean_accuracy", "certified_accuracy"))]
+            rows.append(f"| {name} | the same, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std | "
+                        f"{cells[0]} | {cells[1]} |")
     return "\n".join(rows) + "\n"
 
 
@@ -487,6 +505,56 @@ def frontier_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+BENCH_PATHS = (("original", "original data path"), ("ours", "this project"),
+               ("compiled", "this project, `--compile`"), ("overhead", "this project, a model 10 units wide"))
+
+
+def performance_table(results: Path) -> str:
+    """`bench.py` (results/performance/bench.json): per data path the median epoch of the default GroupSort
+    training and the GFLOP/s its matrix multiplies achieve, against those multiplies alone."""
+    bench = json.loads((results / "performance" / "bench.json").read_text())
+    median, achieved = bench["median_seconds_per_epoch"], bench["gflops_achieved"]
+    rows = [f"| path | s / epoch (median of {bench['epochs_timed']}) | GFLOP/s |", "| --- | --- | --- |"]
+    for path, name in BENCH_PATHS:
+        if path in median:
+            rows.append(f"| {name} | {median[path]:.2f} | {achieved[path]:.1f} |" if path in achieved
+                        else f"| {name} | {median[path]:.2f} | – |")
+    rows.append(f"| the epoch's matrix multiplies alone, same shapes | {bench['matmul_only_seconds_per_epoch']:.2f} | "
+                f"{bench['matmul_gflops']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+def compile_table(results: Path) -> str:
+    """The default run eager (the reproduction's seed 0, results/reproduction/demo.json) and under `--compile`
+    (results/performance/compile.json): what training printed, its time and its peak resident memory."""
+    runs = {"eager": seeds_of(results, "demo")[0],
+            "`--compile`": json.loads((results / "performance" / "compile.json").read_text())}
+    rows = ["| run | clean (%) | certified, `global` (%) | training (min) | s / epoch | peak memory (MB) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, run in runs.items():
+        training = run["training"]
+        memory = training.get("peak_rss_mb")
+        rows.append(f"| {name} | {training['clean_accuracy']:.3f} | {training['certified_accuracy']:.3f} | "
+                    f"{training['train_seconds'] / 60:.1f} | {training['seconds_per_epoch_median']:.2f} | "
+                    f"{'–' if memory is None else f'{memory:.0f}'} |")
+    return "\n".join(rows) + "\n"
+
+
+def reproduction_allowance_table(results: Path) -> str:
+    """What soundness in float32 costs on the reproduction's seed-0 nets: every method's certified accuracy as
+    they run in float32 (results/reproduction/) and in float64 (results/allowance/NET_float64.json, whose
+    allowance is some 1e-9 of float32's), and APGD on each."""
+    rows = ["| net | method | certified, float32 (%) | certified, float64 (%) | costs (points) |",
+            "| --- | --- | --- | --- | --- |"]
+    for recipe, name in CERTIFIED_NETS:
+        run32 = seeds_of(results, recipe)[0]
+        run64 = json.loads((results / "allowance" / f"{recipe}_float64.json").read_text())
+        for method in ("global", "pairwise", "margin", "ibp"):
+            n32, n64 = run32["certified"][method], run64["certified"][method]
+            rows.append(f"| {name} | {method} | {n32:.2f} | {n64:.2f} | {n64 - n32:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 def steps_table(recipe: str) -> Callable[[Path], str]:
     """`scripts/bench_step.py --json` on `recipe` (results/steps/RECIPE.json): per variant the median step, the
     step over the plain cross-entropy step's on the same net, and an epoch's worth of such steps."""
@@ -551,11 +619,13 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-here": verification_here_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
-    "orthonormal": orthonormal_table,
+    "orthonormal": seeds_table("orthonormal-l2"),
+    "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
     "steps-cnn-ibp": steps_table("cnn-ibp"),
+    "performance": performance_table, "compile": compile_table, "sound-reproduction": reproduction_allowance_table,
     "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)

@@ -16,6 +16,8 @@ def test_bench_times_every_path_and_bounds_stacked_seeds(tmp_path, mnist_root, r
                      "--json", out, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
+    assert result["command"].startswith("python bench.py --data-dir") and result["threads"] >= 1  # its provenance
+    assert {"machine", "torch", "date"} <= set(result)
     median = result["median_seconds_per_epoch"]
     assert set(median) == {"original", "ours", "compiled", "overhead"}
     assert set(result["gflops_achieved"]) == {"original", "ours", "compiled"}

@@ -123,7 +123,62 @@ def test_the_reproduction_tables_show_what_training_printed(tmp_path):
     assert "`demo`" in report.frontier_table(results)
     entries["training"]["certified_accuracy"] += 0.01
     run.write_text(json.dumps(entries))
-    assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction"]
+    assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: reproduction",
+                                           "docs/results.md: compile"]
+
+
+def test_the_reproductions_seeds_give_their_mean_and_sample_deviation(tmp_path):
+    """Another seed's record of the demo joins the README's mean ± std row (n - 1) and the seeds table, and
+    leaves the seed-0 rows as they were."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    first = report.seeds_of(results, "demo")[0]
+    seed0_rows = report.reproduction_table(results)
+    extra = {**first, "training": {**first["training"], "seed": 99,
+                                   "certified_accuracy": first["training"]["certified_accuracy"] + 4.0}}
+    extra["certified"] = {**first["certified"], "global": first["certified"]["global"] + 4.0}
+    (results / "reproduction" / "demo_seed99.json").write_text(json.dumps(extra))
+    runs = report.seeds_of(results, "demo")
+    values = [run["training"]["certified_accuracy"] for run in runs]
+    mean = sum(values) / len(values)
+    deviation = (sum((value - mean) ** 2 for value in values) / (len(values) - 1)) ** 0.5
+    readme = report.readme_reproduction_table(results)
+    assert f"| GroupSort | the same, {len(runs)} seeds (" in readme and f"± {deviation:.2f} |" in readme
+    assert f" {mean:.2f} ± " in readme.splitlines()[3]
+    assert report.reproduction_table(results) == seed0_rows
+    last = report.seeds_table("demo", ("global",))(results).splitlines()[-1]
+    assert last.startswith(f"| mean ± std of {len(runs)} |") and f"{mean:.2f} ± {deviation:.2f}" in last
+    assert sorted(report.stale(REPO, results)) == ["README.md: readme-reproduction", "docs/results.md: frontier",
+                                                   "docs/results.md: seeds-demo"]
+
+
+def test_the_performance_tables_come_from_bench_and_the_compiled_run(tmp_path):
+    """The epoch times are bench.py's medians; the compiled run's row is its record's, the eager one the
+    reproduction's seed 0; the float64 column of the soundness table is its record's, the cost the difference."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    path = results / "performance" / "bench.json"
+    bench = json.loads(path.read_text())
+    bench["median_seconds_per_epoch"]["ours"], bench["gflops_achieved"]["ours"] = 1.234, 77.7
+    path.write_text(json.dumps(bench))
+    assert "| this project | 1.23 | 77.7 |" in report.performance_table(results)
+    path = results / "performance" / "compile.json"
+    compiled = json.loads(path.read_text())
+    compiled["training"]["certified_accuracy"] = 12.345
+    path.write_text(json.dumps(compiled))
+    eager = report.seeds_of(results, "demo")[0]["training"]
+    rows = report.compile_table(results).splitlines()
+    assert rows[2].startswith(f"| eager | {eager['clean_accuracy']:.3f} | {eager['certified_accuracy']:.3f} |")
+    assert rows[3].startswith("| `--compile` | ") and "| 12.345 |" in rows[3]
+    path = results / "allowance" / "relu_float64.json"
+    float64 = json.loads(path.read_text())
+    float64["certified"]["margin"] = report.seeds_of(results, "relu")[0]["certified"]["margin"] + 0.5
+    path.write_text(json.dumps(float64))
+    assert "| ReLU | margin |" in report.reproduction_allowance_table(results)
+    assert [line for line in report.reproduction_allowance_table(results).splitlines()
+            if line.startswith("| ReLU | margin |")][0].endswith("| 0.50 |")
+    assert sorted(report.stale(REPO, results)) == ["docs/results.md: compile", "docs/results.md: performance",
+                                                   "docs/results.md: sound-reproduction"]
 
 
 def test_the_certification_suite_comes_from_its_curve_and_whole_ball_records(tmp_path):
@@ -217,7 +272,7 @@ def test_the_orthonormal_table_gives_the_seeds_mean_and_spread_and_the_allowance
         run["training"]["seed"], run["best_method"] = seed, "margin"
         run["best_certified"] = run["certified"]["margin"] = certified
         path.write_text(json.dumps(run))
-    assert "| **53.00 ± 3.61** |" in report.orthonormal_table(results)  # the sample deviation of 50, 52, 57
+    assert "| **53.00 ± 3.61** |" in report.seeds_table("orthonormal-l2")(results)  # the sample deviation of 50, 52, 57
     float64 = json.loads((results / "recipes" / "orthonormal-l2.json").read_text())
     float64["certified"]["margin"], float64["runs_in"] = 51.25, "float64"
     (results / "allowance" / "orthonormal-l2_float64.json").write_text(json.dumps(float64))
