@@ -132,8 +132,10 @@ def verification_all_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def method_cells(certified: dict[str, float], methods: tuple[str, ...] = ("global", "pairwise", "margin", "ibp")
-                 ) -> str:
+METHODS = ("global", "pairwise", "margin", "ibp")  # the sound certificates every record holds
+
+
+def method_cells(certified: dict[str, float], methods: tuple[str, ...] = METHODS) -> str:
     """A record's certified accuracy under each of `methods`, as table cells."""
     return " | ".join(f"{certified[method]:.2f}" for method in methods)
 
@@ -149,7 +151,7 @@ def certification_table(results: Path) -> str:
             "| --- | --- | --- | --- | --- | --- |"]
     for recipe, name in CERTIFIED_NETS:
         run = json.loads((results / "reproduction" / f"{recipe}.json").read_text())
-        for method in ("global", "pairwise", "margin", "ibp"):
+        for method in METHODS:
             rows.append(f"| {name} | {method} | {run['clean']:.2f} | {run['certified'][method]:.2f} | "
                         f"{run['attack_robust']:.2f} | {run['broken_certified'][method]} |")
         ball = json.loads((results / "certification" / f"{recipe}_ball.json").read_text())
@@ -254,6 +256,11 @@ def allowance_rules_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def mean_std(values: list[float] | tuple[float, ...]) -> str:
+    """The mean ± the sample standard deviation (n - 1) of several seeds' figures."""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def seeds_table(recipe: str, methods: tuple[str, ...] = ()) -> Callable[[Path], str]:
     """A recipe's seeds (`scripts/measure_recipe.py`'s records): clean, certified by each of `methods` and by the
     tightest sound method, APGD's robust accuracy, the certified digits it broke and the training's time; then the
@@ -276,8 +283,7 @@ def seeds_table(recipe: str, methods: tuple[str, ...] = ()) -> Callable[[Path], 
                         f"{run['broken_certified'][run['best_method']]} | {training['train_seconds'] / 60:.1f} | "
                         f"{training['seconds_per_epoch_median']:.1f} |")
         if len(runs) > 1:
-            cells = [f"{statistics.mean(column):.2f} ± {statistics.stdev(column):.2f}"
-                     for column in zip(*(figures(run) for run in runs))]
+            cells = [mean_std(column) for column in zip(*(figures(run) for run in runs))]
             cells[-2] = f"**{cells[-2]}**"
             minutes = sum(run["training"]["train_seconds"] for run in runs) / 60
             rows.append(f"| mean ± std of {len(runs)} | " + " | ".join(cells) + " | "
@@ -396,9 +402,7 @@ def readme_reproduction_table(results: Path) -> str:
                     f"| **{training['clean_accuracy']:.3f}** | **{training['certified_accuracy']:.3f}** |")
         if len(runs) > 1:
             seeds = [run["training"]["seed"] for run in runs]
-            cells = [f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-                     for values in ([run["training"][key] for run in runs]
-                                    for key in ("clean_accuracy", "certified_accuracy"))]
+            cells = [mean_std([run["training"][key] for run in runs]) for key in ("clean_accuracy", "certified_accuracy")]
             rows.append(f"| {name} | the same, {len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± std | "
                         f"{cells[0]} | {cells[1]} |")
     return "\n".join(rows) + "\n"
@@ -569,7 +573,7 @@ def reproduction_allowance_table(results: Path) -> str:
     for recipe, name in CERTIFIED_NETS:
         run32 = seeds_of(results, recipe)[0]
         run64 = json.loads((results / "allowance" / f"{recipe}_float64.json").read_text())
-        for method in ("global", "pairwise", "margin", "ibp"):
+        for method in METHODS:
             n32, n64 = run32["certified"][method], run64["certified"][method]
             rows.append(f"| {name} | {method} | {n32:.2f} | {n64:.2f} | {n64 - n32:.2f} |")
     return "\n".join(rows) + "\n"
