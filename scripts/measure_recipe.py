@@ -10,7 +10,9 @@ certified digits it broke (must be 0, else the script exits 1). With `--verify S
 verification too (`milp.verify_split`, method `best`: IBP, APGD, PGD, then the linear relaxation and the
 mixed-integer program on what is left, SECONDS per digit, on every core): its robust verdicts are certified
 as method "best" (APGD's broken ones counted among them too), with its counts and time. With `--runs-in
-float64`, the network's float64 copy is certified and attacked (`certify.py --runs-in`). The record holds
+float64`, the network's float64 copy is certified and attacked (`certify.py --runs-in`). `--radius` takes another
+radius than the trained one; the original demo's bare state_dicts (`--activation`, as `certify.py`) are measured
+at its L-inf 0.1, with no training figures. The record holds
 the training's own figures from the metrics JSON (settings, seconds, seconds per epoch, clean and certified
 as training printed them) beside these, with the command, threads, machine and date; its recipe is the
 checkpoint's name, mnist_<recipe>[_seed<k>].p, as `scripts/measure_recipes.sh` names them.
@@ -34,6 +36,7 @@ import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import milp  # noqa: E402
 from certificates import METHODS, percent  # noqa: E402
+from checkpoints import Expected  # noqa: E402
 from lipschitz import Ball  # noqa: E402
 from measure import measure  # noqa: E402
 from mnist_data import PIXEL_RANGE, Split, load_mnist  # noqa: E402
@@ -63,16 +66,18 @@ def main() -> None:
                              "--domain: the Lipschitz certificates are the same either way")
     parser.add_argument("--workers", type=cli.positive_int, default=None, metavar="N",
                         help="processes for --verify (default: the machine's cores)")
+    parser.add_argument("--radius", type=cli.positive_float, default=None, metavar="EPS",
+                        help="certify, attack and verify at this radius (default: the one the net was trained for)")
+    cli.add_architecture_flags(parser)
     args = parser.parse_args()
-    metrics_path = checkpoints.metrics_path(args.checkpoint)
-    if not metrics_path.is_file():
-        raise cli.UsageError(f"{metrics_path} is missing: it records the norm and radius the net was trained for")
-    metrics = json.loads(metrics_path.read_text())
-    model = checkpoints.load_checkpoint(args.checkpoint).model.eval()
+    checkpoint = checkpoints.load_checkpoint(args.checkpoint, Expected(args.activation, args.group_size, args.hidden))
+    model = checkpoint.model.eval()
+    metrics = training_metrics(args.checkpoint, checkpoint.original)
     (test,) = load_mnist(args.data_dir, splits=("test",), allow_download=False)
     if args.limit:
         test = test.head(args.limit)
-    ball = Ball(metrics["norm"], metrics["cert_magnitude"], PIXEL_RANGE if args.domain == "pixels" else None)
+    radius = metrics["cert_magnitude"] if args.radius is None else args.radius
+    ball = Ball(metrics["norm"], radius, PIXEL_RANGE if args.domain == "pixels" else None)
     if args.verify is not None and ball.norm != "linf":
         raise cli.UsageError(f"--verify takes L-inf nets only; this one was trained for {ball.norm}")
     if args.runs_in == "float64":  # the float32 weights and pixels are exact in float64
@@ -95,7 +100,7 @@ def main() -> None:
     best = max(certified, key=lambda method: (certified[method], method == metrics.get("method")))  # ties: its own
     record = {
         **cli.provenance("scripts/measure_recipe.py"),
-        "checkpoint": args.checkpoint.name, "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
+        "checkpoint": args.checkpoint.name, "original": checkpoint.original, "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
         "training": {key: metrics.get(key) for key in TRAINING},
         "runs_in": args.runs_in, "domain": args.domain, "digits": len(test.labels), "norm": ball.norm,
         "radius": ball.eps, "clean": whole.clean,
@@ -112,6 +117,17 @@ def main() -> None:
           f"{broken[best]}; {seconds:.0f} s")
     if any(broken.values()):
         sys.exit(1)
+
+
+def training_metrics(path: Path, original: bool) -> dict[str, object]:
+    """The checkpoint's training record (metrics JSON): the norm and radius it was trained for, and the figures
+    training printed. The original demo saved none: its L-inf 0.1, and no training figures."""
+    if original:
+        return {"norm": "linf", "cert_magnitude": 0.1}
+    metrics_path = checkpoints.metrics_path(path)
+    if not metrics_path.is_file():
+        raise cli.UsageError(f"{metrics_path} is missing: it records the norm and radius the net was trained for")
+    return json.loads(metrics_path.read_text())
 
 
 def verify(model: LipschitzMLP, test: Split, ball: Ball, time_limit: float, workers: int

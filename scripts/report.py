@@ -183,8 +183,8 @@ def verification_here_table(results: Path) -> str:
     rows = ["| net, radius, digits | clean | global | pairwise | margin | ibp | exact (`best`): robust / "
             "counterexample / timeout / undecided | decided by | APGD robust | exact's wall time |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for path in sorted((results / "verification" / "xeon").glob("*.json"), key=lambda path: path.stem != "relu"):
-        run = json.loads(path.read_text())
+    runs = [json.loads(path.read_text()) for path in (results / "verification" / "xeon").glob("*.json")]
+    for run in sorted(runs, key=lambda run: (run["training"]["activation"] != "relu", run["radius"])):
         certified, verification = run["certified"], run["verification"]
         verdicts = verification["verdicts"]
         stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
@@ -389,15 +389,43 @@ def reproduction_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+ORIGINAL = {  # the original demo's own figures, quoted: its README, and its code's runs that saved the two
+    # checkpoints of ../shared/original-demo (that folder's README), by its global rule in exact arithmetic
+    "groupsort": {"its README": (97.37, 73.73), "its code, the checkpoint it saved": (97.18, 74.13)},
+    "relu": {"its README": (93.01, 10.68), "its code, the checkpoint it saved": (93.13, 9.88)},
+}
+
+
+def original_checkpoints_table(results: Path) -> str:
+    """The original demo's two checkpoints (results/reproduction/original/, `scripts/measure_recipe.py`): its own
+    clean and certified figures (`ORIGINAL`, quoted: its global rule in exact arithmetic) beside every sound
+    method of this project and APGD's robust accuracy on all the test digits."""
+    rows = ["| checkpoint | clean (%) | the original's `global`, exact arithmetic (quoted) | global | pairwise | margin "
+            "| ibp | APGD robust (%) | certified broken |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for activation in ("groupsort", "relu"):
+        run = json.loads((results / "reproduction" / "original" / f"{activation}.json").read_text())
+        quoted = ORIGINAL[activation]["its code, the checkpoint it saved"][1]
+        rows.append(f"| `{activation}.p` ({NETS[activation]}) | {run['clean']:.2f} | {quoted:.2f} | "
+                    f"{method_cells(run['certified'])} | {attacked(run)} | {max(run['broken_certified'].values())} |")
+    return "\n".join(rows) + "\n"
+
+
 def readme_reproduction_table(results: Path) -> str:
-    """The README's rows of the demo's two runs on this machine (results/reproduction/): the clean and certified
-    accuracy that training printed for seed 0, to its three decimals, and their mean and standard deviation (n - 1)
-    over the seeds trained."""
+    """The README's rows: per net, the original demo's own figures (`ORIGINAL`, quoted), its checkpoint certified
+    by this project's sound `global` rule (results/reproduction/original/), and the demo's run on this machine
+    (results/reproduction/): the clean and certified accuracy that training printed for seed 0, to its three
+    decimals, and their mean and standard deviation (n - 1) over the seeds trained."""
     rows = ["| run | command | clean (%) | certified (%) |", "| --- | --- | --- | --- |"]
     for recipe in REPRODUCTION:
         runs = seeds_of(results, recipe)
         training = runs[0]["training"]
-        name, flags = NETS[training["activation"]], "" if recipe == "demo" else f" --recipe {recipe}"
+        activation = training["activation"]
+        name, flags = NETS[activation], "" if recipe == "demo" else f" --recipe {recipe}"
+        for source, (clean, certified) in ORIGINAL[activation].items():
+            rows.append(f"| {name} | the original demo: {source} | {clean:.2f} | {certified:.2f} |")
+        original = json.loads((results / "reproduction" / "original" / f"{activation}.json").read_text())
+        rows.append(f"| {name} | that checkpoint, `certify.py` (sound in float32) | {original['clean']:.2f} | "
+                    f"{original['certified']['global']:.2f} |")
         rows.append(f"| {name} | `python train_mnist.py{flags} --data-dir ../shared/mnist` (seed {training['seed']}) "
                     f"| **{training['clean_accuracy']:.3f}** | **{training['certified_accuracy']:.3f}** |")
         if len(runs) > 1:
@@ -636,7 +664,7 @@ def cuda_certificates_table(results: Path) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
     "frontier": frontier_table, "reproduction": reproduction_table,
-    "readme-reproduction": readme_reproduction_table,
+    "readme-reproduction": readme_reproduction_table, "original-checkpoints": original_checkpoints_table,
     "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-all": verification_all_table,

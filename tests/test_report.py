@@ -127,6 +127,24 @@ def test_the_reproduction_tables_show_what_training_printed(tmp_path):
                                            "docs/results.md: compile"]
 
 
+def test_the_original_checkpoints_rows_are_their_records_beside_the_quoted_figures(tmp_path):
+    """The original demo's checkpoints: this project's `global` figure (results/reproduction/original/) sits in
+    the README beside the original's own, quoted, and every method in results.md; a changed record changes both
+    tables and no other."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    run = results / "reproduction" / "original" / "relu.json"
+    entries = json.loads(run.read_text())
+    quoted = report.ORIGINAL["relu"]["its code, the checkpoint it saved"]
+    readme = report.readme_reproduction_table(results)
+    assert f"| {quoted[0]:.2f} | {quoted[1]:.2f} |" in readme
+    assert f"| {entries['clean']:.2f} | {entries['certified']['global']:.2f} |" in readme
+    assert f"| {entries['certified']['ibp']:.2f} |" in report.original_checkpoints_table(results)
+    entries["certified"]["global"] -= 0.01
+    run.write_text(json.dumps(entries))
+    assert report.stale(REPO, results) == ["README.md: readme-reproduction", "docs/results.md: original-checkpoints"]
+
+
 def test_the_reproductions_seeds_give_their_mean_and_sample_deviation(tmp_path):
     """Another seed's record of the demo joins the README's mean ± std row (n - 1) and the seeds table, and
     leaves the seed-0 rows as they were."""
