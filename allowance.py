@@ -28,7 +28,7 @@ import ibp
 import rounding
 from lipschitz import Ball
 from models import LipschitzMLP
-from operators import Box
+from operators import Box, Linear
 
 
 def logit_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
@@ -39,7 +39,7 @@ def logit_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
     (`wasserstein.certify`); gaps take `gap_allowance`."""
     box = ibp.propagate(model64, x, ball, runs_in)[-1]
     last = model64.layers[-1]
-    lost = last.box_rounding(box, runs_in)[0] + last.rounding(box.errors[1], box.magnitude, torch.float64)[0]
+    lost = last.box_rounding(box, runs_in)[0] + own_error(last, box, runs_in)
     return void(lost, last.overflow(box, runs_in))
 
 
@@ -53,9 +53,20 @@ def gap_allowance(model64: LipschitzMLP, x: torch.Tensor, ball: Ball,
     (n, out, out)."""
     box = ibp.propagate(model64, x, ball, runs_in)[-1]
     last = model64.layers[-1]
-    own = last.rounding(box.errors[1], box.magnitude, torch.float64)[0]
+    own = own_error(last, box, runs_in)
     lost = last.gap_rounding(box, runs_in) + own[:, :, None] + own[:, None, :]
     return void(lost, last.overflow(box, runs_in))
+
+
+def own_error(last: Linear, box: Box, runs_in: torch.dtype) -> torch.Tensor:
+    """Per example and logit, a bound on |f~(x) - f(x)|, the float64 forward pass's own error at x: the last
+    layer's rounding of the float64 walk's own errors (errors[1]). Where the network runs in float64, f~ is one
+    of the computations that the network's own bound (the last layer's `box_rounding` in float64) covers:
+    whichever is smaller. errors[1] grow through |W| products layer after layer, while errors[0] are carried
+    through each layer's proved L2 norm where the walk tracks it (deep nets in L2), so on a deep orthonormal
+    critic the second stays near float64's roundoff where the first reaches whole logit units."""
+    own = last.rounding(box.errors[1], box.magnitude, torch.float64)[0]
+    return own if runs_in != torch.float64 else torch.minimum(own, last.box_rounding(box, runs_in)[0])
 
 
 def void(allowance: torch.Tensor, overflow: torch.Tensor) -> torch.Tensor:

@@ -303,6 +303,29 @@ def test_the_float64_allowance_bounds_the_network_run_in_float64(model, norm, se
     assert (np.abs(computed - exact) <= bound[:, None] + slack).all()
 
 
+def test_a_deep_orthonormal_critic_run_in_float64_keeps_an_allowance_near_its_roundoff():
+    """A critic of 24 MaxMin layers of dense orthonormal matrices, at points (radius 0, in L2) as
+    `wasserstein.certify` takes it: the float64 walk's own interval errors grow through |W| a layer to more than
+    a logit unit, while the float64 forward pass is one of the computations that the network's own errors bound,
+    carried through the layers' L2 norms, so the allowance stays near float64's roundoff, and still bounds the
+    float64 output against extended precision."""
+    torch.manual_seed(0)
+    config = MLPConfig(in_features=64, hidden=(64,) * 24, out_features=1, activation="maxmin", mean=0.0, std=1.0)
+    model = LipschitzMLP(config).double()
+    with torch.no_grad():
+        for layer in model.affine_layers():
+            torch.nn.init.orthogonal_(layer.weight)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    point = Ball("l2", 0.0)
+    assert ibp.propagate(model, x, point, torch.float64)[-1].errors[1].max() > 1  # |W| products: no use
+    bound = allowance.logit_allowance(model, x, point, torch.float64).detach()
+    assert bound.max() < 1e-9
+    with torch.no_grad():
+        computed = model(x).numpy().astype(np.longdouble)
+    assert (np.abs(computed - extended_precision_logits(model, x)) <= bound.numpy()).all()
+
+
 def test_one_hidden_layer_in_l2_carries_the_norms_too():
     """The error vector's and the values' L2 norms are carried for a net with a single hidden layer as well:
     over a large L2 ball (whole, as the Lipschitz methods take it) a wide orthonormal layer's per-unit
