@@ -46,6 +46,24 @@ def sorting_network(size: int) -> list[tuple[int, int]]:
     return [(i, j) for i, j in pairs if j < size]
 
 
+def bitonic_stages(size: int) -> list[list[tuple[int, int]]]:
+    """Batcher's bitonic sorter on `size` wires (a power of two) as stages of compare-exchanges (low, high):
+    after a stage, wire low holds the smaller value of the two and wire high the larger. Each stage pairs
+    every wire once, so each is one MaxMin layer behind a permutation; the log2(size) (log2(size) + 1) / 2
+    stages sort the wires ascending."""
+    if size < 2 or size & (size - 1):
+        raise ConfigError(f"a bitonic sorter takes a power of two wires, at least 2, got {size}")
+    stages = []
+    block = 2
+    while block <= size:
+        step = block // 2
+        while step >= 1:
+            stages.append([(i, i ^ step) if i & block == 0 else (i ^ step, i) for i in range(size) if i ^ step > i])
+            step //= 2
+        block *= 2
+    return stages
+
+
 class GroupSort(Activation):
     """Sort consecutive groups of `group_size` units in ascending order.
 

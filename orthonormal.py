@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+import groupsort
 import lipschitz
 from errors import ConfigError
 from models import LipschitzMLP
@@ -75,6 +76,38 @@ def orthonormalise_layers_(model: LipschitzMLP, settings: Bjorck = Bjorck()) -> 
         with torch.no_grad():
             nn.init.orthogonal_(layer.weight)
         parametrize.register_parametrization(layer, "weight", Orthonormalise(settings))
+    return model
+
+
+def start_as_sorting_network_(model: LipschitzMLP) -> LipschitzMLP:
+    """A MaxMin MLP whose hidden layers all keep its input's width n (a power of two) started as Batcher's
+    bitonic sorter (`groupsort.bitonic_stages`): each Linear layer the permutation that pairs one stage's
+    wires, its bias 0, so that the hidden layers compute a full sort of the input, as one FullSort layer does,
+    and the last layer starts as a weighted sum of the sorted values; hidden layers beyond the sorter's stages
+    pass the sorted wires on unchanged. A permutation is orthonormal, a fixed point of Björck's iteration, so
+    a parametrised layer starts there too. Returns the model."""
+    config = model.config
+    n = config.in_features
+    if config.activation != "maxmin" and (config.activation, config.group_size) != ("groupsort", 2):
+        raise ConfigError(f"a sorting network is a start for MaxMin layers, not {config.activation}")
+    if config.convs or set(config.hidden) != {n}:
+        raise ConfigError(f"a sorting network keeps the input's {n} wires in every hidden layer: give hidden "
+                          f"widths of {n} and no convolution")
+    stages = groupsort.bitonic_stages(n)
+    if len(config.hidden) < len(stages):
+        raise ConfigError(f"Batcher's bitonic sorter on {n} wires takes {len(stages)} MaxMin layers, not "
+                          f"{len(config.hidden)}")
+    stages += [[(2 * t, 2 * t + 1) for t in range(n // 2)]] * (len(config.hidden) - len(stages))
+    position = list(range(n))  # where each wire's value is now
+    for layer, pairs in zip(linear_layers(model), stages):
+        permutation = torch.zeros_like(layer.weight)
+        for t, (low, high) in enumerate(pairs):
+            permutation[2 * t, position[low]] = permutation[2 * t + 1, position[high]] = 1.0
+            position[low], position[high] = 2 * t, 2 * t + 1  # MaxMin sorts each pair ascending
+        free = layer.parametrizations.weight.original if parametrize.is_parametrized(layer, "weight") else layer.weight
+        with torch.no_grad():
+            free.copy_(permutation)
+            layer.bias.zero_()
     return model
 
 

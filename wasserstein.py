@@ -33,10 +33,10 @@ import allowance
 import checkpoints
 import cli
 import rounding
-from groupsort import ACTIVATIONS
+from groupsort import ACTIVATIONS, bitonic_stages
 from lipschitz import Ball
 from models import LipschitzMLP, MLPConfig, in_float64
-from orthonormal import Bjorck, freeze_, orthonormalise_layers_
+from orthonormal import Bjorck, freeze_, orthonormalise_layers_, start_as_sorting_network_
 
 EXACT_LIMIT = 4096**2  # pairs of held-out samples up to which POT's exact W1 is printed beside the estimate
 Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -102,13 +102,17 @@ class Critic:
     batch_size: int = 256
     lr: float = 1e-3
     seed: int = 0
+    start: str = "orthogonal"  # or "sorting": MaxMin layers started as a sorting network
 
     def build(self, dim: int) -> LipschitzMLP:
-        """A fresh critic of `dim` inputs and one output, its Linear layers orthonormalised (`orthonormal`)."""
+        """A fresh critic of `dim` inputs and one output, its Linear layers orthonormalised (`orthonormal`):
+        drawn orthogonal, or with `start` "sorting" the permutations of a sorting network
+        (`orthonormal.start_as_sorting_network_`)."""
         torch.manual_seed(self.seed)
         config = MLPConfig(in_features=dim, hidden=self.hidden, out_features=1, activation=self.activation,
                            group_size=self.group_size, mean=0.0, std=1.0)
-        return orthonormalise_layers_(LipschitzMLP(config), self.bjorck)
+        model = orthonormalise_layers_(LipschitzMLP(config), self.bjorck)
+        return start_as_sorting_network_(model) if self.start == "sorting" else model
 
 
 def train(critic: Critic, dim: int, draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> LipschitzMLP:
@@ -273,7 +277,13 @@ def parse_args(argv: list[str] | None = None):
                         help="the critic's activation (default: the task's; maxmin for --samples)")
     parser.add_argument("--group-size", type=cli.positive_int, default=2, help="groupsort's group size (default: 2)")
     parser.add_argument("--hidden", type=cli.widths, default=None,
-                        help="the critic's hidden widths (default: the task's; 256,256,256 for --samples)")
+                        help="the critic's hidden widths (default: the task's; 256,256,256 for --samples; with "
+                             "--start sorting, the input's width in as many layers as the sorting network has "
+                             "stages)")
+    parser.add_argument("--start", choices=("orthogonal", "sorting"), default="orthogonal",
+                        help="the layers' first weights: drawn orthogonal (default), or, for MaxMin critics whose "
+                             "input width is a power of two, the permutations of Batcher's bitonic sorting network, "
+                             "so that the critic starts as a full sort of its input (as FullSort)")
     parser.add_argument("--steps", type=cli.positive_int, default=None,
                         help="Adam steps (default: the task's; 1000 for --samples)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=None,
@@ -319,8 +329,11 @@ def main(argv: list[str] | None = None) -> None:
         dim = train_sets[0].shape[1]
         draw = lambda n: tuple(x[torch.randint(0, len(x), (n,), generator=generator)] for x in train_sets)  # noqa: E731
     bjorck = Bjorck(args.bjorck_iterations or task.bjorck_iterations, args.bjorck_order, args.bjorck_beta)
-    critic = Critic(args.hidden or task.hidden, args.activation or task.activation, args.group_size, bjorck,
-                    args.steps or task.steps, args.batch_size or task.batch_size, args.lr or task.lr, args.seed)
+    hidden = args.hidden or task.hidden
+    if args.start == "sorting" and args.hidden is None:
+        hidden = (dim,) * len(bitonic_stages(dim))
+    critic = Critic(hidden, args.activation or task.activation, args.group_size, bjorck, args.steps or task.steps,
+                    args.batch_size or task.batch_size, args.lr or task.lr, args.seed, args.start)
     start, start_cpu = time.perf_counter(), time.process_time()
     model = train(critic, dim, draw)
     estimate = certify(model, *held_out)

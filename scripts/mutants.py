@@ -219,6 +219,14 @@ MUTANTS = [
     ("rounding.py", "side = (centre + layer.abs_apply((top - bottom) / 2) + bias / 2 + reach) * grow * grow",
      "side = (centre + layer.abs_apply((top - bottom) / 2) + bias / 2) * grow * grow",
      "fresh_error_within: the larger side without the spread's reach over the ball"),
+    ("allowance.py", "torch.minimum(own, last.box_rounding(box, runs_in)[0])",
+     "torch.maximum(own, last.box_rounding(box, runs_in)[0])",
+     "own_error: the float64 pass's error from the walk's own interval errors even where the network's is smaller"),
+    ("groupsort.py", "(i, i ^ step) if i & block == 0 else (i ^ step, i)", "(i, i ^ step)",
+     "bitonic_stages: every compare-exchange ascending (the bitonic sequences are never formed)"),
+    ("orthonormal.py", "position[low], position[high] = 2 * t, 2 * t + 1",
+     "position[low], position[high] = 2 * t + 1, 2 * t",
+     "start_as_sorting_network_: each pair's minimum taken from the second unit of its MaxMin group"),
 ]
 
 

@@ -3,6 +3,8 @@ and ReLU soundly; ReLU's encoding holds exactly its graph; bad group sizes and a
 
 from __future__ import annotations
 
+import itertools
+
 import highspy
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from hypothesis.extra.numpy import arrays
 import lipschitz
 from conftest import REL
 from errors import ConfigError
-from groupsort import GroupSort, ReLU, make_activation
+from groupsort import GroupSort, ReLU, bitonic_stages, make_activation
 from models import LipschitzMLP, MLPConfig
 from operators import Slope
 from program import Program, Wire, Wires
@@ -157,3 +159,27 @@ def test_the_relu_encoding_holds_exactly_the_graph_of_relu(lower, upper):
             solver.run()
             extremes.append(solver.getInfo().objective_function_value)
         assert extremes == pytest.approx([max(value, 0.0)] * 2, abs=1e-7), value
+
+
+@pytest.mark.parametrize("size", [2, 4, 8, 16])
+def test_the_bitonic_sorter_pairs_every_wire_once_a_stage_and_sorts_every_zero_one_input(size):
+    """Each stage is one MaxMin layer behind a permutation: every wire in exactly one pair. By the 0-1 principle,
+    a comparator network that sorts every 0-1 input sorts everything; real inputs are checked too."""
+    stages = bitonic_stages(size)
+    log = size.bit_length() - 1
+    assert len(stages) == log * (log + 1) // 2
+    assert all(sorted(wire for pair in pairs for wire in pair) == list(range(size)) for pairs in stages)
+    inputs = torch.tensor(list(itertools.product((0.0, 1.0), repeat=size)))
+    inputs = torch.cat([inputs, torch.randn(200, size, generator=torch.Generator().manual_seed(size))])
+    values = inputs.clone()
+    for pairs in stages:
+        low, high = (torch.tensor(side) for side in zip(*pairs))
+        values[:, low], values[:, high] = torch.minimum(values[:, low], values[:, high]), torch.maximum(
+            values[:, low], values[:, high])
+    assert torch.equal(values, inputs.sort(dim=1).values)
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 12])
+def test_a_bitonic_sorter_of_a_width_not_a_power_of_two_is_refused(size):
+    with pytest.raises(ConfigError, match="power of two"):
+        bitonic_stages(size)

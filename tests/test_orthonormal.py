@@ -100,3 +100,37 @@ def test_a_parametrised_model_is_refused_by_the_float64_copy_and_its_frozen_copy
     assert frozen.layers[0].weight.dtype == torch.float64
     assert orthonormal.is_orthonormalised(model)  # the original still works
     model(torch.rand(2, 6))
+
+
+@pytest.mark.parametrize("extra_layers", [0, 3])
+def test_a_maxmin_net_started_as_a_sorting_network_sorts_its_input(extra_layers):
+    """`start_as_sorting_network_`: the hidden layers compute a full sort, so the critic is the same function of
+    every permutation of its input, exactly; its layers are orthonormal (permutations) and stay so through
+    Björck's iteration; layers beyond the sorter's 10 stages on 16 wires change nothing."""
+    config = MLPConfig(in_features=16, hidden=(16,) * (10 + extra_layers), out_features=1, activation="maxmin",
+                       mean=0.0, std=1.0)
+    torch.manual_seed(0)
+    model = orthonormal.start_as_sorting_network_(orthonormal.orthonormalise_layers_(LipschitzMLP(config),
+                                                                                     Bjorck(10)))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    shuffled = x[:, torch.randperm(16, generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        assert torch.equal(model(x), model(shuffled))
+        hidden = model.layers[:-1](x)
+        assert torch.equal(hidden.sort(dim=1).values, x.sort(dim=1).values)  # the sorted values, each once
+        for layer in orthonormal.linear_layers(model)[:-1]:
+            assert torch.equal(layer.weight @ layer.weight.T, torch.eye(16))
+    plain = orthonormal.orthonormalise_layers_(LipschitzMLP(config), Bjorck(10))  # drawn orthogonal
+    with torch.no_grad():
+        assert not torch.equal(plain(x), plain(shuffled))
+
+
+@pytest.mark.parametrize("config, message", [
+    (MLPConfig(in_features=16, hidden=(16,) * 9, activation="maxmin"), "takes 10 MaxMin layers"),
+    (MLPConfig(in_features=16, hidden=(16, 32) * 5, activation="maxmin"), "hidden widths of 16"),
+    (MLPConfig(in_features=12, hidden=(12,) * 10, activation="maxmin"), "power of two"),
+    (MLPConfig(in_features=16, hidden=(16,) * 10, activation="relu"), "for MaxMin layers"),
+], ids=["too-shallow", "widths", "not-a-power-of-two", "relu"])
+def test_a_net_that_cannot_be_a_sorting_network_is_refused_in_one_line(config, message):
+    with pytest.raises(ConfigError, match=message):
+        orthonormal.start_as_sorting_network_(LipschitzMLP(config))

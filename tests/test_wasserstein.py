@@ -131,7 +131,7 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", [*BAD, "not-npy", "missing", "no-task", "plot-sphere"])
+@pytest.mark.parametrize("case", [*BAD, "not-npy", "missing", "no-task", "plot-sphere", "sorting-line"])
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     good = tmp_path / "q.npy"
     np.save(good, np.zeros((5, 2)))
@@ -140,11 +140,12 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
         np.save(bad, BAD[case][0])
     elif case == "not-npy":
         bad.write_text("1,2\n3,4\n")
-    args = {"no-task": [], "plot-sphere": ["--task", "sphere", "--plot", str(tmp_path / "x.png")]}.get(
-        case, ["--samples", str(bad), str(good)])
+    args = {"no-task": [], "plot-sphere": ["--task", "sphere", "--plot", str(tmp_path / "x.png")],
+            "sorting-line": ["--task", "line", "--start", "sorting"]}.get(case, ["--samples", str(bad), str(good)])
     message = {"not-npy": "is not a NumPy .npy array", "missing": "does not exist",
                "no-task": "one of the arguments --task --samples is required",
-               "plot-sphere": "--plot draws the critic of the line and circles tasks only"}.get(case) or BAD[case][1]
+               "plot-sphere": "--plot draws the critic of the line and circles tasks only",
+               "sorting-line": "a bitonic sorter takes a power of two wires, at least 2, got 1"}.get(case) or BAD[case][1]
     with pytest.raises(SystemExit) as stop:
         from cli import run
         run(lambda: wasserstein.main([*args, "--steps", "1"]))
@@ -152,3 +153,20 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_maxmin_critic_started_as_a_sorting_network_certifies_the_sphere_untrained():
+    """A full sort maps the sphere's points near one vector (the sorted coordinates concentrate), so 28 MaxMin
+    layers started as Batcher's bitonic sorter on 128 wires, read out along the mean of the sorted training
+    points, certify nearly all of W1 = 1 without a training step, as one FullSort layer can; the bound of a
+    29-layer critic loses almost nothing to its rounding allowance."""
+    generator = torch.Generator().manual_seed(0)
+    critic = wasserstein.Critic((128,) * 28, "maxmin", bjorck=Bjorck(10), start="sorting")
+    model = wasserstein.freeze_(critic.build(128)).eval()
+    train_p, _ = wasserstein.sphere(2048, generator)
+    with torch.no_grad():
+        direction = model.layers[:-1](train_p.float()).mean(dim=0)
+        model.layers[-1].weight.copy_(direction / torch.linalg.vector_norm(direction))
+    estimate = wasserstein.certify(model, *wasserstein.sphere(2048, generator))
+    assert estimate.certified >= 0.98
+    assert estimate.dual - estimate.certified < 1e-5
