@@ -23,16 +23,29 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wasserstein import rounded_down  # noqa: E402  (a lower bound shown rounded down, as wasserstein.py prints it)
+from wasserstein import TASKS, rounded_down  # noqa: E402  (a lower bound shown rounded down, as wasserstein.py prints it)
 
 DOCUMENTS = ("README.md", "docs/usage.md", "docs/results.md")
 ACTIVATIONS = (("groupsort", "GroupSort (groups of 4)"), ("maxmin", "MaxMin"), ("fullsort", "FullSort"),
                ("relu", "ReLU"))
 
 
+def critic_layers(run: dict, task: str) -> str:
+    """The critic's hidden layers where they are not the task's own, and its start where it is a sorting
+    network, as the start of a table cell ('12 × 8; '), else nothing."""
+    critic, words = run["critic"], []
+    hidden = tuple(critic["hidden"])
+    if hidden != TASKS[task].hidden:
+        words.append(f"{len(hidden)} × {hidden[0]}" if len(set(hidden)) == 1 else ", ".join(map(str, hidden)))
+    if critic.get("start", "orthogonal") != "orthogonal":
+        words.append(f"{critic['start']} start")
+    return ", ".join(words) + "; " if words else ""
+
+
 def wasserstein_table(results: Path) -> str:
     """The three tasks against the four critics: the certified lower bound of W1 and the seconds it took (its
-    CPU seconds, every thread, where the record has them)."""
+    CPU seconds, every thread, where the record has them), with the critic's layers where they are not the
+    task's."""
     rows = ["| task (true W1 = 1) | " + " | ".join(name for _, name in ACTIVATIONS) + " |",
             "| --- |" + " --- |" * len(ACTIVATIONS)]
     for task in ("line", "circles", "sphere"):
@@ -40,8 +53,33 @@ def wasserstein_table(results: Path) -> str:
         for activation, _ in ACTIVATIONS:
             run = json.loads((results / "wasserstein" / f"{task}_{activation}.json").read_text())
             cpu = f", {run['cpu_seconds']:.0f} s CPU" if "cpu_seconds" in run else ""
-            cells.append(f"{rounded_down(run['certified_lower_bound'])} ({run['seconds']:.0f} s{cpu})")
+            cells.append(f"{rounded_down(run['certified_lower_bound'])} ({critic_layers(run, task)}"
+                         f"{run['seconds']:.0f} s{cpu})")
         rows.append(f"| `{task}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+WASSERSTEIN_SEEDS = (("circles", "fullsort"), ("sphere", "maxmin"))  # the cells measured at three seeds
+
+
+def wasserstein_seeds_table(results: Path) -> str:
+    """The two cells measured at seeds 0, 1 and 2, with the critics before (results/wasserstein/six_layers/) and
+    now (results/wasserstein/ and its seeds/): each seed's certified lower bound and CPU seconds, their mean and
+    sample deviation, and how many reach 0.98."""
+    rows = ["| task, critic | layers | seed 0 | seed 1 | seed 2 | mean ± std | seeds ≥ 0.98 |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    names = dict(ACTIVATIONS)
+    for task, activation in WASSERSTEIN_SEEDS:
+        for first, seeds in ((results / "wasserstein" / "six_layers", results / "wasserstein" / "six_layers"),
+                             (results / "wasserstein", results / "wasserstein" / "seeds")):
+            runs = [json.loads((first / f"{task}_{activation}.json").read_text())]
+            runs += [json.loads((seeds / f"{task}_{activation}_seed{k}.json").read_text()) for k in (1, 2)]
+            critic = runs[0]["critic"]
+            layers = f"{len(critic['hidden'])} × {critic['hidden'][0]}, {critic.get('start', 'orthogonal')} start"
+            bounds = [run["certified_lower_bound"] for run in runs]
+            cells = [f"{rounded_down(run['certified_lower_bound'])} ({run['cpu_seconds']:.0f} s CPU)" for run in runs]
+            rows.append(f"| `{task}`, {names[activation]} | {layers} | " + " | ".join(cells) +
+                        f" | {mean_std(bounds, 4)} | {sum(bound >= 0.98 for bound in bounds)} of 3 |")
     return "\n".join(rows) + "\n"
 
 
@@ -256,9 +294,9 @@ def allowance_rules_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def mean_std(values: list[float] | tuple[float, ...]) -> str:
-    """The mean ± the sample standard deviation (n - 1) of several seeds' figures."""
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+def mean_std(values: list[float] | tuple[float, ...], places: int = 2) -> str:
+    """The mean ± the sample standard deviation (n - 1) of several seeds' figures, to `places` decimals."""
+    return f"{statistics.mean(values):.{places}f} ± {statistics.stdev(values):.{places}f}"
 
 
 def seeds_table(recipe: str, methods: tuple[str, ...] = ()) -> Callable[[Path], str]:
@@ -674,7 +712,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "orthonormal": seeds_table("orthonormal-l2"),
     "l2-methods": methods_table(L2_RECIPES),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
-    "wasserstein": wasserstein_table, "gradient-norms": gradient_norms_table,
+    "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
+    "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
     "steps-cnn-ibp": steps_table("cnn-ibp"),
