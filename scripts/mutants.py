@@ -224,9 +224,9 @@ MUTANTS = [
      "own_error: the float64 pass's error from the walk's own interval errors even where the network's is smaller"),
     ("groupsort.py", "(i, i ^ step) if i & block == 0 else (i ^ step, i)", "(i, i ^ step)",
      "bitonic_stages: every compare-exchange ascending (the bitonic sequences are never formed)"),
-    ("orthonormal.py", "position[low], position[high] = 2 * t, 2 * t + 1",
-     "position[low], position[high] = 2 * t + 1, 2 * t",
-     "start_as_sorting_network_: each pair's minimum taken from the second unit of its MaxMin group"),
+    ("orthonormal.py", "            position[low], position[high] = 2 * t, 2 * t + 1  # MaxMin sorts each pair ascending\n",
+     "",
+     "start_as_sorting_network_: the wires' positions not followed from stage to stage"),
 ]
 
 

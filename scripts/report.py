@@ -216,18 +216,26 @@ def radius_curve_table(results: Path) -> str:
 
 def verification_here_table(results: Path) -> str:
     """`scripts/measure_recipe.py --verify` on the seed-0 checkpoints of the reproduction trained on the Intel Xeon
-    (results/verification/xeon/): every sound certificate, the exact verdicts of `best`, what decided them, APGD's
-    robust accuracy and the verification's wall time; percentages of the digits used."""
-    rows = ["| net, radius, digits | clean | global | pairwise | margin | ibp | exact (`best`): robust / "
-            "counterexample / timeout / undecided | decided by | APGD robust | exact's wall time |",
+    (results/verification/xeon/): every sound certificate, the verdicts of the verification method (`best`,
+    `exact` or `lp`), what decided them, APGD's robust accuracy and the verification's wall time; percentages of
+    the digits used. ReLU first, by radius, then by method."""
+    rows = ["| net, radius, digits, method | clean | global | pairwise | margin | ibp | verified: robust / "
+            "counterexample / timeout / undecided | decided by | APGD robust | verification's wall time |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     runs = [json.loads(path.read_text()) for path in (results / "verification" / "xeon").glob("*.json")]
-    for run in sorted(runs, key=lambda run: (run["training"]["activation"] != "relu", run["radius"])):
+    methods = ("best", "exact", "lp")
+
+    def order(run: dict) -> tuple:
+        return (run["training"]["activation"] != "relu", run["radius"], -run["digits"],
+                methods.index(run["verification"]["method"]))
+
+    for run in sorted(runs, key=order):
         certified, verification = run["certified"], run["verification"]
         verdicts = verification["verdicts"]
         stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
         counts = " / ".join(f"{verdicts[status]:,}" for status in ("robust", "counterexample", "timeout", "undecided"))
-        rows.append(f"| {NETS[run['training']['activation']]}, {run['radius']:g}, {run['digits']:,} | {run['clean']:.2f} | "
+        rows.append(f"| {NETS[run['training']['activation']]}, {run['radius']:g}, {run['digits']:,}, "
+                    f"`{verification['method']}` | {run['clean']:.2f} | "
                     f"{method_cells(certified)} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
                     f"{run['attack_robust']:.2f} | {verification['seconds']:.1f} s, {verification['workers']} "
                     f"workers, {verification['time_limit']:g} s a digit |")

@@ -328,3 +328,19 @@ def test_a_critic_that_is_not_the_tasks_own_is_named_in_its_cell(tmp_path):
     seed.write_text(json.dumps(entries))
     row = next(line for line in report.wasserstein_seeds_table(results).splitlines() if "sorting start" in line)
     assert "| 0.5000 (" in row and row.endswith("| 2 of 3 |")
+
+
+def test_each_verification_record_is_one_row_naming_its_method(tmp_path):
+    """results/verification/xeon/: one row per record, ReLU first, with its method (`best`, `exact`, `lp`) and
+    its verdict counts; a changed count changes that table alone."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    records = [json.loads(path.read_text()) for path in (results / "verification" / "xeon").glob("*.json")]
+    rows = report.verification_here_table(results).splitlines()[2:]
+    assert len(rows) == len(records) and {run["verification"]["method"] for run in records} == {"best", "exact", "lp"}
+    assert rows[0].startswith("| ReLU, 0.1, 10,000, `best` |") and rows[-1].startswith("| GroupSort, ")
+    run = results / "verification" / "xeon" / "relu_first1000_lp.json"
+    entries = json.loads(run.read_text())
+    entries["verification"]["verdicts"]["undecided"] += 1
+    run.write_text(json.dumps(entries))
+    assert report.stale(REPO, results) == ["docs/results.md: verification-here"]
