@@ -3,21 +3,19 @@
     python scripts/measure_recipe.py outputs/recipes/mnist_cnn-ibp.p --data-dir ../shared/mnist --json results/recipes/cnn-ibp.json
 
 At the norm and radius the checkpoint was trained for (its metrics JSON), within the pixel range (or with
-`--domain ball` in the whole ball): every
-sound method that takes the network (global, pairwise, margin, ibp), the tightest of them, and APGD
-(`attacks.apgd`, the project's strongest attack) on every digit (or the first `--attack-limit`), with the
-certified digits it broke (must be 0, else the script exits 1). With `--verify SECONDS` (L-inf nets), exact
+`--domain ball` in the whole ball): every sound method that takes the network (global, pairwise, margin,
+ibp), the tightest of them, and APGD (`attacks.apgd`, the project's strongest attack) on every digit (or the
+first `--attack-limit`), with the certified digits it broke (must be 0, else the script exits 1). With `--verify SECONDS` (L-inf nets), exact
 verification too (`milp.verify_split`, method `best`: IBP, APGD, PGD, then the linear relaxation and the
 mixed-integer program on what is left, SECONDS per digit, on every core; or `--verify-method exact` or `lp`):
 its robust verdicts are certified as that method (APGD's broken ones counted among them too), with its
-counts and time. With `--runs-in
-float64`, the network's float64 copy is certified and attacked (`certify.py --runs-in`). `--radius` takes another
-radius than the trained one; the original demo's bare state_dicts (`--activation`, as `certify.py`) are measured
-at its L-inf 0.1, with no training figures. The record holds
-the training's own figures from the metrics JSON (settings, seconds, seconds per epoch, clean and certified
-as training printed them) beside these, with the command, threads, machine and date; its recipe is the
-checkpoint's name, mnist_<recipe>[_seed<k>].p, as `scripts/measure_recipes.sh` names them.
-`scripts/report.py` builds docs/results.md's convolutional table from them.
+counts and time. With `--runs-in float64`, the network's float64 copy is certified and attacked
+(`certify.py --runs-in`). `--radius` takes another radius than the trained one; the original demo's bare
+state_dicts (`--activation`, as `certify.py`) are measured at its L-inf 0.1, with no training figures. The
+record holds the training's own figures from the metrics JSON (settings, seconds, seconds per epoch, clean and
+certified as training printed them) beside these, with the command, threads, machine and date; its recipe is
+the checkpoint's name, mnist_<recipe>[_seed<k>].p, as `scripts/measure_recipes.sh` names them.
+`scripts/report.py` builds docs/results.md's tables from them.
 """
 
 from __future__ import annotations
@@ -104,7 +102,8 @@ def main() -> None:
     best = max(certified, key=lambda method: (certified[method], method == metrics.get("method")))  # ties: its own
     record = {
         **cli.provenance("scripts/measure_recipe.py"),
-        "checkpoint": args.checkpoint.name, "original": checkpoint.original, "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
+        "checkpoint": args.checkpoint.name, "original": checkpoint.original,
+        "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
         "training": {key: metrics.get(key) for key in TRAINING},
         "runs_in": args.runs_in, "domain": args.domain, "digits": len(test.labels), "norm": ball.norm,
         "radius": ball.eps, "clean": whole.clean,
