@@ -311,17 +311,18 @@ def test_the_steps_table_measures_each_variant_in_ce_steps_and_epochs(tmp_path):
 
 
 def test_a_critic_that_is_not_the_tasks_own_is_named_in_its_cell(tmp_path):
-    """The Wasserstein table names a critic's layers where they are not the task's, and a sorting start; the
-    seeds table gives each seed's bound and how many reach 0.98."""
+    """The Wasserstein table names a critic's layers and Björck steps where they are not the task's, and a sorting
+    start; the seeds table gives each seed's bound and how many reach 0.98."""
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
     run = results / "wasserstein" / "line_maxmin.json"
     entries = json.loads(run.read_text())
     assert "×" not in next(line for line in report.wasserstein_table(results).splitlines() if "`line`" in line)
-    entries["critic"] = {**entries["critic"], "hidden": [32, 32, 32], "start": "sorting"}
+    entries["critic"] = {**entries["critic"], "hidden": [32, 32, 32], "start": "sorting",
+                         "bjorck": {**entries["critic"]["bjorck"], "iterations": 5}}
     run.write_text(json.dumps(entries))
     line = next(line for line in report.wasserstein_table(results).splitlines() if "`line`" in line)
-    assert f"| {report.rounded_down(entries['certified_lower_bound'])} (3 × 32, sorting start; " in line
+    assert f"| {report.rounded_down(entries['certified_lower_bound'])} (3 × 32, 5 Björck steps, sorting start; " in line
     seed = results / "wasserstein" / "seeds" / "sphere_maxmin_seed2.json"
     entries = json.loads(seed.read_text())
     entries["certified_lower_bound"] = 0.5
