@@ -645,6 +645,21 @@ def compile_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def wait_policy_table(results: Path) -> str:
+    """`scripts/measure_wait_policy.py` (results/performance/wait_policy.json): per load beside the run and per
+    way OpenMP's idle threads wait, the epoch times of two runs of the default training, in the order run."""
+    record = json.loads((results / "performance" / "wait_policy.json").read_text())
+    cells: dict[str, dict[str, str]] = {}
+    for run in record["runs"]:
+        times = "; ".join(", ".join(f"{seconds:.2f}" for seconds in attempt) for attempt in run["epoch_seconds"])
+        cells.setdefault(run["load"], {})[run["policy"]] = times
+    policies = list(dict.fromkeys(run["policy"] for run in record["runs"]))
+    rows = ["| load beside the run | " + " | ".join(f"`{policy}` (s / epoch)" for policy in policies) + " |",
+            "| --- |" + " --- |" * len(policies)]
+    rows += [f"| {load} | " + " | ".join(times[policy] for policy in policies) + " |" for load, times in cells.items()]
+    return "\n".join(rows) + "\n"
+
+
 def reproduction_allowance_table(results: Path) -> str:
     """What soundness in float32 costs on the reproduction's seed-0 nets: every method's certified accuracy as
     they run in float32 (results/reproduction/) and in float64 (results/allowance/NET_float64.json, whose
@@ -732,7 +747,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
     "steps-cnn-ibp": steps_table("cnn-ibp"),
-    "performance": performance_table, "compile": compile_table, "sound-reproduction": reproduction_allowance_table,
+    "performance": performance_table, "compile": compile_table, "wait-policy": wait_policy_table,
+    "sound-reproduction": reproduction_allowance_table,
     "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)
