@@ -345,3 +345,20 @@ def test_each_verification_record_is_one_row_naming_its_method(tmp_path):
     entries["verification"]["verdicts"]["undecided"] += 1
     run.write_text(json.dumps(entries))
     assert report.stale(REPO, results) == ["docs/results.md: verification-here"]
+
+
+def test_the_wait_policy_table_gives_every_epoch_of_every_run_in_order(tmp_path):
+    """results/performance/wait_policy.json: one row per load, one column per policy, each run's epochs in the
+    order run; a changed epoch changes that table alone."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    path = results / "performance" / "wait_policy.json"
+    record = json.loads(path.read_text())
+    rows = report.wait_policy_table(results).splitlines()
+    loads = list(dict.fromkeys(run["load"] for run in record["runs"]))
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows[2:]] == loads
+    first = record["runs"][0]
+    assert ", ".join(f"{seconds:.2f}" for seconds in first["epoch_seconds"][0]) in rows[2]
+    first["epoch_seconds"][0][0] += 1.0
+    path.write_text(json.dumps(record))
+    assert report.stale(REPO, results) == ["docs/results.md: wait-policy"]
