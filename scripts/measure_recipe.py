@@ -40,6 +40,7 @@ from lipschitz import Ball  # noqa: E402
 from measure import measure  # noqa: E402
 from mnist_data import PIXEL_RANGE, Split, load_mnist  # noqa: E402
 from models import LipschitzMLP  # noqa: E402
+from training import Recipe  # noqa: E402
 
 TRAINING = ("seed", "convs", "hidden", "activation", "loss", "train_eps", "epochs", "ramp_epochs", "lr", "lr_drops",
             "gamma", "compiled", "train_seconds", "seconds_per_epoch_median", "peak_rss_mb", "clean_accuracy",
@@ -124,9 +125,11 @@ def main() -> None:
 
 def training_metrics(path: Path, original: bool) -> dict[str, object]:
     """The checkpoint's training record (metrics JSON): the norm and radius it was trained for, and the figures
-    training printed. The original demo saved none: its L-inf 0.1, and no training figures."""
+    training printed. The original demo saved none: its norm and radius are `Recipe`'s defaults, which are the
+    original's, and there are no training figures."""
     if original:
-        return {"norm": "linf", "cert_magnitude": 0.1}
+        defaults = Recipe()
+        return {"norm": defaults.norm, "cert_magnitude": defaults.cert_magnitude}
     metrics_path = checkpoints.metrics_path(path)
     if not metrics_path.is_file():
         raise cli.UsageError(f"{metrics_path} is missing: it records the norm and radius the net was trained for")

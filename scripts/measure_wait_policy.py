@@ -25,7 +25,7 @@ import checkpoints  # noqa: E402
 import cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-LOADS = {"none": (0, 3), "two busy loops": (2, 2), "another training run": (1, 2)}  # (processes, epochs a run)
+LOADS = {"none": 3, "two busy loops": 2, "another training run": 2}  # the load beside the run: epochs a run
 POLICIES = {  # how idle OpenMP threads wait: spin (ACTIVE), sleep at once (PASSIVE), or spin 300,000 times first
     "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "PASSIVE, GOMP_SPINCOUNT=300000": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"},
@@ -58,7 +58,7 @@ def main() -> None:
     cli.check_output_file(args.json, "--json")
     runs = []
     with tempfile.TemporaryDirectory() as folder:
-        for kind, (_, epochs) in LOADS.items():
+        for kind, epochs in LOADS.items():
             for policy in POLICIES:
                 busy = load(kind, policy, args.data_dir, Path(folder))
                 try:

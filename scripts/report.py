@@ -30,13 +30,18 @@ ACTIVATIONS = (("groupsort", "GroupSort (groups of 4)"), ("maxmin", "MaxMin"), (
                ("relu", "ReLU"))
 
 
+def layers_text(hidden: tuple[int, ...] | list[int]) -> str:
+    """Hidden widths as '12 × 8' where they are all one width, else listed."""
+    return f"{len(hidden)} × {hidden[0]}" if len(set(hidden)) == 1 else ", ".join(map(str, hidden))
+
+
 def critic_layers(run: dict, task: str) -> str:
     """The critic's hidden layers and Björck steps where they are not the task's own, and its start where it is a
     sorting network, as the start of a table cell ('12 × 8, 20 Björck steps; '), else nothing."""
     critic, words = run["critic"], []
     hidden = tuple(critic["hidden"])
     if hidden != TASKS[task].hidden:
-        words.append(f"{len(hidden)} × {hidden[0]}" if len(set(hidden)) == 1 else ", ".join(map(str, hidden)))
+        words.append(layers_text(hidden))
     if critic["bjorck"]["iterations"] != TASKS[task].bjorck_iterations:
         words.append(f"{critic['bjorck']['iterations']} Björck steps")
     if critic.get("start", "orthogonal") != "orthogonal":
@@ -81,7 +86,7 @@ def wasserstein_seeds_table(results: Path) -> str:
         runs = [json.loads((folder / first / f"{task}_{activation}.json").read_text())]
         runs += [json.loads((folder / seeds / f"{task}_{activation}_seed{k}.json").read_text()) for k in (1, 2)]
         critic = runs[0]["critic"]
-        layers = (f"{len(critic['hidden'])} × {critic['hidden'][0]}, {critic['bjorck']['iterations']} Björck steps, "
+        layers = (f"{layers_text(critic['hidden'])}, {critic['bjorck']['iterations']} Björck steps, "
                   f"{critic.get('start', 'orthogonal')} start")
         bounds = [run["certified_lower_bound"] for run in runs]
         cells = [f"{rounded_down(run['certified_lower_bound'])} ({run['cpu_seconds']:.0f} s CPU)" for run in runs]
@@ -449,6 +454,11 @@ ORIGINAL = {  # the original demo's own figures, quoted: its README, and its cod
 }
 
 
+def original_record(results: Path, activation: str) -> dict:
+    """`scripts/measure_recipe.py`'s record of the original demo's checkpoint of `activation`."""
+    return json.loads((results / "reproduction" / "original" / f"{activation}.json").read_text())
+
+
 def original_checkpoints_table(results: Path) -> str:
     """The original demo's two checkpoints (results/reproduction/original/, `scripts/measure_recipe.py`): its own
     clean and certified figures (`ORIGINAL`, quoted: its global rule in exact arithmetic) beside every sound
@@ -456,7 +466,7 @@ def original_checkpoints_table(results: Path) -> str:
     rows = ["| checkpoint | clean (%) | the original's `global`, exact arithmetic (quoted) | global | pairwise | margin "
             "| ibp | APGD robust (%) | certified broken |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for activation in ("groupsort", "relu"):
-        run = json.loads((results / "reproduction" / "original" / f"{activation}.json").read_text())
+        run = original_record(results, activation)
         quoted = ORIGINAL[activation]["its code, the checkpoint it saved"][1]
         rows.append(f"| `{activation}.p` ({NETS[activation]}) | {run['clean']:.2f} | {quoted:.2f} | "
                     f"{method_cells(run['certified'])} | {attacked(run)} | {max(run['broken_certified'].values())} |")
@@ -476,7 +486,7 @@ def readme_reproduction_table(results: Path) -> str:
         name, flags = NETS[activation], "" if recipe == "demo" else f" --recipe {recipe}"
         for source, (clean, certified) in ORIGINAL[activation].items():
             rows.append(f"| {name} | the original demo: {source} | {clean:.2f} | {certified:.2f} |")
-        original = json.loads((results / "reproduction" / "original" / f"{activation}.json").read_text())
+        original = original_record(results, activation)
         rows.append(f"| {name} | that checkpoint, `certify.py` (sound in float32) | {original['clean']:.2f} | "
                     f"{original['certified']['global']:.2f} |")
         rows.append(f"| {name} | `python train_mnist.py{flags} --data-dir ../shared/mnist` (seed {training['seed']}) "
