@@ -107,6 +107,51 @@ def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box])
 
 
 @dataclass(frozen=True)
+class Gap:
+    """The gap f_label - f_rival of one example's program as a linear function of its columns: `coefficients`
+    on `columns`, plus `offset`."""
+
+    columns: np.ndarray
+    coefficients: np.ndarray
+    offset: float
+
+    @staticmethod
+    def of(network: Network, model64: LipschitzMLP, label: int, rival: int) -> "Gap":
+        """The gap through the float64 model's last (affine) layer, on the program's last hidden wires; a
+        constant-zero wire drops out, a pending normalisation is folded into the weights."""
+        last = model64.layers[-1]
+        weight, bias = last.weight.detach().numpy(), last.bias.detach().numpy()
+        if network.hidden.pending:
+            weight, bias = fold_normalisation(weight, bias, network.hidden.mean, network.hidden.std)
+        live = [(k, w.column) for k, w in enumerate(network.hidden) if w.column is not None]
+        units, columns = (np.array(v, dtype=np.int32) for v in zip(*live)) if live else (np.zeros(0, np.int32),) * 2
+        return Gap(columns, (weight[label] - weight[rival])[units], float(bias[label] - bias[rival]))
+
+    def minimise(self, solver: highspy.Highs) -> None:
+        """Make the gap the solver's objective, to be minimised."""
+        total = solver.getNumCol()
+        cost = np.zeros(total)
+        cost[self.columns] = self.coefficients
+        solver.changeColsCost(total, np.arange(total, dtype=np.int32), cost)
+        solver.changeObjectiveOffset(self.offset)
+
+    def search(self, solver: highspy.Highs, threshold: float, time_limit: float
+               ) -> tuple[highspy.HighsModelStatus, highspy.HighsSolution]:
+        """Minimise the gap in the mixed-integer program with the extra row gap <= `threshold` (the cut-off:
+        branches whose relaxation is above it are cut at once), stopping at the first input whose gap is below
+        -`threshold`; the row is removed again. Infeasible exactly when the gap never comes within the
+        threshold."""
+        self.minimise(solver)
+        solver.addRow(-math.inf, threshold - self.offset, len(self.columns), self.columns, self.coefficients)
+        solver.setOptionValue("objective_target", -threshold)
+        solver.setOptionValue("time_limit", time_limit)
+        solver.run()
+        status, solution = solver.getModelStatus(), solver.getSolution()
+        solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))
+        return status, solution
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One example's verdict, what decided it ("clean": misclassified at x itself, "ibp", "pgd", "lp", "milp"
     or "overflow"), the seconds it took, and the counterexample found."""
@@ -153,26 +198,11 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     if not rivals:
         return Verdict("robust", "ibp", elapsed())
     network = encode(model64, x64, ball, gaps.boxes)
-    last = model64.layers[-1]
-    weight, bias = last.weight.detach().numpy(), last.bias.detach().numpy()
-    if network.hidden.pending:
-        weight, bias = fold_normalisation(weight, bias, network.hidden.mean, network.hidden.std)
-    live = [(k, w.column) for k, w in enumerate(network.hidden) if w.column is not None]
-    units, columns = (np.array(v, dtype=np.int32) for v in zip(*live)) if live else (np.zeros(0, np.int32),) * 2
-
-    def objective(solver: highspy.Highs, rival: int) -> float:
-        """Set the gap f_y - f_rival as the objective; returns its threshold."""
-        total = solver.getNumCol()
-        cost = np.zeros(total)
-        cost[columns] = (weight[label] - weight[rival])[units]
-        solver.changeColsCost(total, np.arange(total, dtype=np.int32), cost)
-        solver.changeObjectiveOffset(float(bias[label] - bias[rival]))
-        return float(lost[rival]) + SOLVER_MARGIN
-
     relaxation = network.program.highs(relax=True)
     hard = []
     for rival in rivals:
-        threshold = objective(relaxation, rival)
+        Gap.of(network, model64, label, rival).minimise(relaxation)
+        threshold = float(lost[rival]) + SOLVER_MARGIN
         relaxation.setOptionValue("time_limit", max(time_limit - elapsed(), 1e-3))
         relaxation.run()
         if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal and relaxation.getObjectiveValue() > threshold:
@@ -189,15 +219,8 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     for rival in hard:
         if elapsed() >= time_limit:
             return Verdict("timeout", "milp", elapsed())
-        threshold = objective(solver, rival)
-        coefficients = (weight[label] - weight[rival])[units]
-        offset = float(bias[label] - bias[rival])
-        solver.addRow(-math.inf, threshold - offset, len(columns), columns, coefficients)  # the cut-off
-        solver.setOptionValue("objective_target", -threshold)
-        solver.setOptionValue("time_limit", max(time_limit - elapsed(), 1e-3))
-        solver.run()
-        status, solution = solver.getModelStatus(), solver.getSolution()
-        solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))
+        gap = Gap.of(network, model64, label, rival)
+        status, solution = gap.search(solver, float(lost[rival]) + SOLVER_MARGIN, max(time_limit - elapsed(), 1e-3))
         if status == highspy.HighsModelStatus.kInfeasible:
             continue  # no input brings the gap within the threshold
         if solution.value_valid:
