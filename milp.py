@@ -50,10 +50,11 @@ import math
 import multiprocessing
 import pickle
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
+from typing import Generator, Iterator, Sequence
 
 import highspy
 import numpy as np
@@ -136,19 +137,20 @@ class Gap:
         solver.changeObjectiveOffset(self.offset)
 
     def search(self, solver: highspy.Highs, threshold: float, time_limit: float
-               ) -> tuple[highspy.HighsModelStatus, highspy.HighsSolution]:
+               ) -> tuple[highspy.HighsModelStatus, highspy.HighsSolution, float | None]:
         """Minimise the gap in the mixed-integer program with the extra row gap <= `threshold` (the cut-off:
         branches whose relaxation is above it are cut at once), stopping at the first input whose gap is below
         -`threshold`; the row is removed again. Infeasible exactly when the gap never comes within the
-        threshold."""
+        threshold. Returns the status, the best solution, and the lower bound of the gap proved (None before
+        the search's first node)."""
         self.minimise(solver)
         solver.addRow(-math.inf, threshold - self.offset, len(self.columns), self.columns, self.coefficients)
         solver.setOptionValue("objective_target", -threshold)
         solver.setOptionValue("time_limit", time_limit)
         solver.run()
-        status, solution = solver.getModelStatus(), solver.getSolution()
-        solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))
-        return status, solution
+        status, solution, info = solver.getModelStatus(), solver.getSolution(), solver.getInfo()
+        solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))  # resets the solver's info
+        return status, solution, info.mip_dual_bound if info.mip_node_count >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
         if elapsed() >= time_limit:
             return Verdict("timeout", "milp", elapsed())
         gap = Gap.of(network, model64, label, rival)
-        status, solution = gap.search(solver, float(lost[rival]) + SOLVER_MARGIN, max(time_limit - elapsed(), 1e-3))
+        status, solution, _ = gap.search(solver, float(lost[rival]) + SOLVER_MARGIN, max(time_limit - elapsed(), 1e-3))
         if status == highspy.HighsModelStatus.kInfeasible:
             continue  # no input brings the gap within the threshold
         if solution.value_valid:
@@ -326,24 +328,58 @@ def verdicts_of(model: LipschitzMLP, tasks: list[Task], options: dict, workers: 
     yield from pooled(model, tasks, options, min(workers, len(tasks)))
 
 
-def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) -> Iterator[tuple[int, Verdict]]:
+def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int, work_while_starting: bool = True
+           ) -> Iterator[tuple[int, Verdict]]:
     """`verify` on every task in `workers` spawned processes. The model travels once per process, pickled
     whole, the images as numpy arrays, and each verdict comes back pickled: every tensor inline, none through
-    torch's shared memory, whose file descriptors a long run would exhaust."""
+    torch's shared memory, whose file descriptors a long run would exhaust.
+
+    A spawned process takes about 2 s to start (it imports torch and HiGHS): until the first of them has
+    finished a task, this process verifies tasks itself (unless `work_while_starting` is False), taking them
+    from the end of the queue, one thread for torch, so that the start costs no time. Every task runs once,
+    here or in the pool."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
-                             initargs=(pickle.dumps(model),)) as pool:
-        futures = {pool.submit(verify_in_worker, image.numpy(), label, index, options): position
-                   for position, image, label, index in tasks}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], pickle.loads(future.result())
-        except BaseException:  # Ctrl-C, a signal, an error: stop every worker now, not after its program
-            processes = list((pool._processes or {}).values())  # the executor has no public way to stop them
-            pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
-            raise
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(pickle.dumps(model),))
+    futures = {pool.submit(verify_in_worker, image.numpy(), label, index, options): k
+               for k, (_, image, label, index) in enumerate(tasks)}
+    started = threading.Event()
+    for future in futures:
+        future.add_done_callback(lambda done: done.cancelled() or started.set())  # a worker has finished one
+    try:
+        if not work_while_starting:
+            started.set()
+        taken = yield from meanwhile(model, tasks, options, list(futures), started)
+        for future in as_completed([f for f in futures if futures[f] not in taken]):
+            yield tasks[futures[future]][0], pickle.loads(future.result())
+    except BaseException:  # Ctrl-C, a signal, an error: stop every worker now, not after its program
+        processes = list((pool._processes or {}).values())  # the executor has no public way to stop them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown(wait=False)  # every task is done: the workers exit on their own (joined at the interpreter's exit)
+
+
+def meanwhile(model: LipschitzMLP, tasks: list[Task], options: dict, futures: list, started: threading.Event
+              ) -> Generator[tuple[int, Verdict], None, set[int]]:
+    """(position, verdict) of the tasks that this process verifies while the pool starts: from the last task
+    back, each one whose future it can still cancel, until `started` is set. Returns their indices in `tasks`."""
+    taken: set[int] = set()
+    if started.is_set():
+        return taken
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model64 = in_float64(model)
+        for k in range(len(tasks) - 1, -1, -1):
+            if started.is_set() or not futures[k].cancel():
+                break
+            taken.add(k)
+            position, image, label, index = tasks[k]
+            yield position, verify(model, image, label, model64=model64, index=index, **options)
+    finally:
+        torch.set_num_threads(threads)
+    return taken
 
 
 class WorkerModel:

@@ -227,6 +227,13 @@ MUTANTS = [
     ("orthonormal.py", "            position[low], position[high] = 2 * t, 2 * t + 1  # MaxMin sorts each pair ascending\n",
      "",
      "start_as_sorting_network_: the wires' positions not followed from stage to stage"),
+    ("milp.py", "            if started.is_set() or not futures[k].cancel():", "            if started.is_set():",
+     "meanwhile: a task that a worker already runs is verified here too"),
+    ("milp.py", "        solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))  # resets the solver's info\n",
+     "", "Gap.search: the cut-off row of one rival left in the program for the next"),
+    ("milp.py", "return Gap(columns, (weight[label] - weight[rival])[units], float(bias[label] - bias[rival]))",
+     "return Gap(columns, (weight[label] - weight[rival])[units], float(bias[label]))",
+     "Gap.of: the gap without the rival's bias"),
 ]
 
 

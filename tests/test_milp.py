@@ -148,6 +148,40 @@ def test_the_program_with_its_inputs_fixed_computes_the_network(model, eps, seed
     assert np.allclose(hidden, expected, rtol=1e-6, atol=1e-6 * (1 + np.abs(expected).max()))
 
 
+@given(random_nets(convs=True), st.floats(0.01, 0.5), seeds)
+@settings(max_examples=40, deadline=None)
+def test_the_gap_is_the_networks_gap_and_its_search_stops_at_the_threshold(model, eps, seed):
+    """With every input fixed to a point of the ball, the program's minimum of `Gap.of` is the float64 network's
+    f_label - f_rival there; `Gap.search` finds that point with a threshold above the gap, none with one below,
+    and takes its cut-off row away again either way."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, model.config.in_features, generator=g, dtype=torch.float64)
+    ball = Ball("linf", eps, PIXEL_RANGE)
+    lower, upper = ball.box(x)
+    point = lower + (upper - lower) * torch.rand(x.shape, generator=g, dtype=torch.float64)
+    network = milp.encode(model, x, ball, allowance.certified_gap_bounds(model, x, ball, apart=True).boxes)
+    solver = network.program.highs(relax=False)
+    columns = np.array([wire.column for wire in network.inputs], dtype=np.int32)
+    solver.changeColsBounds(len(columns), columns, point[0].numpy(), point[0].numpy())
+    label, rival = sorted(torch.randperm(model.config.out_features, generator=g)[:2].tolist(), reverse=seed % 2 == 1)
+    with torch.no_grad():
+        logits = model(point)[0]
+    expected = float(logits[label] - logits[rival])
+    gap = milp.Gap.of(network, model, label, rival)
+    gap.minimise(solver)
+    solver.run()
+    assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    tolerance = 1e-6 * (1 + logits.abs().max().item())
+    assert solver.getObjectiveValue() == pytest.approx(expected, abs=tolerance)
+    rows = solver.getNumRow()
+    status, solution, bound = gap.search(solver, abs(expected) + 1e-3, 10.0)
+    assert status == highspy.HighsModelStatus.kOptimal and solver.getNumRow() == rows
+    assert np.allclose(np.array(solution.col_value)[columns], point[0].numpy())
+    assert bound is None or bound <= expected + tolerance
+    status, _, _ = gap.search(solver, expected - 1e-3, 10.0)
+    assert status == highspy.HighsModelStatus.kInfeasible and solver.getNumRow() == rows
+
+
 @pytest.mark.parametrize("relax", [True, False])
 def test_presolve_runs_without_sparsify_and_otherwise_as_highs_chooses(relax):
     """Sparsify is the one presolve rule switched off (it took most of a short GroupSort program's time on the
@@ -283,6 +317,55 @@ def test_a_pool_of_workers_gives_the_verdicts_and_counterexamples_of_one():
             assert torch.equal(a.counterexample.perturbed, b.counterexample.perturbed)
         else:
             assert b.counterexample is None
+
+
+def test_the_pool_alone_gives_the_verdicts_of_one_worker():
+    """The spawned workers verify every task when this process does not help while they start."""
+    model, made = scaled_case(5, MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu"), 6, 2)
+    ball = Ball("linf", 0.2, PIXEL_RANGE)
+    tasks = [(k, made.images[k], int(made.labels[k]), 10 + k) for k in range(len(made))]
+    options = {"ball": ball, "relax": False, "time_limit": 60.0}
+    one = dict(milp.verdicts_of(model, tasks, options, 1))
+    pool = dict(milp.pooled(model, tasks, options, 2, work_while_starting=False))
+    assert {v.status for v in one.values()} >= {"robust", "counterexample"}
+    assert sorted(pool) == sorted(one) == list(range(len(made)))
+    assert all((pool[k].status, pool[k].decided_by) == (one[k].status, one[k].decided_by) for k in one)
+
+
+def test_while_the_pool_starts_this_process_verifies_the_tasks_it_can_cancel_from_the_end():
+    """`meanwhile` takes the last tasks whose futures it can cancel, stops at one already running, or as soon as
+    the pool has finished a task, and gives `verify`'s own verdicts."""
+    from concurrent.futures import Future
+    from threading import Event
+
+    model, made = scaled_case(5, MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu"), 5, 3)
+    ball = Ball("linf", 0.2, PIXEL_RANGE)
+    tasks = [(k, made.images[k], int(made.labels[k]), k) for k in range(len(made))]
+    options = {"ball": ball, "relax": False, "time_limit": 60.0}
+
+    def run(futures: list, started: Event, stop_after: int | None = None) -> tuple[list, set]:
+        steps, generator = [], milp.meanwhile(model, tasks, options, futures, started)
+        try:
+            while True:
+                steps.append(next(generator))
+                if stop_after is not None and len(steps) == stop_after:
+                    started.set()
+        except StopIteration as end:
+            return steps, end.value
+
+    futures = [Future() for _ in tasks]
+    futures[1].set_running_or_notify_cancel()  # already taken by a worker: no longer cancellable
+    steps, taken = run(futures, Event())
+    assert taken == {4, 3, 2} and [position for position, _ in steps] == [4, 3, 2]
+    assert all(futures[k].cancelled() for k in taken) and not futures[0].cancelled()
+    for position, verdict in steps:
+        expected = milp.verify(model, made.images[position], int(made.labels[position]), ball)
+        assert (verdict.status, verdict.decided_by) == (expected.status, expected.decided_by)
+    steps, taken = run([Future() for _ in tasks], Event(), stop_after=1)
+    assert taken == {4} and len(steps) == 1
+    started = Event()
+    started.set()
+    assert run([Future() for _ in tasks], started) == ([], set())
 
 
 def test_workers_below_one_are_refused():
