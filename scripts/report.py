@@ -162,13 +162,38 @@ def scaling_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def program_seconds(path: Path) -> float:
+    """The seconds that the digits decided by a program took, summed over a per-example CSV of `certify.py`."""
+    with open(path) as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle) if row["decided_by"] == "milp")
+
+
+def presolve_table(results: Path) -> str:
+    """`scripts/measure_scaling.sh` with one worker before HiGHS's presolve lost its Sparsify rule
+    (scaling_before_sparsify.json, its CSVs in before_sparsify/) and now (scaling.json): the wall seconds and
+    the part of them spent on the digits that a program decided."""
+    folder = results / "verification"
+    before, after = (json.loads((folder / name).read_text())["seconds"]
+                     for name in ("scaling_before_sparsify.json", "scaling.json"))
+    rows = ["| net, method, one worker | every presolve rule: wall seconds | of them, digits decided by a program "
+            "| now: wall seconds | of them, digits decided by a program |", "| --- | --- | --- | --- | --- |"]
+    for net, run, csv_name in (("GroupSort, `best`", "workers1", "best_workers1.csv"),
+                               ("ReLU, `exact`", "relu_workers1", "relu_exact_workers1.csv")):
+        rows.append(f"| {net} | {before[run]:.1f} | {program_seconds(folder / 'before_sparsify' / csv_name):.1f} | "
+                    f"{after[run]:.1f} | {program_seconds(folder / csv_name):.1f} |")
+    return "\n".join(rows) + "\n"
+
+
 def verification_all_table(results: Path) -> str:
     """`scripts/measure_verification_all.sh`: `best` on the whole test set of the GroupSort net, its verdicts,
-    wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met; the run whose presolve had
-    every rule (`groupsort_best_all_before_sparsify.json`, the code of 06048a3) above the current one."""
-    rows = ["| net, method, presolve | digits | robust | counterexample | timeout | undecided | decided by | wall time "
+    wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met; above the current run, the
+    earlier code's: presolve with every rule (`groupsort_best_all_before_sparsify.json`, the code of 06048a3), and
+    without Sparsify but before the rounding rule of e68e716 (`groupsort_best_all_before_sum_rule.json`, 893dafc)."""
+    rows = ["| net, method, code | digits | robust | counterexample | timeout | undecided | decided by | wall time "
             "| goal: ≤ 10 timeouts in ≤ 30 min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, presolve in (("groupsort_best_all_before_sparsify", "every rule"), ("groupsort_best_all", "without Sparsify")):
+    for name, presolve in (("groupsort_best_all_before_sparsify", "presolve with every rule (06048a3)"),
+                           ("groupsort_best_all_before_sum_rule", "presolve without Sparsify (893dafc)"),
+                           ("groupsort_best_all", "without Sparsify, rounding's sum rule (e68e716)")):
         path = results / "verification" / f"{name}.json"
         if not path.exists():
             continue
@@ -176,9 +201,37 @@ def verification_all_table(results: Path) -> str:
         verdicts, minutes = run["verdicts"], run["seconds"] / 60
         stages = ", ".join(f"{stage} {count}" for stage, count in run["decided_by"].items())
         met = verdicts["timeout"] <= 10 and minutes <= 30
+        goal = 'yes' if met else '**no**' + (' (the time is met)' if minutes <= 30 else '')
         rows.append(f"| GroupSort, `best`, {run['workers']} workers, {run['time_limit']} s a digit, {presolve} | "
                     f"{run['digits']:,} | {verdicts['robust']:,} | {verdicts['counterexample']:,} | {verdicts['timeout']} "
-                    f"| {verdicts['undecided']} | {stages} | {minutes:.1f} min | {'yes' if met else '**no**'} |")
+                    f"| {verdicts['undecided']} | {stages} | {minutes:.1f} min | {goal} |")
+    return "\n".join(rows) + "\n"
+
+
+def highs_cell(run: dict) -> str:
+    """One of `scripts/probe_hard_digits.py`'s HiGHS runs: its verdict and seconds, and for a timeout the lower
+    bound of the gap it reached ("no bound" before its first node)."""
+    if run["verdict"] != "timeout":
+        return f"{run['verdict']}, {run['seconds']:.1f} s"
+    bound = "no bound" if run.get("dual_bound") is None else f"{run['dual_bound']:+.4f}"
+    return f"timeout, {bound}"
+
+
+def hard_digits_table(results: Path) -> str:
+    """`scripts/probe_hard_digits.py` (results/verification/hard_digits.json): per timeout of the whole-test-set
+    run, the compare-exchanges left open by each bound, the program's size, per open rival the relaxation's
+    minimum of the gap and the threshold it must pass, and HiGHS with and without its primal heuristics."""
+    run = json.loads((results / "verification" / "hard_digits.json").read_text())
+    rows = ["| digit (label) | compare-exchanges open of 1,600: intervals / carried from intervals / carried from "
+            "the first layer | columns, nonzeros | relaxation's minimum of the gap (threshold), per open rival | "
+            f"HiGHS, {run['seconds_a_digit']:.0f} s | without primal heuristics |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        opened = digit["open"]
+        rivals = "; ".join(f"{r['rival']}: {r['relaxation']:+.4f} ({r['threshold']:.4f})" for r in digit["rivals"])
+        rows.append(f"| {digit['index']} ({digit['label']}) | {opened['intervals']:,} / {opened['carried_from_intervals']:,} / "
+                    f"{opened['carried_from_first_layer']:,} | {digit['columns']:,}, {digit['nonzeros']:,} | {rivals} | "
+                    f"{highs_cell(digit['highs'])} | {highs_cell(digit['highs_no_heuristics'])} |")
     return "\n".join(rows) + "\n"
 
 
@@ -746,7 +799,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-all": verification_all_table,
-    "verification-here": verification_here_table,
+    "verification-here": verification_here_table, "hard-digits": hard_digits_table,
+    "verification-presolve": presolve_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),

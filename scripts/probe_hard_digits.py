@@ -1,0 +1,163 @@
+"""Why the hard digits are hard: the timeouts of the whole-test-set run, one program at a time.
+
+    OMP_NUM_THREADS=2 python scripts/probe_hard_digits.py --data-dir ../shared/mnist \
+        --json results/verification/hard_digits.json
+
+For the first LIMIT digits that timed out in results/verification/groupsort_best_all.csv (`best` on the original
+demo's GroupSort net at L-inf 0.1, 60 s a digit), each digit's program as `milp.verify` builds it, and per digit:
+
+- the compare-exchanges that each bound leaves open (each one binary of the program): the wires' own intervals
+  alone (the first version of the program); differences carried through each sorting network from those
+  intervals (`groupsort.sort` without `apart`); carried from the first layer's exact differences over the box
+  (`operators.Box.apart`, what `milp` uses);
+- per rival class that IBP leaves open, the relaxation's minimum of the gap against the threshold it must
+  pass (the gap's float32 allowance plus `milp.SOLVER_MARGIN`);
+- HiGHS on the program with its cut-off row (`milp.Gap.search`), SECONDS a digit as in the run, once with
+  `milp`'s settings and once without HiGHS's primal heuristics (`NO_HEURISTICS`: a robust digit's proof needs
+  none of them): the verdict, the seconds, and the lower bound of the gap reached (its dual bound).
+
+Digits run two at a time in spawned processes, one thread each (the machine's two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import highspy  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import allowance  # noqa: E402
+import checkpoints  # noqa: E402
+import milp  # noqa: E402
+import rounding  # noqa: E402
+from groupsort import GroupSort, sort, sorting_network  # noqa: E402
+from lipschitz import Ball  # noqa: E402
+from mnist_data import load_split  # noqa: E402
+from models import in_float64  # noqa: E402
+from program import Program, Wire, Wires  # noqa: E402
+
+NET = REPO.parent / "shared" / "original-demo" / "groupsort.p"
+RUN = REPO / "results" / "verification" / "groupsort_best_all.csv"
+BALL = Ball("linf", 0.1, (0.0, 1.0))
+NO_HEURISTICS = {"mip_heuristic_effort": 0.0, **{f"mip_heuristic_run_{name}": False for name in (
+    "feasibility_jump", "rens", "rins", "root_reduced_cost", "shifting", "zi_round")}}
+
+
+def interval_open(wires: list[Wire]) -> int:
+    """The compare-exchanges of one group's sorting network that the wires' intervals leave open, each wire
+    carried as the interval of its min or max."""
+    lower, upper, count = [w.lower for w in wires], [w.upper for w in wires], 0
+    for i, j in sorting_network(len(wires)):
+        count += upper[i] > lower[j] and upper[j] > lower[i]
+        lower[i], lower[j] = min(lower[i], lower[j]), max(lower[i], lower[j])
+        upper[i], upper[j] = min(upper[i], upper[j]), max(upper[i], upper[j])
+    return count
+
+
+def search(network: milp.Network, model64: torch.nn.Module, label: int, rivals: list[int], thresholds: dict,
+           seconds: float, options: dict) -> dict:
+    """`milp.Gap.search` on each rival in turn, as `milp.verify` runs them, within `seconds` in all, under HiGHS
+    `options`: the verdict (robust when every program is infeasible), the seconds, the rival it stopped at and
+    the dual bound of that rival's gap."""
+    solver = network.program.highs(relax=False)
+    for option, value in options.items():
+        solver.setOptionValue(option, value)
+    start, status = time.perf_counter(), highspy.HighsModelStatus.kInfeasible
+    for rival in rivals:
+        left = seconds - (time.perf_counter() - start)
+        if left <= 0:
+            return {"verdict": "timeout", "seconds": round(time.perf_counter() - start, 1), "rival": rival}
+        gap = milp.Gap.of(network, model64, label, rival)
+        status, _, bound = gap.search(solver, thresholds[rival], left)
+        if status != highspy.HighsModelStatus.kInfeasible:
+            verdict = "timeout" if status == highspy.HighsModelStatus.kTimeLimit else str(status).split(".")[-1]
+            return {"verdict": verdict, "seconds": round(time.perf_counter() - start, 1), "rival": rival,
+                    "dual_bound": bound}
+    return {"verdict": "robust", "seconds": round(time.perf_counter() - start, 1)}
+
+
+@torch.no_grad()
+@rounding.exact_arithmetic()
+def probe(index: int, data_dir: str, seconds: float) -> dict:
+    """Everything the module's docstring lists, for test digit `index`."""
+    torch.set_num_threads(1)
+    model = checkpoints.load_checkpoint(NET, checkpoints.Expected("groupsort", 10)).model
+    model64, test = in_float64(model), load_split(data_dir, "test")
+    x64, label = test.images[index][None].double(), int(test.labels[index])
+    gaps = allowance.certified_gap_bounds(model64, x64, BALL, apart=True)
+    lower_gaps, lost = gaps.certified_lower()[0, label], gaps.allowance[0, label]
+    rivals = [j for j in lower_gaps.argsort().tolist() if j != label and lower_gaps[j] <= 0]
+    thresholds = {j: float(lost[j]) + milp.SOLVER_MARGIN for j in rivals}
+    network = milp.encode(model64, x64, BALL, gaps.boxes)
+
+    lower, upper = (end[0].numpy() for end in BALL.box(x64))
+    units = Wires([Wire(k, float(lo), float(hi)) for k, (lo, hi) in enumerate(zip(lower, upper))])
+    operators = model64.operators()
+    first = next(k for k, operator in enumerate(operators) if isinstance(operator, GroupSort))
+    for operator, before, after in zip(operators[:first], gaps.boxes[:first], gaps.boxes[1:first + 1]):
+        units = operator.encode(Program(), units, before, after)  # the wires the first GroupSort sorts
+    activation = operators[first]
+    size = activation.group_size
+    groups = [units[start:start + size] for start in range(0, len(units), size)]
+    carried = Program()
+    for group in groups:
+        sort(carried, group)
+
+    relaxation, relaxed = network.program.highs(relax=True), {}
+    for rival in rivals:
+        milp.Gap.of(network, model64, label, rival).minimise(relaxation)
+        relaxation.run()
+        relaxed[rival] = relaxation.getObjectiveValue()
+    hard = [j for j in rivals if relaxed[j] <= thresholds[j]]
+    return {
+        "index": index, "label": label, "compare_exchanges": len(groups) * len(sorting_network(size)),
+        "open": {"intervals": sum(interval_open(group) for group in groups), "carried_from_intervals": carried.binaries,
+                 "carried_from_first_layer": network.program.binaries},
+        "columns": len(network.program.lower), "rows": len(network.program.row_lower),
+        "nonzeros": int(sum(len(row) for row in network.program.row_index)),
+        "rivals": [{"rival": j, "relaxation": relaxed[j], "threshold": thresholds[j]} for j in rivals],
+        "highs": search(network, model64, label, hard, thresholds, seconds, {}),
+        "highs_no_heuristics": search(network, model64, label, hard, thresholds, seconds, NO_HEURISTICS),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "mnist"))
+    parser.add_argument("--limit", type=int, default=10, help="how many of the run's timeouts, in order")
+    parser.add_argument("--seconds", type=float, default=60.0, help="HiGHS's time limit a digit, as in the run")
+    parser.add_argument("--json", type=Path, default=REPO / "results" / "verification" / "hard_digits.json")
+    args = parser.parse_args()
+    with open(RUN) as handle:
+        timeouts = [int(row["index"]) for row in csv.DictReader(handle) if row["verdict"] == "timeout"]
+    digits = timeouts[: args.limit]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        probes = list(pool.map(probe, digits, [args.data_dir] * len(digits), [args.seconds] * len(digits)))
+    for one in probes:
+        print(json.dumps(one))
+    record = {"command": "scripts/probe_hard_digits.py " + " ".join(sys.argv[1:]), "net": str(NET.name),
+              "radius": BALL.eps, "run": str(RUN.relative_to(REPO)), "seconds_a_digit": args.seconds,
+              "no_heuristics": NO_HEURISTICS, "digits": probes, "wall_seconds": round(time.perf_counter() - start, 1),
+              "threads": "1 a process, 2 processes", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "torch": torch.__version__, "highspy": version("highspy"), "date": time.strftime("%Y-%m-%d")}
+    checkpoints.write_json(args.json, record)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
