@@ -141,8 +141,9 @@ def frozen(model: LipschitzMLP) -> LipschitzMLP:
     with torch.device("meta"):
         plain = type(model)(model.config)
     state = {}
-    for name in plain.state_dict():
-        module, _, attribute = name.rpartition(".")
-        state[name] = getattr(model.get_submodule(module), attribute).detach().clone()
+    with torch.no_grad():  # as `freeze_` and every evaluation compute them: autograd's kernels may round otherwise
+        for name in plain.state_dict():
+            module, _, attribute = name.rpartition(".")
+            state[name] = getattr(model.get_submodule(module), attribute).detach().clone()
     plain.load_state_dict(state, assign=True)
     return plain.train(model.training)

@@ -307,7 +307,8 @@ def test_a_trained_bcop_net_stores_orthogonal_kernels(tmp_path, mnist_root, run_
 def test_a_frozen_bcop_network_computes_what_the_parametrised_one_did():
     """`orthonormal.frozen` rebuilds the network on the meta device and copies the computed kernels in: the plain
     copy's logits and its certified bounds are those of the network trained (a stateful layer left on the meta
-    device once made them garbage, which only the clean-certified check caught)."""
+    device once made them garbage, which only the clean-certified check caught), and of `freeze_`'s copy. The
+    kernels are computed without autograd, as in evaluation: with it, some CPUs' kernels round otherwise."""
     import orthonormal
     import training
 
@@ -322,6 +323,8 @@ def test_a_frozen_bcop_network_computes_what_the_parametrised_one_did():
         assert torch.equal(plain(x), model(x))
     proved = lipschitz.l2_spectral_norm_upper_bound(plain.affine_layers()[0].matrix().detach())
     assert abs(float(proved) - 1) < 1e-5
+    with torch.no_grad():  # and the weights that freeze_ leaves in the model, bit for bit
+        assert torch.equal(plain(x), orthonormal.freeze_(model)(x))
 
 
 def test_every_certificate_of_a_cnn_convolves_with_cudnn_off(monkeypatch):
