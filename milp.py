@@ -117,7 +117,7 @@ class Gap:
     offset: float
 
     @staticmethod
-    def of(network: Network, model64: LipschitzMLP, label: int, rival: int) -> "Gap":
+    def of(network: Network, model64: LipschitzMLP, label: int, rival: int) -> Gap:
         """The gap through the float64 model's last (affine) layer, on the program's last hidden wires; a
         constant-zero wire drops out, a pending normalisation is folded into the weights."""
         last = model64.layers[-1]
@@ -336,7 +336,7 @@ def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int, 
 
     A spawned process takes about 2 s to start (it imports torch and HiGHS): until the first of them has
     finished a task, this process verifies tasks itself (unless `work_while_starting` is False), taking them
-    from the end of the queue, one thread for torch, so that the start costs no time. Every task runs once,
+    from the end of the queue, one thread for torch, so that the start costs little. Every task runs once,
     here or in the pool."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(pickle.dumps(model),))

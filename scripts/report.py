@@ -229,8 +229,10 @@ def hard_digits_table(results: Path) -> str:
     for digit in run["digits"]:
         opened = digit["open"]
         rivals = "; ".join(f"{r['rival']}: {r['relaxation']:+.4f} ({r['threshold']:.4f})" for r in digit["rivals"])
-        rows.append(f"| {digit['index']} ({digit['label']}) | {opened['intervals']:,} / {opened['carried_from_intervals']:,} / "
-                    f"{opened['carried_from_first_layer']:,} | {digit['columns']:,}, {digit['nonzeros']:,} | {rivals} | "
+        counts = " / ".join(f"{opened[bound]:,}" for bound in ("intervals", "carried_from_intervals",
+                                                                 "carried_from_first_layer"))
+        rows.append(f"| {digit['index']} ({digit['label']}) | {counts} | {digit['columns']:,}, {digit['nonzeros']:,} | "
+                    f"{rivals} | "
                     f"{highs_cell(digit['highs'])} | {highs_cell(digit['highs_no_heuristics'])} |")
     return "\n".join(rows) + "\n"
 

@@ -121,14 +121,10 @@ def test_certified_within_lp_within_exact_robust_within_pgd_robust(model, eps, s
                 assert verdict.counterexample.index == i and verdict.counterexample.label == labels[i]
 
 
-@given(random_nets(convs=True), st.floats(0.01, 0.5), seeds)
-@settings(max_examples=60, deadline=None)
-def test_the_program_with_its_inputs_fixed_computes_the_network(model, eps, seed):
-    """The encoding is exact: with every input variable fixed to a point of the ball, the program is feasible and
-    its last hidden wires hold the float64 network's last hidden layer there (MLPs and CNNs, every activation,
-    zero and circular padding, downsampling; a net without hidden layers leaves the pixels, normalisation
-    pending)."""
-    g = torch.Generator().manual_seed(seed)
+def fixed_input_program(model: LipschitzMLP, eps: float, g: torch.Generator
+                        ) -> tuple[milp.Network, highspy.Highs, torch.Tensor, np.ndarray]:
+    """The program of a random x's L-inf ball (cut to the pixel range), its input columns fixed to a random point
+    of the ball: (network, solver, point (1, d), input columns)."""
     x = torch.rand(1, model.config.in_features, generator=g, dtype=torch.float64)
     ball = Ball("linf", eps, PIXEL_RANGE)
     lower, upper = ball.box(x)
@@ -137,6 +133,18 @@ def test_the_program_with_its_inputs_fixed_computes_the_network(model, eps, seed
     solver = network.program.highs(relax=False)
     columns = np.array([wire.column for wire in network.inputs], dtype=np.int32)
     solver.changeColsBounds(len(columns), columns, point[0].numpy(), point[0].numpy())
+    return network, solver, point, columns
+
+
+@given(random_nets(convs=True), st.floats(0.01, 0.5), seeds)
+@settings(max_examples=60, deadline=None)
+def test_the_program_with_its_inputs_fixed_computes_the_network(model, eps, seed):
+    """The encoding is exact: with every input variable fixed to a point of the ball, the program is feasible and
+    its last hidden wires hold the float64 network's last hidden layer there (MLPs and CNNs, every activation,
+    zero and circular padding, downsampling; a net without hidden layers leaves the pixels, normalisation
+    pending)."""
+    g = torch.Generator().manual_seed(seed)
+    network, solver, point, _ = fixed_input_program(model, eps, g)
     solver.run()
     assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
     values = np.array(solver.getSolution().col_value)
@@ -155,14 +163,7 @@ def test_the_gap_is_the_networks_gap_and_its_search_stops_at_the_threshold(model
     f_label - f_rival there; `Gap.search` finds that point with a threshold above the gap, none with one below,
     and takes its cut-off row away again either way."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, model.config.in_features, generator=g, dtype=torch.float64)
-    ball = Ball("linf", eps, PIXEL_RANGE)
-    lower, upper = ball.box(x)
-    point = lower + (upper - lower) * torch.rand(x.shape, generator=g, dtype=torch.float64)
-    network = milp.encode(model, x, ball, allowance.certified_gap_bounds(model, x, ball, apart=True).boxes)
-    solver = network.program.highs(relax=False)
-    columns = np.array([wire.column for wire in network.inputs], dtype=np.int32)
-    solver.changeColsBounds(len(columns), columns, point[0].numpy(), point[0].numpy())
+    network, solver, point, columns = fixed_input_program(model, eps, g)
     label, rival = sorted(torch.randperm(model.config.out_features, generator=g)[:2].tolist(), reverse=seed % 2 == 1)
     with torch.no_grad():
         logits = model(point)[0]
