@@ -107,6 +107,14 @@ def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box])
     return Network(program, inputs, wires)
 
 
+def open_rivals(gaps: allowance.CertifiedGaps, label: int) -> dict[int, float]:
+    """The rival classes j whose gap f_label - f_j IBP does not prove above 0 (`gaps` of one example), the
+    weakest first, each with the threshold its program must pass: the gap's float32 allowance plus
+    SOLVER_MARGIN."""
+    lower, lost = gaps.certified_lower()[0, label], gaps.allowance[0, label]
+    return {j: float(lost[j]) + SOLVER_MARGIN for j in lower.argsort().tolist() if j != label and lower[j] <= 0}
+
+
 @dataclass(frozen=True)
 class Gap:
     """The gap f_label - f_rival of one example's program as a linear function of its columns: `coefficients`
@@ -195,16 +203,14 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     gaps = allowance.certified_gap_bounds(model64, x64, ball, apart=True)
     if allowance.voided(gaps.allowance)[0]:  # the program reasons in real arithmetic: no robust verdict
         return Verdict("undecided", "overflow", elapsed())
-    lower_gaps, lost = gaps.certified_lower()[0, label], gaps.allowance[0, label]
-    rivals = [j for j in lower_gaps.argsort().tolist() if j != label and lower_gaps[j] <= 0]
-    if not rivals:
+    thresholds = open_rivals(gaps, label)
+    if not thresholds:
         return Verdict("robust", "ibp", elapsed())
     network = encode(model64, x64, ball, gaps.boxes)
     relaxation = network.program.highs(relax=True)
     hard = []
-    for rival in rivals:
+    for rival, threshold in thresholds.items():
         Gap.of(network, model64, label, rival).minimise(relaxation)
-        threshold = float(lost[rival]) + SOLVER_MARGIN
         relaxation.setOptionValue("time_limit", max(time_limit - elapsed(), 1e-3))
         relaxation.run()
         if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal and relaxation.getObjectiveValue() > threshold:
@@ -222,7 +228,7 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
         if elapsed() >= time_limit:
             return Verdict("timeout", "milp", elapsed())
         gap = Gap.of(network, model64, label, rival)
-        status, solution, _ = gap.search(solver, float(lost[rival]) + SOLVER_MARGIN, max(time_limit - elapsed(), 1e-3))
+        status, solution, _ = gap.search(solver, thresholds[rival], max(time_limit - elapsed(), 1e-3))
         if status == highspy.HighsModelStatus.kInfeasible:
             continue  # no input brings the gap within the threshold
         if solution.value_valid:

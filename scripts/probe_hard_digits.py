@@ -11,7 +11,7 @@ demo's GroupSort net at L-inf 0.1, 60 s a digit), each digit's program as `milp.
   intervals (`groupsort.sort` without `apart`); carried from the first layer's exact differences over the box
   (`operators.Box.apart`, what `milp` uses);
 - per rival class that IBP leaves open, the relaxation's minimum of the gap against the threshold it must
-  pass (the gap's float32 allowance plus `milp.SOLVER_MARGIN`);
+  pass (`milp.open_rivals`);
 - HiGHS on the program with its cut-off row (`milp.Gap.search`), SECONDS a digit as in the run, once with
   `milp`'s settings and once without HiGHS's primal heuristics (`NO_HEURISTICS`: a robust digit's proof needs
   none of them): the verdict, the seconds, and the lower bound of the gap reached (its dual bound).
@@ -76,7 +76,7 @@ def search(network: milp.Network, model64: torch.nn.Module, label: int, rivals: 
     solver = network.program.highs(relax=False)
     for option, value in options.items():
         solver.setOptionValue(option, value)
-    start, status = time.perf_counter(), highspy.HighsModelStatus.kInfeasible
+    start = time.perf_counter()
     for rival in rivals:
         left = seconds - (time.perf_counter() - start)
         if left <= 0:
@@ -99,9 +99,8 @@ def probe(index: int, data_dir: str, seconds: float) -> dict:
     model64, test = in_float64(model), load_split(data_dir, "test")
     x64, label = test.images[index][None].double(), int(test.labels[index])
     gaps = allowance.certified_gap_bounds(model64, x64, BALL, apart=True)
-    lower_gaps, lost = gaps.certified_lower()[0, label], gaps.allowance[0, label]
-    rivals = [j for j in lower_gaps.argsort().tolist() if j != label and lower_gaps[j] <= 0]
-    thresholds = {j: float(lost[j]) + milp.SOLVER_MARGIN for j in rivals}
+    thresholds = milp.open_rivals(gaps, label)
+    rivals = list(thresholds)
     network = milp.encode(model64, x64, BALL, gaps.boxes)
 
     lower, upper = (end[0].numpy() for end in BALL.box(x64))
