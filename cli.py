@@ -41,11 +41,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def machine() -> str:
+    """The machine a measurement ran on: its architecture, its processor's model name (Linux's /proc/cpuinfo;
+    the same code on another processor may sum floats in another order) and its cores."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{platform.machine()}, {names[0] if names else platform.processor() or 'unknown processor'}, " \
+           f"{os.cpu_count()} cores"
+
+
 def provenance(script: str, argv: list[str] | None = None) -> dict[str, Any]:
     """What a measurement ran with, for the JSON beside its figures: the command (`script` and its arguments,
     `sys.argv[1:]` unless given), torch's threads, the machine, torch's version and the date."""
     return {"command": " ".join([f"python {script}", *(sys.argv[1:] if argv is None else argv)]),
-            "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "threads": torch.get_num_threads(), "machine": machine(),
             "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%d")}
 
 

@@ -52,9 +52,13 @@ import pickle
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
-from typing import Generator, Iterator, Sequence
+from itertools import chain
+from queue import Empty, SimpleQueue
+from typing import Iterator, Sequence
 
 import highspy
 import numpy as np
@@ -264,9 +268,9 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
     breaks a third of the digits that the mixed-integer program cannot settle
     in 60 s), then `verify` on the rest (the relaxation, then the program).
 
-    With `workers` > 1 the `verify` calls run in that many spawned processes, one torch and one HiGHS thread
-    each: every call depends on its example alone, so the verdicts are those of one worker (but for a time
-    limit that a busier machine reaches first).
+    With `workers` > 1 the `verify` calls run in that many processes (`pooled`: this one and `workers` - 1
+    spawned ones), one torch and one HiGHS thread each: every call depends on its example alone, so the
+    verdicts are those of one worker (but for a time limit that a busier machine reaches first).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown verification method {method!r}: choose one of {', '.join(METHODS)}")
@@ -311,11 +315,13 @@ def verify_split(model: LipschitzMLP, split: Split, ball: Ball, method: str, tim
     verdicts: dict[int, Verdict] = {} if into is None else into
     counts = dict.fromkeys(VERDICTS, 0)
     bar = tqdm(total=len(split), disable=not progress, unit="example", desc=method, leave=False)
-    for position, verdict in [*settled.items(), *verdicts_of(model, tasks, options, workers)]:
-        verdicts[position] = verdict
-        counts[verdict.status] += 1
-        bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
-        bar.update()
+    arriving = verdicts_of(model, tasks, options, workers)
+    with closing(arriving):  # interrupted here: the pool stops at once all the same
+        for position, verdict in chain(settled.items(), arriving):
+            verdicts[position] = verdict
+            counts[verdict.status] += 1
+            bar.set_postfix({k: v for k, v in counts.items() if v}, refresh=False)
+            bar.update()
     bar.close()
     return [verdicts[k] for k in range(len(split))]
 
@@ -325,7 +331,7 @@ Task = tuple[int, torch.Tensor, int, int]  # (position in the split, image, labe
 
 def verdicts_of(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) -> Iterator[tuple[int, Verdict]]:
     """(position, `verify`'s verdict) for every task, in the order they finish: in this process with one worker,
-    else in a pool of spawned processes (`pooled`)."""
+    else in this one and `workers` - 1 spawned ones (`pooled`)."""
     if workers == 1 or len(tasks) < 2:
         model64 = in_float64(model)
         for position, image, label, index in tasks:
@@ -334,58 +340,84 @@ def verdicts_of(model: LipschitzMLP, tasks: list[Task], options: dict, workers: 
     yield from pooled(model, tasks, options, min(workers, len(tasks)))
 
 
-def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int, work_while_starting: bool = True
-           ) -> Iterator[tuple[int, Verdict]]:
-    """`verify` on every task in `workers` spawned processes. The model travels once per process, pickled
-    whole, the images as numpy arrays, and each verdict comes back pickled: every tensor inline, none through
-    torch's shared memory, whose file descriptors a long run would exhaust.
+def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) -> Iterator[tuple[int, Verdict]]:
+    """`verify` on every task in `workers` processes, one torch and one HiGHS thread each: this one and
+    `workers` - 1 spawned ones. The spawned processes take tasks from the front of the queue, each handed its
+    next task only when it has finished the last; this process takes them from the back. Every task runs
+    once, and the two ends meet with no task queued behind a long one. A spawned process takes about 2 s to
+    start (it imports torch and HiGHS): this process is at work meanwhile, and does not pay that start
+    itself. The model travels once per spawned process, pickled whole, the images as numpy arrays, and each
+    verdict comes back pickled: every tensor inline, none through torch's shared memory, whose file
+    descriptors a long run would exhaust.
 
-    A spawned process takes about 2 s to start (it imports torch and HiGHS): until the first of them has
-    finished a task, this process verifies tasks itself (unless `work_while_starting` is False), taking them
-    from the end of the queue, one thread for torch, so that the start costs little. Every task runs once,
-    here or in the pool."""
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(pickle.dumps(model),))
-    futures = {pool.submit(verify_in_worker, image.numpy(), label, index, options): k
-               for k, (_, image, label, index) in enumerate(tasks)}
-    started = threading.Event()
-    for future in futures:
-        future.add_done_callback(lambda done: done.cancelled() or started.set())  # a worker has finished one
-    try:
-        if not work_while_starting:
-            started.set()
-        taken = yield from meanwhile(model, tasks, options, list(futures), started)
-        for future in as_completed([f for f in futures if futures[f] not in taken]):
-            yield tasks[futures[future]][0], pickle.loads(future.result())
-    except BaseException:  # Ctrl-C, a signal, an error: stop every worker now, not after its program
-        processes = list((pool._processes or {}).values())  # the executor has no public way to stop them
+    The spawned processes' verdicts are passed on between this process's own, up to one program late. When
+    this process is interrupted (Ctrl-C, a signal, an error), every spawned process stops at once and the
+    verdicts they had finished are passed on before the interruption is."""
+    queue, lock, closed = deque(range(len(tasks))), threading.Lock(), threading.Event()
+    finished: SimpleQueue[tuple[int, Future]] = SimpleQueue()  # the spawned processes' tasks, as each finishes
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                               initargs=(pickle.dumps(model),))
+
+    def hand_out(_: Future | None = None) -> None:
+        """The task at the front to the pool: once per spawned process, then each time one finishes."""
+        with lock:
+            if closed.is_set() or not queue:
+                return
+            k = queue.popleft()
+            _, image, label, index = tasks[k]
+            future = pool.submit(verify_in_worker, image.numpy(), label, index, options)
+        future.add_done_callback(lambda done: (finished.put((k, done)), hand_out()))
+
+    def arrived(wait: bool) -> Iterator[tuple[int, Verdict]]:
+        """The spawned processes' verdicts that have arrived (with `wait`, at least one)."""
+        while wait or not finished.empty():
+            try:
+                k, done = finished.get(timeout=0.1)  # a short wait, so that Ctrl-C is not held up
+            except Empty:
+                continue
+            wait = False
+            if not done.cancelled() and (done.exception() is None or not closed.is_set()):
+                yield tasks[k][0], pickle.loads(done.result())
+
+    def stop() -> None:  # the executor has no public way to stop its processes now, not after their programs
+        with lock:
+            closed.set()
+        processes = list((pool._processes or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
-        raise
-    pool.shutdown(wait=False)  # every task is done: the workers exit on their own (joined at the interpreter's exit)
 
-
-def meanwhile(model: LipschitzMLP, tasks: list[Task], options: dict, futures: list, started: threading.Event
-              ) -> Generator[tuple[int, Verdict], None, set[int]]:
-    """(position, verdict) of the tasks that this process verifies while the pool starts: from the last task
-    back, each one whose future it can still cancel, until `started` is set. Returns their indices in `tasks`."""
-    taken: set[int] = set()
-    if started.is_set():
-        return taken
-    threads = torch.get_num_threads()
+    for _ in range(workers - 1):
+        hand_out()
+    left, threads = len(tasks), torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model64 = in_float64(model)
-        for k in range(len(tasks) - 1, -1, -1):
-            if started.is_set() or not futures[k].cancel():
-                break
-            taken.add(k)
+        while left:
+            with lock:
+                k = queue.pop() if queue else None
+            if k is None:  # the rest is the pool's
+                for item in arrived(wait=True):
+                    left -= 1
+                    yield item
+                continue
+            for item in arrived(wait=False):
+                left -= 1
+                yield item
             position, image, label, index = tasks[k]
-            yield position, verify(model, image, label, model64=model64, index=index, **options)
+            verdict = verify(model, image, label, model64=model64, index=index, **options)
+            left -= 1
+            yield position, verdict
+    except GeneratorExit:  # the caller stopped listening
+        stop()
+        raise
+    except BaseException:  # Ctrl-C, a signal, an error: every process stops now, then what it had finished
+        stop()
+        yield from arrived(wait=False)
+        raise
     finally:
         torch.set_num_threads(threads)
-    return taken
+    pool.shutdown(wait=False)  # every task is done: the processes exit on their own (joined at the interpreter's exit)
 
 
 class WorkerModel:

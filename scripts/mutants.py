@@ -227,13 +227,21 @@ MUTANTS = [
     ("orthonormal.py", "            position[low], position[high] = 2 * t, 2 * t + 1  # MaxMin sorts each pair ascending\n",
      "",
      "start_as_sorting_network_: the wires' positions not followed from stage to stage"),
-    ("milp.py", "            if started.is_set() or not futures[k].cancel():", "            if started.is_set():",
-     "meanwhile: a task that a worker already runs is verified here too"),
+    ("milp.py", "                k = queue.pop() if queue else None", "                k = queue.popleft() if queue else None",
+     "pooled: this process takes its tasks from the front, as the spawned ones do"),
     ("milp.py", "        solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))  # resets the solver's info\n",
      "", "Gap.search: the cut-off row of one rival left in the program for the next"),
     ("milp.py", "return Gap(columns, (weight[label] - weight[rival])[units], float(bias[label] - bias[rival]))",
      "return Gap(columns, (weight[label] - weight[rival])[units], float(bias[label]))",
      "Gap.of: the gap without the rival's bias"),
+    ("milp.py", "        stop()\n        yield from arrived(wait=False)\n        raise", "        stop()\n        raise",
+     "pooled: the verdicts the spawned processes had finished are lost when this process is interrupted"),
+    ("milp.py", "        for position, verdict in chain(settled.items(), arriving):",
+     "        for position, verdict in [*settled.items(), *arriving]:",
+     "verify_split: the pool's generator drained whole before the first verdict is kept (an interrupted run keeps none)"),
+    ("milp.py", "future.add_done_callback(lambda done: (finished.put((k, done)), hand_out()))",
+     "future.add_done_callback(lambda done: finished.put((k, done)))",
+     "pooled: a spawned process is handed its first task only"),
 ]
 
 

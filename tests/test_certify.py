@@ -454,7 +454,7 @@ def test_an_interrupted_verification_writes_the_verdicts_it_reached(sig, workers
     done = int(re.search(r"interrupted: (\d+) of 10000 examples verified", stderr)[1])
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == done < 10_000 and f"wrote {out}" in stdout
+    assert len(rows) == done and 0 < done < 10_000 and f"wrote {out}" in stdout
     indices = [int(row["index"]) for row in rows]
     assert indices == sorted(set(indices)) and all(row["verdict"] in milp.VERDICTS for row in rows)
     assert json.loads(out.with_name(out.name + ".json").read_text())["method"] == "exact"

@@ -96,3 +96,20 @@ def test_data_dir_defaults_to_mnist_root_when_set(monkeypatch, tmp_path):
     assert train_mnist.parse_args(["--data-dir", "elsewhere"])[1].data_dir == Path("elsewhere")
     monkeypatch.delenv("MNIST_ROOT")
     assert certify.parse_args(["x.p"]).data_dir == Path("data")
+
+
+def test_the_machine_of_a_record_names_its_processor(monkeypatch, tmp_path):
+    """A record names the processor's model (another processor may sum floats in another order): the first
+    'model name' of /proc/cpuinfo, or the platform's word where there is none."""
+    import os
+    import platform
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Processor 9000\n\nprocessor\t: 1\nmodel name\t: Other\n")
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: real(cpuinfo if str(self) == "/proc/cpuinfo" else self,
+                                                                         *a, **k))
+    assert cli.machine() == f"{platform.machine()}, Some Processor 9000, {os.cpu_count()} cores"
+    assert cli.provenance("x.py", [])["machine"] == cli.machine()
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(OSError("no such file")))
+    assert cli.machine().endswith(f", {os.cpu_count()} cores") and cli.machine().count(",") == 2

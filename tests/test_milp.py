@@ -4,6 +4,7 @@ inputs, every counterexample flips the float32 network, and certified ⊆ lp ⊆
 from __future__ import annotations
 
 import itertools
+import time
 
 import highspy
 import numpy as np
@@ -320,53 +321,86 @@ def test_a_pool_of_workers_gives_the_verdicts_and_counterexamples_of_one():
             assert b.counterexample is None
 
 
-def test_the_pool_alone_gives_the_verdicts_of_one_worker():
-    """The spawned workers verify every task when this process does not help while they start."""
-    model, made = scaled_case(5, MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu"), 6, 2)
-    ball = Ball("linf", 0.2, PIXEL_RANGE)
+def pool_case(rows: int) -> tuple[LipschitzMLP, Split, list, dict]:
+    """A small ReLU net, `rows` examples as `pooled` tasks (indices 10, 11, ...) and `verify`'s options."""
+    model, made = scaled_case(5, MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu"), rows, 2)
     tasks = [(k, made.images[k], int(made.labels[k]), 10 + k) for k in range(len(made))]
-    options = {"ball": ball, "relax": False, "time_limit": 60.0}
+    return model, made, tasks, {"ball": Ball("linf", 0.2, PIXEL_RANGE), "relax": False, "time_limit": 60.0}
+
+
+def verified_here(monkeypatch, delay: float) -> list[int]:
+    """The indices that `milp.verify` is called on in this process (not in spawned ones), each call `delay` s
+    longer."""
+    calls, verify = [], milp.verify
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["index"])
+        time.sleep(delay)
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(milp, "verify", counted)
+    return calls
+
+
+def test_this_process_takes_tasks_from_the_back_and_the_pool_from_the_front_each_once(monkeypatch):
+    """Two workers: this process and one spawned one, which starts in about 2 s and then takes task after
+    task from the front while this one, slowed to 1 s a task, takes them from the back. Every task is verified
+    once, with one worker's verdict."""
+    model, made, tasks, options = pool_case(12)
     one = dict(milp.verdicts_of(model, tasks, options, 1))
-    pool = dict(milp.pooled(model, tasks, options, 2, work_while_starting=False))
+    here = verified_here(monkeypatch, 1.0)
+    pool = list(milp.pooled(model, tasks, options, 2))
     assert {v.status for v in one.values()} >= {"robust", "counterexample"}
-    assert sorted(pool) == sorted(one) == list(range(len(made)))
-    assert all((pool[k].status, pool[k].decided_by) == (one[k].status, one[k].decided_by) for k in one)
+    assert sorted(position for position, _ in pool) == list(range(len(tasks)))
+    assert all((v.status, v.decided_by) == (one[k].status, one[k].decided_by) for k, v in pool)
+    assert 1 <= len(here) <= len(tasks) - 2  # the spawned process took more than the task it was given first
+    assert here == [10 + k for k in range(len(tasks) - 1, len(tasks) - 1 - len(here), -1)]  # from the back
 
 
-def test_while_the_pool_starts_this_process_verifies_the_tasks_it_can_cancel_from_the_end():
-    """`meanwhile` takes the last tasks whose futures it can cancel, stops at one already running, or as soon as
-    the pool has finished a task, and gives `verify`'s own verdicts."""
-    from concurrent.futures import Future
-    from threading import Event
+def test_an_interrupted_pool_stops_and_passes_on_what_it_finished_first(monkeypatch):
+    """Ctrl-C while this process verifies its first task (after 10 s): the verdicts the spawned process had
+    finished by then (it starts in about 2 s and each program takes milliseconds) come first, then the
+    interruption, and no process is left."""
+    import multiprocessing
 
-    model, made = scaled_case(5, MLPConfig(in_features=12, hidden=(8,), out_features=3, activation="relu"), 5, 3)
-    ball = Ball("linf", 0.2, PIXEL_RANGE)
-    tasks = [(k, made.images[k], int(made.labels[k]), k) for k in range(len(made))]
-    options = {"ball": ball, "relax": False, "time_limit": 60.0}
+    model, made, tasks, options = pool_case(4)
+    calls, verify = [], milp.verify
 
-    def run(futures: list, started: Event, stop_after: int | None = None) -> tuple[list, set]:
-        steps, generator = [], milp.meanwhile(model, tasks, options, futures, started)
-        try:
-            while True:
-                steps.append(next(generator))
-                if stop_after is not None and len(steps) == stop_after:
-                    started.set()
-        except StopIteration as end:
-            return steps, end.value
+    def interrupted(*args, **kwargs):
+        calls.append(kwargs["index"])
+        time.sleep(10.0)
+        raise KeyboardInterrupt
 
-    futures = [Future() for _ in tasks]
-    futures[1].set_running_or_notify_cancel()  # already taken by a worker: no longer cancellable
-    steps, taken = run(futures, Event())
-    assert taken == {4, 3, 2} and [position for position, _ in steps] == [4, 3, 2]
-    assert all(futures[k].cancelled() for k in taken) and not futures[0].cancelled()
-    for position, verdict in steps:
-        expected = milp.verify(model, made.images[position], int(made.labels[position]), ball)
-        assert (verdict.status, verdict.decided_by) == (expected.status, expected.decided_by)
-    steps, taken = run([Future() for _ in tasks], Event(), stop_after=1)
-    assert taken == {4} and len(steps) == 1
-    started = Event()
-    started.set()
-    assert run([Future() for _ in tasks], started) == ([], set())
+    monkeypatch.setattr(milp, "verify", interrupted)
+    passed = []
+    with pytest.raises(KeyboardInterrupt):
+        for position, verdict in milp.pooled(model, tasks, options, 2):
+            passed.append(position)
+    assert calls == [13] and passed == [0, 1, 2]
+    assert wait_for(lambda: not multiprocessing.active_children(), 10.0)
+
+
+def test_a_pool_no_longer_listened_to_stops_its_processes():
+    """A caller that stops after the first verdict (closing the generator, as `verify_split` does when it is
+    interrupted): the spawned processes stop."""
+    import multiprocessing
+
+    model, made, tasks, options = pool_case(6)
+    verdicts = milp.pooled(model, tasks, options, 3)
+    next(verdicts)
+    assert len(multiprocessing.active_children()) == 2
+    verdicts.close()
+    assert wait_for(lambda: not multiprocessing.active_children(), 10.0)
+
+
+def wait_for(condition, seconds: float) -> bool:
+    """Whether `condition()` holds within `seconds`."""
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_workers_below_one_are_refused():
