@@ -7,12 +7,13 @@
 # CSVs lie beside it.
 #
 #   scripts/measure_scaling.sh            # from the repository root, or anywhere; then python scripts/report.py
+#   OUT=results/epyc scripts/measure_scaling.sh   # into another folder (another machine's records)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-../shared/mnist}
 LIMIT=${LIMIT:-200}
-OUT=results/verification
+OUT=${OUT:-results/verification}  # another folder for another machine's records
 GROUPSORT=(../shared/original-demo/groupsort.p --activation groupsort --group_size 10 --method best)
 RELU=(../shared/original-demo/relu.p --activation relu --method exact)
 mkdir -p "$OUT"
@@ -33,7 +34,8 @@ run relu_workers1 "${RELU[@]}" --workers 1 --per-example "$OUT/relu_exact_worker
 run relu_workers2 "${RELU[@]}" --workers 2 --per-example "$OUT/relu_exact_workers2.csv"
 "$PY" certify.py --merge "$OUT/best_merged.csv" "$OUT"/best_shard{0,1,2,3}.csv
 "$PY" - "$OUT" "$LIMIT" <<'PY'
-import csv, json, os, platform, sys, time
+import csv, json, os, sys, time
+import cli
 import torch
 out, limit = sys.argv[1], int(sys.argv[2])
 def verdicts(name):
@@ -43,7 +45,8 @@ times = dict(line.split() for line in open(f"{out}/times.txt"))
 one, two, merged = verdicts("best_workers1"), verdicts("best_workers2"), verdicts("best_merged")
 counts = {v: sum(r[1] == v for r in one) for v in sorted({r[1] for r in one})}
 relu_one, relu_two = verdicts("relu_exact_workers1"), verdicts("relu_exact_workers2")
-record = {"command": "scripts/measure_scaling.sh", "net": "../shared/original-demo/groupsort.p (GroupSort 10)",
+command = "scripts/measure_scaling.sh" if out == "results/verification" else f"OUT={out} scripts/measure_scaling.sh"
+record = {"command": command, "net": "../shared/original-demo/groupsort.p (GroupSort 10)",
           "method": "best", "radius": 0.1, "digits": limit, "verdicts": counts,
           "seconds": {k: round(float(v), 1) for k, v in times.items()},
           "workers2_identical": one == two, "merged_identical": one == merged,
@@ -52,7 +55,7 @@ record = {"command": "scripts/measure_scaling.sh", "net": "../shared/original-de
                          "verdicts": {v: sum(r[1] == v for r in relu_one) for v in sorted({r[1] for r in relu_one})},
                          "workers2_identical": relu_one == relu_two,
                          "speedup": round(float(times["relu_workers1"]) / float(times["relu_workers2"]), 2)},
-          "threads": os.environ.get("OMP_NUM_THREADS"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+          "threads": os.environ.get("OMP_NUM_THREADS"), "machine": cli.machine(),
           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 open(f"{out}/scaling.json", "w").write(json.dumps(record, indent=1) + "\n")
 print(json.dumps(record, indent=1))

@@ -20,7 +20,8 @@ start=$(date +%s.%N)
     --workers "$WORKERS" --time-limit 60 --per-example "$OUT/$NAME.csv" --data-dir "$DATA"
 seconds=$(echo "$(date +%s.%N) - $start" | bc)
 "$PY" - "$OUT/$NAME" "$seconds" "$WORKERS" <<'PY'
-import csv, json, os, platform, sys, time
+import csv, json, os, sys, time
+import cli
 import torch
 name, seconds, workers = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 with open(f"{name}.csv") as handle:
@@ -34,7 +35,7 @@ record = {"command": "OMP_NUM_THREADS=2 scripts/measure_verification_all.sh",
           "decided_by": {s: sum(row["decided_by"] == s for row in settled)
                          for s in sorted({row["decided_by"] for row in settled})},
           "seconds": round(seconds, 1), "threads": os.environ.get("OMP_NUM_THREADS"),
-          "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+          "machine": cli.machine(), "torch": torch.__version__,
           "date": time.strftime("%Y-%m-%d")}
 open(f"{name}.json", "w").write(json.dumps(record, indent=1) + "\n")
 print(json.dumps(record, indent=1))

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,6 +41,7 @@ import torch  # noqa: E402
 
 import allowance  # noqa: E402
 import checkpoints  # noqa: E402
+import cli  # noqa: E402
 import milp  # noqa: E402
 import rounding  # noqa: E402
 from groupsort import GroupSort, sort, sorting_network  # noqa: E402
@@ -90,16 +90,32 @@ def search(network: milp.Network, model64: torch.nn.Module, label: int, rivals: 
     return {"verdict": "robust", "seconds": round(time.perf_counter() - start, 1)}
 
 
-@torch.no_grad()
-@rounding.exact_arithmetic()
-def probe(index: int, data_dir: str, seconds: float) -> dict:
-    """Everything the module's docstring lists, for test digit `index`."""
+class Digit(NamedTuple):
+    """A test digit of the run as `milp.verify` takes it: the float64 net, the digit, its label, IBP's gap bounds
+    over the ball and the rival classes that IBP leaves open with their thresholds."""
+
+    model64: torch.nn.Module
+    x64: torch.Tensor
+    label: int
+    gaps: allowance.CertifiedGaps
+    thresholds: dict[int, float]
+
+
+def digit(index: int, data_dir: str) -> Digit:
+    """Test digit `index` as `milp.verify` takes it, in a process of one thread."""
     torch.set_num_threads(1)
     model = checkpoints.load_checkpoint(NET, checkpoints.Expected("groupsort", 10)).model
     model64, test = in_float64(model), load_split(data_dir, "test")
     x64, label = test.images[index][None].double(), int(test.labels[index])
     gaps = allowance.certified_gap_bounds(model64, x64, BALL, apart=True)
-    thresholds = milp.open_rivals(gaps, label)
+    return Digit(model64, x64, label, gaps, milp.open_rivals(gaps, label))
+
+
+@torch.no_grad()
+@rounding.exact_arithmetic()
+def probe(index: int, data_dir: str, seconds: float) -> dict:
+    """Everything the module's docstring lists, for test digit `index`."""
+    model64, x64, label, gaps, thresholds = digit(index, data_dir)
     rivals = list(thresholds)
     network = milp.encode(model64, x64, BALL, gaps.boxes)
 
@@ -134,13 +150,20 @@ def probe(index: int, data_dir: str, seconds: float) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, limit: int, seconds: float, seconds_help: str, json_path: Path) -> argparse.Namespace:
+    """A probe's command line: the data, how many of the run's timeouts, a time limit, the JSON to write."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "mnist"))
-    parser.add_argument("--limit", type=int, default=10, help="how many of the run's timeouts, in order")
-    parser.add_argument("--seconds", type=float, default=60.0, help="HiGHS's time limit a digit, as in the run")
-    parser.add_argument("--json", type=Path, default=REPO / "results" / "verification" / "hard_digits.json")
-    args = parser.parse_args()
+    parser.add_argument("--limit", type=int, default=limit, help="how many of the run's timeouts, in order")
+    parser.add_argument("--seconds", type=float, default=seconds, help=seconds_help)
+    parser.add_argument("--json", type=Path, default=json_path)
+    return parser.parse_args()
+
+
+def on_timeouts(probe: Callable[[int, str, float], dict], args: argparse.Namespace, script: str, **fields: object
+                ) -> None:
+    """`probe` on the first `args.limit` timeouts of the run, two at a time in spawned processes; their results
+    printed and written to `args.json` with `fields` and the provenance."""
     with open(RUN) as handle:
         timeouts = [int(row["index"]) for row in csv.DictReader(handle) if row["verdict"] == "timeout"]
     digits = timeouts[: args.limit]
@@ -149,13 +172,19 @@ def main() -> None:
         probes = list(pool.map(probe, digits, [args.data_dir] * len(digits), [args.seconds] * len(digits)))
     for one in probes:
         print(json.dumps(one))
-    record = {"command": "scripts/probe_hard_digits.py " + " ".join(sys.argv[1:]), "net": str(NET.name),
-              "radius": BALL.eps, "run": str(RUN.relative_to(REPO)), "seconds_a_digit": args.seconds,
-              "no_heuristics": NO_HEURISTICS, "digits": probes, "wall_seconds": round(time.perf_counter() - start, 1),
-              "threads": "1 a process, 2 processes", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "torch": torch.__version__, "highspy": version("highspy"), "date": time.strftime("%Y-%m-%d")}
+    record = {"command": f"{script} " + " ".join(sys.argv[1:]), "net": str(NET.name), "radius": BALL.eps,
+              "run": str(RUN.relative_to(REPO)), **fields, "digits": probes,
+              "wall_seconds": round(time.perf_counter() - start, 1), "threads": "1 a process, 2 processes",
+              "machine": cli.machine(), "torch": torch.__version__, "highspy": version("highspy"),
+              "date": time.strftime("%Y-%m-%d")}
     checkpoints.write_json(args.json, record)
     print(f"wrote {args.json}")
+
+
+def main() -> None:
+    args = arguments(__doc__, 10, 60.0, "HiGHS's time limit a digit, as in the run",
+                     REPO / "results" / "verification" / "hard_digits.json")
+    on_timeouts(probe, args, "scripts/probe_hard_digits.py", seconds_a_digit=args.seconds, no_heuristics=NO_HEURISTICS)
 
 
 if __name__ == "__main__":

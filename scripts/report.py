@@ -162,6 +162,24 @@ def scaling_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def pool_table(results: Path) -> str:
+    """`scripts/measure_pool.sh` (results/epyc/pool.json): the pool of an earlier commit and the current one, in
+    alternating rounds on one machine: per net, the median wall seconds with one and two workers, the speed-up
+    of the medians, and every round's seconds with two workers."""
+    run = json.loads((results / "epyc" / "pool.json").read_text())
+    seconds, median = run["seconds"], run["median_seconds"]
+    rows = [f"| code | net, method | 1 worker: median of {len(seconds['head_relu_w1'])} rounds, s | 2 workers: median, "
+            "s (each round) | speed-up of the medians |", "| --- | --- | --- | --- | --- |"]
+    for code, words in (("base", f"{run['base_commit']}: two spawned processes; the main one works only while "
+                                 "they start"), ("head", "now: the main process and one spawned, from the two ends")):
+        for net, method in run["nets"].items():
+            key = f"{code}_{net}"
+            rounds = ", ".join(f"{value:.1f}" for value in seconds[f"{key}_w2"])
+            rows.append(f"| {words} | {'ReLU' if net == 'relu' else 'GroupSort'}, `{method}` | {median[key + '_w1']:.1f} "
+                        f"| {median[key + '_w2']:.1f} ({rounds}) | {run['speedup'][key]:.2f}× |")
+    return "\n".join(rows) + "\n"
+
+
 def program_seconds(path: Path) -> float:
     """The seconds that the digits decided by a program took, summed over a per-example CSV of `certify.py`."""
     with open(path) as handle:
@@ -234,6 +252,27 @@ def hard_digits_table(results: Path) -> str:
         rows.append(f"| {digit['index']} ({digit['label']}) | {counts} | {digit['columns']:,}, {digit['nonzeros']:,} | "
                     f"{rivals} | "
                     f"{highs_cell(digit['highs'])} | {highs_cell(digit['highs_no_heuristics'])} |")
+    return "\n".join(rows) + "\n"
+
+
+def group_bounds_table(results: Path) -> str:
+    """`scripts/probe_group_bounds.py` (results/verification/group_bounds.json): per digit, the compare-exchanges
+    open and the relaxation's minimum of each open rival's gap with the carried bounds, with each group's
+    outputs ordered, and with every open difference bounded by its group's exact program; HiGHS on the carried
+    and the group-exact programs, and the seconds the group-exact bounds took."""
+    run = json.loads((results / "verification" / "group_bounds.json").read_text())
+    rows = ["| digit | compare-exchanges open: carried / group-exact | relaxation's minimum of the gap (threshold), "
+            "per open rival: carried / outputs ordered / group-exact | HiGHS, "
+            f"{run['search_seconds']:.0f} s: carried / group-exact | group-exact bounds: seconds (programs) |",
+            "| --- | --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        carried, ordered, exact = (digit[variant] for variant in ("carried", "ordered", "group_exact"))
+        rivals = "; ".join(f"{a['rival']}: {a['relaxation']:+.4f} / {b['relaxation']:+.4f} / {c['relaxation']:+.4f} "
+                           f"({a['threshold']:.4f})" for a, b, c in zip(carried["rivals"], ordered["rivals"],
+                                                                        exact["rivals"], strict=True))
+        rows.append(f"| {digit['index']} | {carried['open']:,} / {exact['open']:,} | {rivals} | "
+                    f"{highs_cell(carried['highs'])} / {highs_cell(exact['highs'])} | "
+                    f"{exact['seconds']:.1f} ({exact['group_programs']:,}) |")
     return "\n".join(rows) + "\n"
 
 
@@ -800,9 +839,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "readme-reproduction": readme_reproduction_table, "original-checkpoints": original_checkpoints_table,
     "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
-    "verification-scaling": scaling_table, "verification-all": verification_all_table,
+    "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table, "hard-digits": hard_digits_table,
-    "verification-presolve": presolve_table,
+    "verification-presolve": presolve_table, "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),
