@@ -358,7 +358,7 @@ def pooled(model: LipschitzMLP, tasks: list[Task], options: dict, workers: int) 
     pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
                                initargs=(pickle.dumps(model),))
 
-    def hand_out(_: Future | None = None) -> None:
+    def hand_out() -> None:
         """The task at the front to the pool: once per spawned process, then each time one finishes."""
         with lock:
             if closed.is_set() or not queue:
