@@ -323,14 +323,17 @@ def radius_curve_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+VERIFICATION_HEADER = ("| net, radius, digits, method | clean | global | pairwise | margin | ibp | verified: robust / "
+                       "counterexample / timeout / undecided | decided by | APGD robust | verification's wall time |",
+                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
 def verification_here_table(results: Path) -> str:
     """`scripts/measure_recipe.py --verify` on the seed-0 checkpoints of the reproduction trained on the Intel Xeon
     (results/verification/xeon/): every sound certificate, the verdicts of the verification method (`best`,
     `exact` or `lp`), what decided them, APGD's robust accuracy and the verification's wall time; percentages of
     the digits used. ReLU first, by radius, then by method."""
-    rows = ["| net, radius, digits, method | clean | global | pairwise | margin | ibp | verified: robust / "
-            "counterexample / timeout / undecided | decided by | APGD robust | verification's wall time |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = list(VERIFICATION_HEADER)
     runs = [json.loads(path.read_text()) for path in (results / "verification" / "xeon").glob("*.json")]
     methods = ("best", "exact", "lp")
 
@@ -338,17 +341,27 @@ def verification_here_table(results: Path) -> str:
         return (run["training"]["activation"] != "relu", run["radius"], -run["digits"],
                 methods.index(run["verification"]["method"]))
 
-    for run in sorted(runs, key=order):
-        certified, verification = run["certified"], run["verification"]
-        verdicts = verification["verdicts"]
-        stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
-        counts = " / ".join(f"{verdicts[status]:,}" for status in ("robust", "counterexample", "timeout", "undecided"))
-        rows.append(f"| {NETS[run['training']['activation']]}, {run['radius']:g}, {run['digits']:,}, "
-                    f"`{verification['method']}` | {run['clean']:.2f} | "
-                    f"{method_cells(certified)} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
-                    f"{run['attack_robust']:.2f} | {verification['seconds']:.1f} s, {verification['workers']} "
-                    f"workers, {verification['time_limit']:g} s a digit |")
+    rows += [verification_row(run, NETS[run["training"]["activation"]]) for run in sorted(runs, key=order)]
     return "\n".join(rows) + "\n"
+
+
+def verification_row(run: dict, net: str) -> str:
+    """One `measure_recipe.py --verify` record as a row of `verification_here_table`, its net called `net`."""
+    certified, verification = run["certified"], run["verification"]
+    verdicts = verification["verdicts"]
+    stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
+    counts = " / ".join(f"{verdicts[status]:,}" for status in ("robust", "counterexample", "timeout", "undecided"))
+    return (f"| {net}, {run['radius']:g}, {run['digits']:,}, `{verification['method']}` | {run['clean']:.2f} | "
+            f"{method_cells(certified)} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
+            f"{run['attack_robust']:.2f} | {verification['seconds']:.1f} s, {verification['workers']} workers, "
+            f"{verification['time_limit']:g} s a digit |")
+
+
+def epyc_recipe_table(results: Path) -> str:
+    """`ibp-wide` trained and verified again on the AMD EPYC VM with the code of c108d9b (results/epyc/ibp-wide.json),
+    as a row of `verification_here_table`."""
+    run = json.loads((results / "epyc" / "ibp-wide.json").read_text())
+    return "\n".join([*VERIFICATION_HEADER, verification_row(run, f"`{run['recipe']}` (AMD EPYC)")]) + "\n"
 
 
 def float32_record(results: Path, net: str) -> dict:
@@ -843,7 +856,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
-    "verification-here": verification_here_table, "hard-digits": hard_digits_table,
+    "verification-here": verification_here_table, "verification-epyc": epyc_recipe_table, "hard-digits": hard_digits_table,
     "verification-presolve": presolve_table, "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
