@@ -45,6 +45,7 @@ work, out, base, base_hash, head, limit = sys.argv[1:]
 def verdicts(name):
     with open(f"{work}/{name}.csv") as handle:
         return [(row["index"], row["verdict"], row["decided_by"]) for row in csv.DictReader(handle)]
+reference = {net: verdicts(f"head_{net}_w1_1") for net in ("relu", "groupsort")}  # each read once
 times = {name: float(seconds) for name, seconds in (line.split() for line in open(f"{work}/times.txt"))}
 runs = {}
 for name in times:
@@ -56,7 +57,7 @@ record = {"command": "OMP_NUM_THREADS=2 scripts/measure_pool.sh", "base": base, 
           "seconds": runs, "median_seconds": medians,
           "speedup": {f"{code}_{net}": round(medians[f"{code}_{net}_w1"] / medians[f"{code}_{net}_w2"], 2)
                       for code in ("base", "head") for net in ("relu", "groupsort")},
-          "identical_verdicts": all(verdicts(name) == verdicts(f"head_{name.split('_')[1]}_w1_1") for name in times),
+          "identical_verdicts": all(verdicts(name) == reference[name.split("_")[1]] for name in times),
           "threads": os.environ.get("OMP_NUM_THREADS"), "machine": cli.machine(), "torch": torch.__version__,
           "date": time.strftime("%Y-%m-%d")}
 open(f"{out}/pool.json", "w").write(json.dumps(record, indent=1) + "\n")

@@ -175,7 +175,7 @@ def pool_table(results: Path) -> str:
         for net, method in run["nets"].items():
             key = f"{code}_{net}"
             rounds = ", ".join(f"{value:.1f}" for value in seconds[f"{key}_w2"])
-            rows.append(f"| {words} | {'ReLU' if net == 'relu' else 'GroupSort'}, `{method}` | {median[key + '_w1']:.1f} "
+            rows.append(f"| {words} | {NETS[net]}, `{method}` | {median[key + '_w1']:.1f} "
                         f"| {median[key + '_w2']:.1f} ({rounds}) | {run['speedup'][key]:.2f}× |")
     return "\n".join(rows) + "\n"
 
