@@ -174,12 +174,18 @@ def compare_exchange(program: Program, first: Wire, second: Wire, apart: float, 
 def sort(program: Program, wires: list[Wire], apart: np.ndarray | None = None) -> list[Wire]:
     """The wires sorted ascending by a sorting network. `apart[a, b]` bounds w_a - w_b from above (the wires'
     own intervals when not given); it is carried through every compare-exchange, since max(p, q) - w =
-    max(p - w, q - w) and min(p, q) - w = min(p - w, q - w); a comparison that it decides needs no binary."""
+    max(p - w, q - w) and min(p, q) - w = min(p - w, q - w); a comparison that it decides needs no binary.
+    Where it leaves a comparison open, the program's own bound of each difference (`Program.bound`, +inf but
+    in a program that tightens) takes its place when lower, and is carried on the same way."""
     wires = list(wires)
     own = np.array([[a.upper - b.lower for b in wires] for a in wires])
     bound = own if apart is None else np.minimum(np.array(apart, dtype=np.float64), own)
     np.fill_diagonal(bound, 0.0)
     for i, j in sorting_network(len(wires)):
+        if bound[i, j] > 0 and bound[j, i] > 0:  # open: tightened where the program tightens
+            bound[i, j] = min(bound[i, j], program.bound(wires[i], wires[j]))
+            if bound[i, j] > 0:
+                bound[j, i] = min(bound[j, i], program.bound(wires[j], wires[i]))
         low, high = compare_exchange(program, wires[i], wires[j], bound[i, j], bound[j, i])
         if low is wires[j]:  # decided: the two wires swap places
             bound[[i, j]] = bound[[j, i]]
@@ -225,13 +231,19 @@ class ReLU(Activation):
 
     def encode(self, program: Program, wires: Wires, before: Box, after: Box) -> Wires:
         """Each unit by itself or 0 where its bounds decide, else the big-M encoding with one binary d
-        (Tjeng, Xiao & Tedrake 2019): h >= a, h <= a - L (1 - d), h <= U d."""
-        out = []
+        (Tjeng, Xiao & Tedrake 2019): h >= a, h <= a - L (1 - d), h <= U d. Where the interval [L, U] leaves a
+        unit open, the program's own bounds of a and -a (`Program.bound`, +inf but in a program that tightens)
+        take the place of U and -L when lower."""
+        out, zero = [], Wire(None, 0.0, 0.0)
         for wire in wires.plain(self):
+            if wire.lower < 0 < wire.upper:
+                upper = min(wire.upper, program.bound(wire, zero))
+                lower = max(wire.lower, -program.bound(zero, wire)) if upper > 0 else wire.lower
+                wire = Wire(wire.column, lower, upper)
             if wire.lower >= 0:
                 out.append(wire)
             elif wire.upper <= 0:
-                out.append(Wire(None, 0.0, 0.0))
+                out.append(zero)
             else:
                 low, high = wire.lower, wire.upper
                 h, d = program.variable(0.0, high), program.variable(0.0, 1.0, integer=True)

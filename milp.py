@@ -93,16 +93,18 @@ class Network:
 
 
 @torch.no_grad()
-def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box]) -> Network:
+def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box], deadline: float | None = None
+           ) -> Network:
     """The network's float64 copy `model64` over the L-inf ball around one example x (1, d), as a program:
     one variable per pixel, bounded by the box of the ball, then every operator but the last by its own
     encoding. `boxes` is `ibp.propagate` over that ball with rounding errors and the differences that
-    GroupSort compares, whose intervals bound the units."""
+    GroupSort compares, whose intervals bound the units. With a `deadline` (`time.perf_counter()`) the
+    program is tightened until then (`program.Program.bound`; `verify` does not ask for it, see there)."""
     if ball.norm != "linf":
         raise ConfigError("exact and lp verification take L-inf balls only: the L2 ball is not linear")
     operators = model64.operators()
     require(operators[:-1], "exact verification", "encode")
-    program = Program()
+    program = Program(deadline=deadline)
     lower, upper = (end[0].numpy() for end in ball.box(x))
     inputs = [Wire(program.variable(float(lo), float(hi)), float(lo), float(hi)) for lo, hi in zip(lower, upper)]
     wires = Wires(inputs)

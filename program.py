@@ -3,10 +3,17 @@
 The operators write their own encodings into it (`operators.Operator.encode`);
 `milp` builds one program per example and solves it. HiGHS works in floating
 point with feasibility and integrality tolerances of `TOLERANCE` (see `milp`).
+
+A program with a deadline also tightens, while it is being built: an operator
+asks it for an upper bound of the difference of two wires (`Program.bound`),
+which HiGHS proves at the root node of the part of the program that defines
+them, and sets its big-M constants from it.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 import highspy
@@ -16,6 +23,10 @@ from errors import ConfigError
 
 TOLERANCE = 1e-9  # HiGHS's feasibility and integrality tolerances
 SPARSIFY = 1 << 14  # HiGHS's presolve rule 14, Sparsify: switched off (see Program.highs)
+MARGIN = 1e-5  # added to a bound HiGHS proves (`Program.bound`), far above the effect of its tolerances on it
+PROVED = (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kSolutionLimit,
+          highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kIterationLimit,
+          highspy.HighsModelStatus.kInterrupt)  # a search that ends so has proved its dual bound
 
 
 @dataclass
@@ -45,7 +56,9 @@ class Wires(list):
 
 @dataclass
 class Program:
-    """Columns, rows and integrality of a mixed-integer program, built up and then passed to HiGHS."""
+    """Columns, rows and integrality of a mixed-integer program, built up and then passed to HiGHS. With a
+    `deadline` (a `time.perf_counter()` moment) `bound` tightens until then; `defining` lists each column's
+    rows (those that begin with it: every encoding writes a column's rows so)."""
 
     lower: list[float] = field(default_factory=list)
     upper: list[float] = field(default_factory=list)
@@ -55,6 +68,8 @@ class Program:
     row_index: list[np.ndarray] = field(default_factory=list)
     row_value: list[np.ndarray] = field(default_factory=list)
     binaries: int = 0
+    deadline: float | None = None
+    defining: dict[int, list[int]] = field(default_factory=dict)
 
     def variable(self, lower: float, upper: float, integer: bool = False) -> int:
         self.lower.append(lower)
@@ -68,12 +83,75 @@ class Program:
         self.row_value.append(np.asarray(value, dtype=np.float64))
         self.row_lower.append(lower)
         self.row_upper.append(upper)
+        if len(index):
+            self.defining.setdefault(int(index[0]), []).append(len(self.row_lower) - 1)
 
     def add(self, terms: list[tuple[int, float]], wires: list[tuple[Wire, float]], lower: float, upper: float) -> None:
         """A row over columns and wires; a constant-zero wire drops out."""
         index = [c for c, _ in terms] + [w.column for w, _ in wires if w.column is not None]
         value = [v for _, v in terms] + [v for w, v in wires if w.column is not None]
         self.row(index, value, lower, upper)
+
+    def cone(self, columns: list[int]) -> list[int]:
+        """The rows that define `columns`, and those that define the columns these rows use, back to the
+        columns that no row defines (the inputs), in order."""
+        rows: set[int] = set()
+        seen, stack = set(columns), list(columns)
+        while stack:
+            for row in self.defining.get(stack.pop(), ()):
+                rows.add(row)
+                for column in self.row_index[row].tolist():
+                    if column not in seen:
+                        seen.add(column)
+                        stack.append(column)
+        return sorted(rows)
+
+    def part(self, rows: list[int], columns: list[int]) -> Program:
+        """The program of `rows` alone, over `columns` (every column they use), renumbered in that order."""
+        position = np.full(len(self.lower), -1, dtype=np.int32)
+        position[columns] = np.arange(len(columns), dtype=np.int32)
+        part = Program()
+        for column in columns:
+            part.variable(self.lower[column], self.upper[column], self.integer[column])
+        for row in rows:
+            part.row(position[self.row_index[row]], self.row_value[row], self.row_lower[row], self.row_upper[row])
+        return part
+
+    def bound(self, plus: Wire, minus: Wire) -> float:
+        """An upper bound of plus - minus over this program so far: without a deadline, after it, or where the
+        two wires' cone (`cone`) has no binary, +inf; else the lower bound of minus - plus that HiGHS proves
+        at the root node of the cone's own mixed-integer program (presolve, cuts, the relaxation; no
+        branching, within the deadline), negated, plus MARGIN.
+
+        Sound because each column keeps its bounds and every row left out only widens the feasible set: the
+        cone's maximum is at least the program's. HiGHS's dual bound counts only when its search reached a node
+        and ended with the bound proved (PROVED), never from an infeasible or failed one: where presolve solves a
+        program outright, HiGHS reports it optimal with the dual bound left at 0, which taken as a bound forced
+        two units of the demo net equal (an earlier probe, docs/results.md). A cone without binaries is left
+        alone, which also keeps HiGHS from that case: in these nets such a cone is one affine layer of the input
+        box, whose intervals are already its range. Either guard alone keeps the tests' bounds sound; without
+        both, the theorem of tests/test_milp.py fails."""
+        if self.deadline is None or time.perf_counter() >= self.deadline:
+            return math.inf
+        columns = [wire.column for wire in (plus, minus) if wire.column is not None]
+        rows = self.cone(columns)
+        used = sorted({*columns, *(column for row in rows for column in self.row_index[row].tolist())})
+        part = self.part(rows, used)
+        if not part.binaries:
+            return math.inf
+        solver = part.highs(relax=False)
+        cost = np.zeros(len(used))
+        for wire, sign in ((plus, -1.0), (minus, 1.0)):  # minimise minus - plus
+            if wire.column is not None:
+                cost[used.index(wire.column)] += sign
+        solver.changeColsCost(len(used), np.arange(len(used), dtype=np.int32), cost)
+        solver.setOptionValue("mip_max_nodes", 1)  # the root node only (with 0, HiGHS stops before it)
+        solver.setOptionValue("mip_heuristic_effort", 0.0)  # a dual bound is wanted, no primal solution
+        solver.setOptionValue("time_limit", max(self.deadline - time.perf_counter(), 1e-3))
+        solver.run()
+        info = solver.getInfo()  # before the search's first node, its dual bound is a placeholder (0)
+        proved = info.mip_dual_bound if solver.getModelStatus() in PROVED and info.mip_node_count >= 0 else -math.inf
+        return -proved + MARGIN if math.isfinite(proved) else math.inf
 
     def highs(self, relax: bool) -> highspy.Highs:
         """The program in a silent single-threaded HiGHS instance (binaries relaxed to [0, 1] with `relax`).

@@ -242,6 +242,16 @@ MUTANTS = [
     ("milp.py", "future.add_done_callback(lambda done: (finished.put((k, done)), hand_out()))",
      "future.add_done_callback(lambda done: finished.put((k, done)))",
      "pooled: a spawned process is handed its first task only"),
+    # The tightened program (program.py's bound, its use by the sort and by ReLU).
+    ("program.py", "return -proved + MARGIN if math.isfinite(proved) else math.inf",
+     "return -proved - 0.02 if math.isfinite(proved) else math.inf", "Program.bound: 0.02 below HiGHS's bound"),
+    ("groupsort.py", "bound[i, j] = min(bound[i, j], program.bound(wires[i], wires[j]))",
+     "bound[i, j] = min(bound[i, j], program.bound(wires[j], wires[i]))",
+     "sort: a comparison's tightened bound taken the wrong way round"),
+    ("groupsort.py", "upper = min(wire.upper, program.bound(wire, zero))",
+     "upper = min(wire.upper, 0.98 * program.bound(wire, zero))", "ReLU encoding: tightened upper end 2 % too low"),
+    ("groupsort.py", "lower = max(wire.lower, -program.bound(zero, wire))",
+     "lower = max(wire.lower, -0.98 * program.bound(zero, wire))", "ReLU encoding: tightened lower end 2 % too high"),
 ]
 
 

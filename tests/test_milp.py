@@ -4,7 +4,9 @@ inputs, every counterexample flips the float32 network, and certified ⊆ lp ⊆
 from __future__ import annotations
 
 import itertools
+import math
 import time
+from unittest import mock
 
 import highspy
 import numpy as np
@@ -22,9 +24,9 @@ from groupsort import sorting_network
 from lipschitz import Ball
 from measure import certify_split
 from mnist_data import PIXEL_RANGE, Split
-from models import LipschitzMLP, MLPConfig
+from models import LipschitzMLP, MLPConfig, in_float64
 from nets import random_convs, random_nets, seeds
-from program import SPARSIFY, Program
+from program import SPARSIFY, Program, Wire
 
 
 @pytest.mark.parametrize("size", range(1, 13))
@@ -182,6 +184,94 @@ def test_the_gap_is_the_networks_gap_and_its_search_stops_at_the_threshold(model
     assert bound is None or bound <= expected + tolerance
     status, _, _ = gap.search(solver, expected - 1e-3, 10.0)
     assert status == highspy.HighsModelStatus.kInfeasible and solver.getNumRow() == rows
+
+
+def tightened_program(model: LipschitzMLP, x: torch.Tensor, ball: Ball
+                      ) -> tuple[milp.Network, list[tuple[Wire, Wire, float]]]:
+    """The tightened program of the ball around x (1, d), float64 `model`, with every `Program.bound` it asked
+    for: (network, [(plus, minus, bound)])."""
+    boxes = allowance.certified_gap_bounds(model, x, ball, apart=True).boxes
+    calls, bound = [], Program.bound
+
+    def recorded(program: Program, plus: Wire, minus: Wire) -> float:
+        calls.append((plus, minus, bound(program, plus, minus)))
+        return calls[-1][2]
+
+    with mock.patch.object(Program, "bound", recorded):
+        network = milp.encode(model, x, ball, boxes, deadline=time.perf_counter() + 600.0)
+    return network, calls
+
+
+def maximiser(program: Program, plus: Wire, minus: Wire) -> tuple[float, dict[int, float]]:
+    """The maximum of plus - minus over their cone (`Program.cone`), solved to optimality, and the values of its
+    columns there (by column of `program`)."""
+    columns = [wire.column for wire in (plus, minus) if wire.column is not None]
+    rows = program.cone(columns)
+    used = sorted({*columns, *(column for row in rows for column in program.row_index[row].tolist())})
+    solver = program.part(rows, used).highs(relax=False)
+    cost = np.zeros(len(used))
+    for wire, sign in ((plus, -1.0), (minus, 1.0)):
+        if wire.column is not None:
+            cost[used.index(wire.column)] += sign
+    solver.changeColsCost(len(used), np.arange(len(used), dtype=np.int32), cost)
+    solver.run()
+    assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    return -solver.getObjectiveValue(), dict(zip(used, solver.getSolution().col_value))
+
+
+def assert_above_every_difference(model: LipschitzMLP, x: torch.Tensor, network: milp.Network,
+                                  calls: list[tuple[Wire, Wire, float]]) -> None:
+    """Each finite bound of `calls` is at least its difference's maximum (`maximiser`), and the whole program,
+    its inputs fixed at that maximiser (the others at x), is feasible and computes the float64 `model` there."""
+    program, inputs = network.program, np.array([wire.column for wire in network.inputs], dtype=np.int32)
+    for plus, minus, bound in calls:
+        if not math.isfinite(bound):
+            continue
+        maximum, values = maximiser(program, plus, minus)
+        assert bound >= maximum
+        point = np.array([values.get(column, x[0, k].item()) for k, column in enumerate(inputs)])
+        solver = program.highs(relax=False)
+        solver.changeColsBounds(len(inputs), inputs, point, point)
+        solver.run()
+        assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
+        solution = np.array(solver.getSolution().col_value)
+        hidden = np.array([0.0 if wire.column is None else solution[wire.column] for wire in network.hidden])
+        if network.hidden.pending:
+            hidden = (hidden - network.hidden.mean) / network.hidden.std
+        with torch.no_grad():
+            expected = model.layers[:-1](model.input(torch.from_numpy(point)[None]))[0].numpy()
+        assert np.allclose(hidden, expected, rtol=1e-6, atol=1e-6 * (1 + np.abs(expected).max()))
+
+
+@given(random_nets(convs=True), st.floats(0.05, 0.5), seeds)
+@settings(max_examples=100, deadline=None)
+def test_a_tightened_bound_is_above_its_difference_at_every_input_of_the_ball(model, eps, seed):
+    """Theorem: each bound a tightened program sets (`Program.bound`, of the difference of two wires that a
+    comparison or a ReLU unit leaves open) is at least the difference's maximum over the ball, its cone solved
+    to optimality (the cone encodes the two wires exactly, with the bounds set before them, each checked here
+    in its turn); and the whole tightened program, its inputs fixed at that maximiser, is feasible and
+    computes the float64 network there (MLPs and CNNs, every activation)."""
+    x = torch.rand(1, model.config.in_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    network, calls = tightened_program(model, x, Ball("linf", eps, PIXEL_RANGE))
+    assert_above_every_difference(model, x, network, calls)
+
+
+def test_tightening_sets_lower_bounds_and_fewer_binaries_where_the_carried_ones_are_loose():
+    """On a net whose intervals decide nothing, the tightened program asks for bounds, gets finite ones, each
+    above its difference (`assert_above_every_difference`), and leaves fewer comparisons open (fewer
+    binaries); without a deadline, after it, or on a cone without binaries, `Program.bound` is +inf."""
+    model, split, ball = hard_case()
+    model64, x = in_float64(model), split.images[:1].double()
+    boxes = allowance.certified_gap_bounds(model64, x, ball, apart=True).boxes
+    carried = milp.encode(model64, x, ball, boxes).program
+    network, calls = tightened_program(model64, x, ball)
+    assert sum(math.isfinite(bound) for _, _, bound in calls) >= 5
+    assert network.program.binaries < carried.binaries
+    assert_above_every_difference(model64, x, network, calls)
+    first = network.inputs[0]
+    late = Program(deadline=time.perf_counter() - 1.0)
+    assert late.bound(first, first) == carried.bound(first, first) == math.inf
+    assert network.program.bound(first, network.inputs[1]) == math.inf  # inputs only: no binary in the cone
 
 
 @pytest.mark.parametrize("relax", [True, False])
