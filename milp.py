@@ -14,6 +14,12 @@ hidden state the network can reach from it, exactly:
   differences it compares (`operators.Linear.apart`), carried through the
   network (`groupsort.sort`); a comparison that they decide needs no binary.
 
+`encode` can also tighten a program as it builds it (`program.Program.bound`:
+each open comparison or unit bounded by HiGHS's root node on the rows that
+define it). On the demo net's hardest digits that decided no comparison and
+settled no digit, at minutes of one core a digit (docs/results.md, "Bounds
+from each comparison's own program"), so `verify` does not ask for it.
+
 Verdicts, per example:
 
 - *robust* when for every j the program with the extra row
@@ -99,7 +105,8 @@ def encode(model64: LipschitzMLP, x: torch.Tensor, ball: Ball, boxes: list[Box],
     one variable per pixel, bounded by the box of the ball, then every operator but the last by its own
     encoding. `boxes` is `ibp.propagate` over that ball with rounding errors and the differences that
     GroupSort compares, whose intervals bound the units. With a `deadline` (`time.perf_counter()`) the
-    program is tightened until then (`program.Program.bound`; `verify` does not ask for it, see there)."""
+    program is tightened until then (`program.Program.bound`), which `verify` does not ask for (the module's
+    docstring says why)."""
     if ball.norm != "linf":
         raise ConfigError("exact and lp verification take L-inf balls only: the L2 ball is not linear")
     operators = model64.operators()

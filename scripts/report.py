@@ -206,21 +206,24 @@ def verification_all_table(results: Path) -> str:
     """`scripts/measure_verification_all.sh`: `best` on the whole test set of the GroupSort net, its verdicts,
     wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met; above the current run, the
     earlier code's: presolve with every rule (`groupsort_best_all_before_sparsify.json`, the code of 06048a3), and
-    without Sparsify but before the rounding rule of e68e716 (`groupsort_best_all_before_sum_rule.json`, 893dafc)."""
+    without Sparsify but before the rounding rule of e68e716 (`groupsort_best_all_before_sum_rule.json`, 893dafc),
+    all three on the Intel Xeon; below it, the code and machine that results/epyc/groupsort_best_all.json names."""
     rows = ["| net, method, code | digits | robust | counterexample | timeout | undecided | decided by | wall time "
             "| goal: ≤ 10 timeouts in ≤ 30 min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, presolve in (("groupsort_best_all_before_sparsify", "presolve with every rule (06048a3)"),
-                           ("groupsort_best_all_before_sum_rule", "presolve without Sparsify (893dafc)"),
-                           ("groupsort_best_all", "without Sparsify, rounding's sum rule (e68e716)")):
-        path = results / "verification" / f"{name}.json"
+    for name, code in (("verification/groupsort_best_all_before_sparsify", "presolve with every rule (06048a3)"),
+                           ("verification/groupsort_best_all_before_sum_rule", "presolve without Sparsify (893dafc)"),
+                           ("verification/groupsort_best_all", "without Sparsify, rounding's sum rule (e68e716)"),
+                           ("epyc/groupsort_best_all", None)):
+        path = results / f"{name}.json"
         if not path.exists():
             continue
         run = json.loads(path.read_text())
+        code = code or f"the pool, code of {run['code']}, {run['machine'].split(', ')[1]}"
         verdicts, minutes = run["verdicts"], run["seconds"] / 60
         stages = ", ".join(f"{stage} {count}" for stage, count in run["decided_by"].items())
         met = verdicts["timeout"] <= 10 and minutes <= 30
         goal = 'yes' if met else '**no**' + (' (the time is met)' if minutes <= 30 else '')
-        rows.append(f"| GroupSort, `best`, {run['workers']} workers, {run['time_limit']} s a digit, {presolve} | "
+        rows.append(f"| GroupSort, `best`, {run['workers']} workers, {run['time_limit']} s a digit, {code} | "
                     f"{run['digits']:,} | {verdicts['robust']:,} | {verdicts['counterexample']:,} | {verdicts['timeout']} "
                     f"| {verdicts['undecided']} | {stages} | {minutes:.1f} min | {goal} |")
     return "\n".join(rows) + "\n"
@@ -256,26 +259,23 @@ def hard_digits_table(results: Path) -> str:
 
 
 def group_bounds_table(results: Path) -> str:
-    """`scripts/probe_group_bounds.py` (results/verification/group_bounds.json, 1 s a small program, and
-    group_bounds_fast.json, 0.1 s): per digit, the compare-exchanges open and the relaxation's minimum of each
-    open rival's gap with the carried bounds, with each group's outputs ordered, and with every open difference
-    bounded by its group's exact program; HiGHS on the carried and the group-exact programs, and the seconds
-    the group-exact bounds took."""
-    runs = [json.loads((results / "verification" / name).read_text())
-            for name in ("group_bounds.json", "group_bounds_fast.json")]
-    rows = ["| digit | a small program's time limit, s | compare-exchanges open: carried / group-exact | relaxation's "
-            "minimum of the gap (threshold), per open rival: carried / outputs ordered / group-exact | HiGHS, "
-            f"{runs[0]['search_seconds']:.0f} s: carried / group-exact | group-exact bounds: seconds (programs) |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    for run in runs:
-        for digit in run["digits"]:
-            carried, ordered, exact = (digit[variant] for variant in ("carried", "ordered", "group_exact"))
-            rivals = "; ".join(f"{a['rival']}: {a['relaxation']:+.4f} / {b['relaxation']:+.4f} / "
-                               f"{c['relaxation']:+.4f} ({a['threshold']:.4f})"
-                               for a, b, c in zip(carried["rivals"], ordered["rivals"], exact["rivals"], strict=True))
-            rows.append(f"| {digit['index']} | {run['seconds_a_difference']:g} | {carried['open']:,} / "
-                        f"{exact['open']:,} | {rivals} | {highs_cell(carried['highs'])} / {highs_cell(exact['highs'])} "
-                        f"| {exact['seconds']:.1f} ({exact['group_programs']:,}) |")
+    """`scripts/probe_group_bounds.py` (results/verification/group_bounds.json): per digit, the compare-exchanges
+    open and the relaxation's minimum of each open rival's gap with the carried bounds, with each group's outputs
+    ordered, and with every open difference tightened by its cone's root node; HiGHS on the carried and the
+    tightened programs, and what the tightened build took."""
+    run = json.loads((results / "verification" / "group_bounds.json").read_text())
+    rows = ["| digit | compare-exchanges open: carried / tightened | relaxation's minimum of the gap (threshold), "
+            "per open rival: carried / outputs ordered / tightened | HiGHS, "
+            f"{run['search_seconds']:.0f} s: carried / tightened | tightened build: seconds, bounds proved / asked |",
+            "| --- | --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        carried, ordered, tightened = (digit[variant] for variant in ("carried", "ordered", "tightened"))
+        rivals = "; ".join(f"{a['rival']}: {a['relaxation']:+.4f} / {b['relaxation']:+.4f} / "
+                           f"{c['relaxation']:+.4f} ({a['threshold']:.4f})"
+                           for a, b, c in zip(carried["rivals"], ordered["rivals"], tightened["rivals"], strict=True))
+        rows.append(f"| {digit['index']} | {carried['open']:,} / {tightened['open']:,} | {rivals} | "
+                    f"{highs_cell(carried['highs'])} / {highs_cell(tightened['highs'])} | {tightened['seconds']:.1f}, "
+                    f"{tightened['bounds_proved']:,} / {tightened['bounds_asked']:,} |")
     return "\n".join(rows) + "\n"
 
 
