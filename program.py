@@ -118,6 +118,21 @@ class Program:
             part.row(position[self.row_index[row]], self.row_value[row], self.row_lower[row], self.row_upper[row])
         return part
 
+    def difference(self, plus: Wire, minus: Wire) -> tuple[Program, highspy.Highs, list[int]]:
+        """The two wires' cone (`cone`) as a program of its own (`part`), a HiGHS instance of it (binaries kept)
+        minimising minus - plus, and the columns of this program that the part's columns are, in order."""
+        columns = [wire.column for wire in (plus, minus) if wire.column is not None]
+        rows = self.cone(columns)
+        used = sorted({*columns, *(column for row in rows for column in self.row_index[row].tolist())})
+        part = self.part(rows, used)
+        solver = part.highs(relax=False)
+        cost = np.zeros(len(used))
+        for wire, sign in ((plus, -1.0), (minus, 1.0)):
+            if wire.column is not None:
+                cost[used.index(wire.column)] += sign
+        solver.changeColsCost(len(used), np.arange(len(used), dtype=np.int32), cost)
+        return part, solver, used
+
     def bound(self, plus: Wire, minus: Wire) -> float:
         """An upper bound of plus - minus over this program so far: without a deadline, after it, or where the
         two wires' cone (`cone`) has no binary, +inf; else the lower bound of minus - plus that HiGHS proves
@@ -136,18 +151,9 @@ class Program:
         has no sure end."""
         if self.deadline is None or time.perf_counter() >= self.deadline:
             return math.inf
-        columns = [wire.column for wire in (plus, minus) if wire.column is not None]
-        rows = self.cone(columns)
-        used = sorted({*columns, *(column for row in rows for column in self.row_index[row].tolist())})
-        part = self.part(rows, used)
+        part, solver, _ = self.difference(plus, minus)
         if not part.binaries:
             return math.inf
-        solver = part.highs(relax=False)
-        cost = np.zeros(len(used))
-        for wire, sign in ((plus, -1.0), (minus, 1.0)):  # minimise minus - plus
-            if wire.column is not None:
-                cost[used.index(wire.column)] += sign
-        solver.changeColsCost(len(used), np.arange(len(used), dtype=np.int32), cost)
         solver.setOptionValue("mip_max_nodes", 1)  # the root node only (with 0, HiGHS stops before it)
         solver.setOptionValue("mip_heuristic_effort", 0.0)  # a dual bound is wanted, no primal solution
         solver.setOptionValue("time_limit", max(min(self.deadline - time.perf_counter(), ROOT_SECONDS), 1e-3))

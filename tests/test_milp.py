@@ -214,15 +214,7 @@ def maximiser(program: Program, plus: Wire, minus: Wire) -> tuple[float, dict[in
     solves the cone to optimality (almost always: the tests' nets are small), and the values of the cone's
     columns there (by column of `program`); None where it finds no input at all. Either way a value that a
     sound bound is at least."""
-    columns = [wire.column for wire in (plus, minus) if wire.column is not None]
-    rows = program.cone(columns)
-    used = sorted({*columns, *(column for row in rows for column in program.row_index[row].tolist())})
-    solver = program.part(rows, used).highs(relax=False)
-    cost = np.zeros(len(used))
-    for wire, sign in ((plus, -1.0), (minus, 1.0)):
-        if wire.column is not None:
-            cost[used.index(wire.column)] += sign
-    solver.changeColsCost(len(used), np.arange(len(used), dtype=np.int32), cost)
+    _, solver, used = program.difference(plus, minus)
     solver.setOptionValue("time_limit", 10.0)
     solver.run()
     status, solution = solver.getModelStatus(), solver.getSolution()
