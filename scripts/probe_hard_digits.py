@@ -16,6 +16,11 @@ demo's GroupSort net at L-inf 0.1, 60 s a digit), each digit's program as `milp.
   `milp`'s settings and once without HiGHS's primal heuristics (`NO_HEURISTICS`: a robust digit's proof needs
   none of them): the verdict, the seconds, and the lower bound of the gap reached (its dual bound).
 
+With `--default-only`, the first run alone, for a longer time limit: what more time buys
+
+    OMP_NUM_THREADS=2 python scripts/probe_hard_digits.py --data-dir ../shared/mnist --seconds 300 \
+        --default-only --json results/verification/hard_digits_300s.json
+
 Digits run two at a time in spawned processes, one thread each (the machine's two cores).
 """
 
@@ -27,6 +32,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
@@ -113,8 +119,9 @@ def digit(index: int, data_dir: str) -> Digit:
 
 @torch.no_grad()
 @rounding.exact_arithmetic()
-def probe(index: int, data_dir: str, seconds: float) -> dict:
-    """Everything the module's docstring lists, for test digit `index`."""
+def probe(index: int, data_dir: str, seconds: float, default_only: bool = False) -> dict:
+    """Everything the module's docstring lists, for test digit `index` (HiGHS without its primal heuristics
+    only when not `default_only`)."""
     model64, x64, label, gaps, thresholds = digit(index, data_dir)
     rivals = list(thresholds)
     network = milp.encode(model64, x64, BALL, gaps.boxes)
@@ -138,6 +145,9 @@ def probe(index: int, data_dir: str, seconds: float) -> dict:
         relaxation.run()
         relaxed[rival] = relaxation.getObjectiveValue()
     hard = [j for j in rivals if relaxed[j] <= thresholds[j]]
+    runs = {"highs": search(network, model64, label, hard, thresholds, seconds, {})}
+    if not default_only:
+        runs["highs_no_heuristics"] = search(network, model64, label, hard, thresholds, seconds, NO_HEURISTICS)
     return {
         "index": index, "label": label, "compare_exchanges": len(groups) * len(sorting_network(size)),
         "open": {"intervals": sum(interval_open(group) for group in groups), "carried_from_intervals": carried.binaries,
@@ -145,14 +155,15 @@ def probe(index: int, data_dir: str, seconds: float) -> dict:
         "columns": len(network.program.lower), "rows": len(network.program.row_lower),
         "nonzeros": int(sum(len(row) for row in network.program.row_index)),
         "rivals": [{"rival": j, "relaxation": relaxed[j], "threshold": thresholds[j]} for j in rivals],
-        "highs": search(network, model64, label, hard, thresholds, seconds, {}),
-        "highs_no_heuristics": search(network, model64, label, hard, thresholds, seconds, NO_HEURISTICS),
+        **runs,
     }
 
 
-def arguments(doc: str, limit: int, seconds: float, seconds_help: str, json_path: Path) -> argparse.Namespace:
-    """A probe's command line: the data, how many of the run's timeouts, a time limit, the JSON to write."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+def arguments(doc: str, limit: int, seconds: float, seconds_help: str, json_path: Path,
+              parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """A probe's command line (`parser`, when given, with the probe's own flags): the data, how many of the run's
+    timeouts, a time limit, the JSON to write."""
+    parser = parser or argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "mnist"))
     parser.add_argument("--limit", type=int, default=limit, help="how many of the run's timeouts, in order")
     parser.add_argument("--seconds", type=float, default=seconds, help=seconds_help)
@@ -182,9 +193,13 @@ def on_timeouts(probe: Callable[[int, str, float], dict], args: argparse.Namespa
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--default-only", action="store_true",
+                        help="HiGHS with milp's settings only, not again without its primal heuristics")
     args = arguments(__doc__, 10, 60.0, "HiGHS's time limit a digit, as in the run",
-                     REPO / "results" / "verification" / "hard_digits.json")
-    on_timeouts(probe, args, "scripts/probe_hard_digits.py", seconds_a_digit=args.seconds, no_heuristics=NO_HEURISTICS)
+                     REPO / "results" / "verification" / "hard_digits.json", parser)
+    on_timeouts(partial(probe, default_only=args.default_only), args, "scripts/probe_hard_digits.py",
+                seconds_a_digit=args.seconds, **({} if args.default_only else {"no_heuristics": NO_HEURISTICS}))
 
 
 if __name__ == "__main__":
