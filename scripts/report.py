@@ -258,6 +258,21 @@ def hard_digits_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def longer_table(results: Path) -> str:
+    """`scripts/probe_hard_digits.py --default-only` with a longer time limit
+    (results/verification/hard_digits_300s.json) beside the same digits' runs at the whole-test-set run's limit
+    (results/verification/hard_digits.json): per digit, HiGHS with `milp`'s settings at each limit."""
+    first = json.loads((results / "verification" / "hard_digits.json").read_text())
+    longer = json.loads((results / "verification" / "hard_digits_300s.json").read_text())
+    short = {digit["index"]: digit for digit in first["digits"]}
+    rows = [f"| digit (label) | HiGHS, {first['seconds_a_digit']:.0f} s (the table above) | "
+            f"HiGHS, {longer['seconds_a_digit']:.0f} s ({longer['machine'].split(', ')[1]}) |", "| --- | --- | --- |"]
+    for digit in longer["digits"]:
+        rows.append(f"| {digit['index']} ({digit['label']}) | {highs_cell(short[digit['index']]['highs'])} | "
+                    f"{highs_cell(digit['highs'])} |")
+    return "\n".join(rows) + "\n"
+
+
 def group_bounds_table(results: Path) -> str:
     """`scripts/probe_group_bounds.py` (results/verification/group_bounds.json): per digit, the compare-exchanges
     open and the relaxation's minimum of each open rival's gap with the carried bounds, with each group's outputs
@@ -543,11 +558,22 @@ def reproduction_table(results: Path) -> str:
     """The demo's two runs as `scripts/measure_recipes.sh` recorded them with RESULTS=results/reproduction: the clean
     and certified accuracy that training printed (the demo's `global` rule), every sound method's certified
     accuracy and APGD's robust accuracy on the saved net, and the training's time."""
+    return reproduction_rows([seeds_of(results, recipe)[0] for recipe in REPRODUCTION])
+
+
+def epyc_reproduction_table(results: Path) -> str:
+    """The demo's two runs again on the AMD EPYC VM (RESULTS=results/epyc/reproduction), as
+    `reproduction_table` shows them."""
+    return reproduction_rows([json.loads((results / "epyc" / "reproduction" / f"{recipe}.json").read_text())
+                              for recipe in REPRODUCTION])
+
+
+def reproduction_rows(runs: list[dict]) -> str:
+    """`reproduction_table`'s rows, one per `scripts/measure_recipe.py` record of a demo run."""
     rows = ["| run | clean (%) | certified, `global` (%) | `pairwise` | `margin` | `ibp` | APGD robust (%) | "
             "certified broken | training (min) | s / epoch |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for recipe in REPRODUCTION:
-        run = seeds_of(results, recipe)[0]
+    for run in runs:
         training, certified = run["training"], run["certified"]
         rows.append(f"| `{run['recipe']}` ({NETS[training['activation']]}, seed {training['seed']}, {run['threads']} "
                     f"threads) | {training['clean_accuracy']:.3f} | **{training['certified_accuracy']:.3f}** | "
@@ -851,13 +877,13 @@ def cuda_certificates_table(results: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     "recipes": recipes_table, "recipes-goals": goals_table, "readme-recipes": readme_recipes_table,
-    "frontier": frontier_table, "reproduction": reproduction_table,
+    "frontier": frontier_table, "reproduction": reproduction_table, "reproduction-epyc": epyc_reproduction_table,
     "readme-reproduction": readme_reproduction_table, "original-checkpoints": original_checkpoints_table,
     "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table, "verification-epyc": epyc_recipe_table, "hard-digits": hard_digits_table,
-    "verification-presolve": presolve_table, "group-bounds": group_bounds_table,
+    "verification-presolve": presolve_table, "group-bounds": group_bounds_table, "hard-digits-longer": longer_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),
