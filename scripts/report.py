@@ -761,10 +761,15 @@ BENCH_PATHS = (("original", "original data path"), ("ours", "this project"),
                ("compiled", "this project, `--compile`"), ("overhead", "this project, a model 10 units wide"))
 
 
-def performance_table(results: Path) -> str:
-    """`bench.py` (results/performance/bench.json): per data path the median epoch of the default GroupSort
-    training and the GFLOP/s its matrix multiplies achieve, against those multiplies alone."""
-    bench = json.loads((results / "performance" / "bench.json").read_text())
+def performance_table(folder: str) -> Callable[[Path], str]:
+    """`bench.py`'s table of results/FOLDER/bench.json (the Intel Xeon's results/performance/, the AMD EPYC's
+    results/epyc/performance/)."""
+    return lambda results: bench_rows(json.loads((results / folder / "bench.json").read_text()))
+
+
+def bench_rows(bench: dict) -> str:
+    """One `bench.py` record: per data path the median epoch of the default GroupSort training and the GFLOP/s
+    its matrix multiplies achieve, against those multiplies alone."""
     median, achieved = bench["median_seconds_per_epoch"], bench["gflops_achieved"]
     rows = [f"| path | s / epoch (median of {bench['epochs_timed']}) | GFLOP/s |", "| --- | --- | --- |"]
     for path, name in BENCH_PATHS:
@@ -894,7 +899,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
     "steps-cnn-ibp": steps_table("cnn-ibp"),
-    "performance": performance_table, "compile": compile_table, "wait-policy": wait_policy_table,
+    "performance": performance_table("performance"), "performance-epyc": performance_table("epyc/performance"),
+    "compile": compile_table, "wait-policy": wait_policy_table,
     "sound-reproduction": reproduction_allowance_table,
     "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
