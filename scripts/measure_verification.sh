@@ -3,15 +3,16 @@
 # checkpoints (outputs/recipes/mnist_relu.p and mnist_demo.p, from
 # `RECIPES="demo relu" RESULTS=results/reproduction scripts/measure_recipes.sh`) certified, attacked with APGD
 # and verified by scripts/measure_recipe.py, 60 s a digit on every core, one record each in
-# results/verification/xeon/; then the first counterexamples that exact verification finds for the ReLU net.
-# Run alone on the machine, from the repository root or anywhere:
+# results/verification/xeon/ (or $OUT/); then the first counterexamples that exact verification finds for the
+# ReLU net. Run alone on the machine, from the repository root or anywhere:
 #
 #   OMP_NUM_THREADS=2 scripts/measure_verification.sh
+#   OUT=results/epyc/verification OMP_NUM_THREADS=2 scripts/measure_verification.sh   # another machine's records
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DATA=${DATA_DIR:-../shared/mnist}
-OUT=results/verification/xeon
+OUT=${OUT:-results/verification/xeon}
 mkdir -p "$OUT" docs
 
 verify() {  # verify NET NAME [FLAGS...]: outputs/recipes/mnist_NET.p into $OUT/NAME.json
