@@ -343,13 +343,19 @@ VERIFICATION_HEADER = ("| net, radius, digits, method | clean | global | pairwis
                        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
-def verification_here_table(results: Path) -> str:
-    """`scripts/measure_recipe.py --verify` on the seed-0 checkpoints of the reproduction trained on the Intel Xeon
-    (results/verification/xeon/): every sound certificate, the verdicts of the verification method (`best`,
-    `exact` or `lp`), what decided them, APGD's robust accuracy and the verification's wall time; percentages of
-    the digits used. ReLU first, by radius, then by method."""
+def verification_here_table(folder: str) -> Callable[[Path], str]:
+    """`scripts/measure_verification.sh`'s table of results/FOLDER/ (the Intel Xeon's results/verification/xeon/,
+    the AMD EPYC's results/epyc/verification/)."""
+    return lambda results: verification_rows([json.loads(path.read_text())
+                                              for path in (results / folder).glob("*.json")])
+
+
+def verification_rows(runs: list[dict]) -> str:
+    """`scripts/measure_recipe.py --verify` on the seed-0 checkpoints of the reproduction trained on one machine:
+    every sound certificate, the verdicts of the verification method (`best`, `exact` or `lp`), what decided
+    them, APGD's robust accuracy and the verification's wall time; percentages of the digits used. ReLU first,
+    by radius, then by method."""
     rows = list(VERIFICATION_HEADER)
-    runs = [json.loads(path.read_text()) for path in (results / "verification" / "xeon").glob("*.json")]
     methods = ("best", "exact", "lp")
 
     def order(run: dict) -> tuple:
@@ -887,8 +893,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "certification": certification_table, "radius-curve": radius_curve_table,
     "marabou": marabou_table,
     "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
-    "verification-here": verification_here_table, "verification-epyc": epyc_recipe_table, "hard-digits": hard_digits_table,
-    "verification-presolve": presolve_table, "group-bounds": group_bounds_table, "hard-digits-longer": longer_table,
+    "verification-here": verification_here_table("verification/xeon"),
+    "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
+    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "verification-presolve": presolve_table,
+    "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),

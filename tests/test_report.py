@@ -233,7 +233,7 @@ def test_the_verification_table_shows_the_exact_verdicts_of_its_records(tmp_path
     entries = json.loads(run.read_text())
     verdicts = entries["verification"]["verdicts"]
     counts = " / ".join(f"{verdicts[k]:,}" for k in ("robust", "counterexample", "timeout", "undecided"))
-    assert f"**{counts}**" in report.verification_here_table(results)
+    assert f"**{counts}**" in report.verification_here_table("verification/xeon")(results)
     verdicts["timeout"] += 1
     run.write_text(json.dumps(entries))
     assert report.stale(REPO, results) == ["docs/results.md: verification-here"]
@@ -338,7 +338,7 @@ def test_each_verification_record_is_one_row_naming_its_method(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
     records = [json.loads(path.read_text()) for path in (results / "verification" / "xeon").glob("*.json")]
-    rows = report.verification_here_table(results).splitlines()[2:]
+    rows = report.verification_here_table("verification/xeon")(results).splitlines()[2:]
     assert len(rows) == len(records) and {run["verification"]["method"] for run in records} == {"best", "exact", "lp"}
     assert rows[0].startswith("| ReLU, 0.1, 10,000, `best` |") and rows[-1].startswith("| GroupSort, ")
     run = results / "verification" / "xeon" / "relu_first1000_lp.json"
