@@ -18,7 +18,7 @@ demo's GroupSort net at L-inf 0.1, 60 s a digit), each digit's program as `milp.
 
 With `--default-only`, the first run alone, for a longer time limit: what more time buys
 
-    OMP_NUM_THREADS=2 python scripts/probe_hard_digits.py --data-dir ../shared/mnist --seconds 300 \
+    OMP_NUM_THREADS=2 python scripts/probe_hard_digits.py --data-dir ../shared/mnist --limit 12 --seconds 300 \
         --default-only --json results/verification/hard_digits_300s.json
 
 Digits run two at a time in spawned processes, one thread each (the machine's two cores).

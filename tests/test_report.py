@@ -363,3 +363,33 @@ def test_the_wait_policy_table_gives_every_epoch_of_every_run_in_order(tmp_path)
     first["epoch_seconds"][0][0] += 1.0
     path.write_text(json.dumps(record))
     assert report.stale(REPO, results) == ["docs/results.md: wait-policy"]
+
+
+def test_each_machines_records_make_their_own_tables(tmp_path):
+    """The AMD EPYC's reproduction and verification records (results/epyc/) and the hard digits' longer runs make
+    their own tables only: a changed number in one record makes exactly its table stale, never the Intel Xeon's."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+
+    def changed(relative, edit):
+        path = results / relative
+        entries = json.loads(path.read_text())
+        edit(entries)
+        path.write_text(json.dumps(entries))
+        found = report.stale(REPO, results)
+        shutil.copy(REPO / "results" / relative, path)
+        return found
+
+    def certified(entries):
+        entries["training"]["certified_accuracy"] += 0.01
+
+    def timeout(entries):
+        entries["verification"]["verdicts"]["timeout"] += 1
+
+    def bound(entries):
+        entries["digits"][0]["highs"]["dual_bound"] -= 0.01
+
+    assert changed("epyc/reproduction/demo.json", certified) == ["docs/results.md: reproduction-epyc"]
+    assert changed("epyc/verification/relu.json", timeout) == ["docs/results.md: verification-here-epyc"]
+    assert changed("verification/hard_digits_300s.json", bound) == ["docs/results.md: hard-digits-longer"]
+    assert report.stale(REPO, results) == []
