@@ -485,15 +485,17 @@ def seeds_table(recipe: str, methods: tuple[str, ...] = ()) -> Callable[[Path], 
 L2_RECIPES = ("l2", "l2-lmt", "bjorck-l2", "orthonormal-l2")  # the MLPs certified at L2 1.58
 
 
-def methods_table(recipes: tuple[str, ...]) -> Callable[[Path], str]:
-    """Seed 0 of each of `recipes` (`scripts/measure_recipe.py`'s records): every sound method's certified
-    accuracy, APGD's robust accuracy, the most certified digits it broke under any method, and the training."""
+def methods_table(recipes: tuple[str, ...], folder: str | None = None) -> Callable[[Path], str]:
+    """Seed 0 of each of `recipes` (`scripts/measure_recipe.py`'s records; those of results/FOLDER/RECIPE.json
+    when a `folder` is given, another machine's): every sound method's certified accuracy, APGD's robust
+    accuracy, the most certified digits it broke under any method, and the training."""
 
     def table(results: Path) -> str:
         rows = ["| recipe | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken | "
                 "epochs | training (min) |", "| --- " * 10 + "|"]
         for recipe in recipes:
-            run = seeds_of(results, recipe)[0]
+            run = (seeds_of(results, recipe)[0] if folder is None
+                   else json.loads((results / folder / f"{recipe}.json").read_text()))
             training = run["training"]
             rows.append(f"| `{recipe}` | {run['clean']:.2f} | {method_cells(run['certified'])} | {attacked(run)} | "
                         f"{max(run['broken_certified'].values())} | {training['epochs']} | "
@@ -900,7 +902,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),
-    "l2-methods": methods_table(L2_RECIPES),
+    "l2-methods": methods_table(L2_RECIPES), "l2-methods-epyc": methods_table(("l2", "l2-lmt"), "epyc/recipes"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,
