@@ -903,6 +903,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),
     "l2-methods": methods_table(L2_RECIPES), "l2-methods-epyc": methods_table(("l2", "l2-lmt"), "epyc/recipes"),
+    "ibp-gs50-epyc": methods_table(("ibp-gs50",), "epyc/recipes"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,
