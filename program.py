@@ -118,20 +118,17 @@ class Program:
             part.row(position[self.row_index[row]], self.row_value[row], self.row_lower[row], self.row_upper[row])
         return part
 
-    def difference(self, plus: Wire, minus: Wire) -> tuple[Program, highspy.Highs, list[int]]:
-        """The two wires' cone (`cone`) as a program of its own (`part`), a HiGHS instance of it (binaries kept)
-        minimising minus - plus, and the columns of this program that the part's columns are, in order."""
+    def difference(self, plus: Wire, minus: Wire) -> tuple[Program, list[int], np.ndarray]:
+        """The two wires' cone (`cone`) as a program of its own (`part`), the columns of this program that the
+        part's columns are, in order, and the cost on them of minus - plus (for `highs`)."""
         columns = [wire.column for wire in (plus, minus) if wire.column is not None]
         rows = self.cone(columns)
         used = sorted({*columns, *(column for row in rows for column in self.row_index[row].tolist())})
-        part = self.part(rows, used)
-        solver = part.highs(relax=False)
         cost = np.zeros(len(used))
         for wire, sign in ((plus, -1.0), (minus, 1.0)):
             if wire.column is not None:
                 cost[used.index(wire.column)] += sign
-        solver.changeColsCost(len(used), np.arange(len(used), dtype=np.int32), cost)
-        return part, solver, used
+        return self.part(rows, used), used, cost
 
     def bound(self, plus: Wire, minus: Wire) -> float:
         """An upper bound of plus - minus over this program so far: without a deadline, after it, or where the
@@ -151,9 +148,10 @@ class Program:
         has no sure end."""
         if self.deadline is None or time.perf_counter() >= self.deadline:
             return math.inf
-        part, solver, _ = self.difference(plus, minus)
+        part, _, cost = self.difference(plus, minus)
         if not part.binaries:
             return math.inf
+        solver = part.highs(relax=False, cost=cost)
         solver.setOptionValue("mip_max_nodes", 1)  # the root node only (with 0, HiGHS stops before it)
         solver.setOptionValue("mip_heuristic_effort", 0.0)  # a dual bound is wanted, no primal solution
         solver.setOptionValue("time_limit", max(min(self.deadline - time.perf_counter(), ROOT_SECONDS), 1e-3))
@@ -162,8 +160,9 @@ class Program:
         proved = info.mip_dual_bound if solver.getModelStatus() in PROVED and info.mip_node_count >= 0 else -math.inf
         return -proved + MARGIN if math.isfinite(proved) else math.inf
 
-    def highs(self, relax: bool) -> highspy.Highs:
-        """The program in a silent single-threaded HiGHS instance (binaries relaxed to [0, 1] with `relax`).
+    def highs(self, relax: bool, cost: np.ndarray | None = None) -> highspy.Highs:
+        """The program in a silent single-threaded HiGHS instance (binaries relaxed to [0, 1] with `relax`),
+        minimising `cost` on its columns (nothing when not given).
 
         Presolve runs without its Sparsify rule, which cancels nonzeros with the equality rows: on the dense
         first layer (one row of 785 nonzeros per unit) it took 7 to 12 s of a GroupSort program's presolve and
@@ -172,7 +171,7 @@ class Program:
         lp = highspy.HighsLp()
         columns = len(self.lower)
         lp.num_col_, lp.num_row_ = columns, len(self.row_lower)
-        lp.col_cost_ = np.zeros(columns)
+        lp.col_cost_ = np.zeros(columns) if cost is None else np.asarray(cost, dtype=np.float64)
         lp.col_lower_, lp.col_upper_ = np.array(self.lower), np.array(self.upper)
         lp.row_lower_, lp.row_upper_ = np.array(self.row_lower), np.array(self.row_upper)
         lengths = np.array([len(i) for i in self.row_index])

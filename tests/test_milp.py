@@ -214,7 +214,8 @@ def maximiser(program: Program, plus: Wire, minus: Wire) -> tuple[float, dict[in
     solves the cone to optimality (almost always: the tests' nets are small), and the values of the cone's
     columns there (by column of `program`); None where it finds no input at all. Either way a value that a
     sound bound is at least."""
-    _, solver, used = program.difference(plus, minus)
+    part, used, cost = program.difference(plus, minus)
+    solver = part.highs(relax=False, cost=cost)
     solver.setOptionValue("time_limit", 10.0)
     solver.run()
     status, solution = solver.getModelStatus(), solver.getSolution()
