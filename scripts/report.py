@@ -450,17 +450,17 @@ def mean_std(values: list[float] | tuple[float, ...], places: int = 2) -> str:
     return f"{statistics.mean(values):.{places}f} ± {statistics.stdev(values):.{places}f}"
 
 
-def seeds_table(recipe: str, methods: tuple[str, ...] = ()) -> Callable[[Path], str]:
-    """A recipe's seeds (`scripts/measure_recipe.py`'s records): clean, certified by each of `methods` and by the
-    tightest sound method, APGD's robust accuracy, the certified digits it broke and the training's time; then the
-    seeds' mean and standard deviation (n - 1)."""
+def seeds_table(recipe: str, methods: tuple[str, ...] = (), folders: tuple[str, ...] = ()) -> Callable[[Path], str]:
+    """A recipe's seeds (`scripts/measure_recipe.py`'s records, in `folders` where given): clean, certified by each
+    of `methods` and by the tightest sound method, APGD's robust accuracy, the certified digits it broke and the
+    training's time; then the seeds' mean and standard deviation (n - 1)."""
 
     def figures(run: dict) -> list[float]:
         return [run["clean"], *(run["certified"][method] for method in methods), run["best_certified"],
                 run["attack_robust"]]
 
     def table(results: Path) -> str:
-        runs = seeds_of(results, recipe)
+        runs = seeds_of(results, recipe, folders)
         rows = ["| seed | clean (%) | " + "".join(f"{method} (%) | " for method in methods) + "certified (%) | "
                 "APGD robust (%) | certified broken | training (min) | s / epoch |",
                 "| --- " * (7 + len(methods)) + "|"]
@@ -496,10 +496,30 @@ def methods_table(recipes: tuple[str, ...], folder: str | None = None) -> Callab
         for recipe in recipes:
             run = (seeds_of(results, recipe)[0] if folder is None
                    else json.loads((results / folder / f"{recipe}.json").read_text()))
-            training = run["training"]
-            rows.append(f"| `{recipe}` | {run['clean']:.2f} | {method_cells(run['certified'])} | {attacked(run)} | "
-                        f"{max(run['broken_certified'].values())} | {training['epochs']} | "
-                        f"{training['train_seconds'] / 60:.1f} |")
+            rows.append(methods_row(f"`{recipe}`", run))
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
+def methods_row(first: str, run: dict) -> str:
+    """A row of the methods' tables after its first cells `first`: clean, every sound method's certified
+    accuracy, APGD's robust accuracy, the most certified digits it broke under any method, and the training."""
+    training = run["training"]
+    return (f"| {first} | {run['clean']:.2f} | {method_cells(run['certified'])} | {attacked(run)} | "
+            f"{max(run['broken_certified'].values())} | {training['epochs']} | {training['train_seconds'] / 60:.1f} |")
+
+
+def threads_table(recipe: str, folders: tuple[str, ...]) -> Callable[[Path], str]:
+    """Seed 0 of `recipe` trained with different thread counts (results/FOLDER/RECIPE.json, one folder each): what
+    the summation order does to a short training's figures."""
+
+    def table(results: Path) -> str:
+        rows = ["| recipe | threads | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken "
+                "| epochs | training (min) |", "| --- " * 11 + "|"]
+        for folder in folders:
+            run = json.loads((results / folder / f"{recipe}.json").read_text())
+            rows.append(methods_row(f"`{recipe}` | {run['threads']}", run))
         return "\n".join(rows) + "\n"
 
     return table
@@ -673,11 +693,11 @@ RECORDS = ("reproduction", "recipes")  # the folders of results/ that hold `scri
 REPRODUCTION = ("demo", "relu")  # the recipes of results/reproduction/
 
 
-def seeds_of(results: Path, recipe: str) -> list[dict]:
+def seeds_of(results: Path, recipe: str, folders: tuple[str, ...] = ()) -> list[dict]:
     """`scripts/measure_recipe.py`'s records of `recipe` (the demo's runs in results/reproduction/, the other
-    recipes' in results/recipes/), one per seed trained, by seed."""
-    runs = [json.loads(path.read_text()) for folder in RECORDS for path in (results / folder).glob("*.json")]
-    return sorted((run for run in runs if run["recipe"] == recipe), key=lambda run: run["training"]["seed"])
+    recipes' in results/recipes/; or those of `folders`, another machine's), one per seed trained, by seed."""
+    runs = [json.loads(path.read_text()) for folder in folders or RECORDS for path in (results / folder).glob("*.json")]
+    return sorted((run for run in runs if run.get("recipe") == recipe), key=lambda run: run["training"]["seed"])
 
 
 def average(runs: list[dict], key: str) -> float:
@@ -804,42 +824,102 @@ def compile_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def wait_policy_table(results: Path) -> str:
-    """`scripts/measure_wait_policy.py` (results/performance/wait_policy.json): per load beside the run and per
-    way OpenMP's idle threads wait, the epoch times of two runs of the default training, in the order run."""
-    record = json.loads((results / "performance" / "wait_policy.json").read_text())
-    cells: dict[str, dict[str, str]] = {}
-    for run in record["runs"]:
-        times = "; ".join(", ".join(f"{seconds:.2f}" for seconds in attempt) for attempt in run["epoch_seconds"])
-        cells.setdefault(run["load"], {})[run["policy"]] = times
-    policies = list(dict.fromkeys(run["policy"] for run in record["runs"]))
-    rows = ["| load beside the run | " + " | ".join(f"`{policy}` (s / epoch)" for policy in policies) + " |",
-            "| --- |" + " --- |" * len(policies)]
-    rows += [f"| {load} | " + " | ".join(times[policy] for policy in policies) + " |" for load, times in cells.items()]
-    return "\n".join(rows) + "\n"
+def wait_policy_table(folder: str) -> Callable[[Path], str]:
+    """`scripts/measure_wait_policy.py` (results/FOLDER/wait_policy.json): per load beside the run and per way
+    OpenMP's idle threads wait, the epoch times of two runs of the default training, in the order run."""
+
+    def table(results: Path) -> str:
+        record = json.loads((results / folder / "wait_policy.json").read_text())
+        cells: dict[str, dict[str, str]] = {}
+        for run in record["runs"]:
+            times = "; ".join(", ".join(f"{seconds:.2f}" for seconds in attempt) for attempt in run["epoch_seconds"])
+            cells.setdefault(run["load"], {})[run["policy"]] = times
+        policies = list(dict.fromkeys(run["policy"] for run in record["runs"]))
+        rows = ["| load beside the run | " + " | ".join(f"`{policy}` (s / epoch)" for policy in policies) + " |",
+                "| --- |" + " --- |" * len(policies)]
+        rows += [f"| {load} | " + " | ".join(times[policy] for policy in policies) + " |"
+                 for load, times in cells.items()]
+        return "\n".join(rows) + "\n"
+
+    return table
 
 
-def reproduction_allowance_table(results: Path) -> str:
+def certify_flags(command: str) -> str:
+    """A recorded `python certify.py CKPT FLAGS` command's flags, without the checkpoint and --data-dir."""
+    words = command.split()[3:]
+    if "--data-dir" in words:
+        at = words.index("--data-dir")
+        del words[at: at + 2]
+    return " ".join(words)
+
+
+def certify_times_table(folder: str, names: tuple[str, ...]) -> Callable[[Path], str]:
+    """`scripts/measure_certify_times.py` (results/FOLDER/certify_times_NAME.json, per name): per checkpoint and
+    attack, the wall time of `certify.py --method all` on the digits named, every rule's certified accuracy, what
+    the attack left robust, and the most certified digits it broke under any one rule (0 for sound certificates)."""
+
+    def table(results: Path) -> str:
+        rows = ["| checkpoint | command | digits | wall time (s) | certified (%): global / pairwise / margin / ibp "
+                "| robust (%) | certified broken |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name in names:
+            record = json.loads((results / folder / f"certify_times_{name}.json").read_text())
+            for run in record["runs"]:
+                methods = run["table"]
+                (robust,) = {row.get("robust") for row in methods.values()}  # one attack: one robust accuracy
+                attacked = run["attack"] != "none"
+                certified = " / ".join(f"{methods[method]['certified']:.2f}" for method in METHODS)
+                rows.append(f"| `{record['checkpoint']}` | `{certify_flags(run['command'])}` | {run['digits']:,} | "
+                            f"{run['seconds']:.1f} | {certified} | {f'{robust:.2f}' if attacked else '–'} | "
+                            f"{max(row['broken'] for row in methods.values()) if attacked else '–'} |")
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
+def reproduction_allowance_table(folder: str | None = None) -> Callable[[Path], str]:
     """What soundness in float32 costs on the reproduction's seed-0 nets: every method's certified accuracy as
-    they run in float32 (results/reproduction/) and in float64 (results/allowance/NET_float64.json, whose
-    allowance is some 1e-9 of float32's), and the difference."""
-    rows = ["| net | method | certified, float32 (%) | certified, float64 (%) | costs (points) |",
-            "| --- | --- | --- | --- | --- |"]
-    for recipe, name in CERTIFIED_NETS:
-        run32 = seeds_of(results, recipe)[0]
-        run64 = json.loads((results / "allowance" / f"{recipe}_float64.json").read_text())
-        for method in METHODS:
-            n32, n64 = run32["certified"][method], run64["certified"][method]
-            rows.append(f"| {name} | {method} | {n32:.2f} | {n64:.2f} | {n64 - n32:.2f} |")
-    return "\n".join(rows) + "\n"
+    they run in float32 (results/reproduction/, or results/FOLDER/reproduction/ for another machine's) and in
+    float64 (results/allowance/NET_float64.json, or results/FOLDER/allowance/; its allowance is some 1e-9 of
+    float32's), and the difference."""
+
+    def table(results: Path) -> str:
+        rows = ["| net | method | certified, float32 (%) | certified, float64 (%) | costs (points) |",
+                "| --- | --- | --- | --- | --- |"]
+        for recipe, name in CERTIFIED_NETS:
+            run32 = (seeds_of(results, recipe)[0] if folder is None
+                     else json.loads((results / folder / "reproduction" / f"{recipe}.json").read_text()))
+            run64 = json.loads((results / (folder or "") / "allowance" / f"{recipe}_float64.json").read_text())
+            for method in METHODS:
+                n32, n64 = run32["certified"][method], run64["certified"][method]
+                rows.append(f"| {name} | {method} | {n32:.2f} | {n64:.2f} | {n64 - n32:.2f} |")
+        return "\n".join(rows) + "\n"
+
+    return table
 
 
-def steps_table(recipe: str) -> Callable[[Path], str]:
-    """`scripts/bench_step.py --json` on `recipe` (results/steps/RECIPE.json): per variant the median step, the
+def allowance_size_table(folder: str) -> Callable[[Path], str]:
+    """`scripts/measure_allowance.py` on the reproduction's seed-0 nets (results/FOLDER/allowance/NET_size.json):
+    the bound on a logit's float32 error over the ball against the error at the test digits themselves."""
+
+    def table(results: Path) -> str:
+        rows = ["| net | digits | allowance per logit: median | largest | error at the digits: median | largest | "
+                "medians' ratio |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for recipe, name in CERTIFIED_NETS:
+            run = json.loads((results / folder / "allowance" / f"{recipe}_size.json").read_text())
+            rows.append(f"| {name} | {run['digits']:,} | {run['allowance_median']:.2e} | {run['allowance_max']:.2e} | "
+                        f"{run['error_median']:.1e} | {run['error_max']:.1e} | "
+                        f"{run['allowance_median'] / run['error_median']:,.0f} |")
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
+def steps_table(recipe: str, folder: str = "steps") -> Callable[[Path], str]:
+    """`scripts/bench_step.py --json` on `recipe` (results/FOLDER/RECIPE.json): per variant the median step, the
     step over the plain cross-entropy step's on the same net, and an epoch's worth of such steps."""
 
     def table(results: Path) -> str:
-        record = json.loads((results / "steps" / f"{recipe}.json").read_text())
+        record = json.loads((results / folder / f"{recipe}.json").read_text())
         times = record["milliseconds_per_step"]
         unit = times["--loss ce (the demo's objective)"]
         steps = math.ceil(60_000 / record["batch_size"])
@@ -902,17 +982,23 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
     "orthonormal": seeds_table("orthonormal-l2"),
+    "ibp-wide-seeds-epyc": seeds_table("ibp-wide", ("global", "ibp"), ("epyc/recipes",)),
     "l2-methods": methods_table(L2_RECIPES), "l2-methods-epyc": methods_table(("l2", "l2-lmt"), "epyc/recipes"),
     "ibp-gs50-epyc": methods_table(("ibp-gs50",), "epyc/recipes"),
+    "ibp-wide-0-3-epyc": methods_table(("ibp-wide-0.3",), "epyc/recipes"),
+    "lmt-threads-epyc": threads_table("lmt", ("epyc/recipes", "epyc/recipes_one_thread")),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
-    "steps-cnn-ibp": steps_table("cnn-ibp"),
+    "steps-cnn-ibp": steps_table("cnn-ibp"), "steps-ibp-wide-epyc": steps_table("ibp-wide", "epyc/steps"),
     "performance": performance_table("performance"), "performance-epyc": performance_table("epyc/performance"),
-    "compile": compile_table, "wait-policy": wait_policy_table,
-    "sound-reproduction": reproduction_allowance_table,
+    "compile": compile_table, "wait-policy": wait_policy_table("performance"),
+    "wait-policy-epyc": wait_policy_table("epyc/performance"), "certify-times-epyc": certify_times_table("epyc/performance", ("demo", "original")),
+    "certify-l2-demo-epyc": certify_times_table("epyc/performance", ("demo_l2",)),
+    "sound-reproduction": reproduction_allowance_table(),
+    "sound-reproduction-epyc": reproduction_allowance_table("epyc"), "allowance-size-epyc": allowance_size_table("epyc"),
     "cuda-training": cuda_training_table, "cuda-certificates": cuda_certificates_table,
 }
 MARKED = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- report:\2:end -->)", re.S)

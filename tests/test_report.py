@@ -193,8 +193,8 @@ def test_the_performance_tables_come_from_bench_and_the_compiled_run(tmp_path):
     float64 = json.loads(path.read_text())
     float64["certified"]["margin"] = report.seeds_of(results, "relu")[0]["certified"]["margin"] + 0.5
     path.write_text(json.dumps(float64))
-    assert "| ReLU | margin |" in report.reproduction_allowance_table(results)
-    assert [line for line in report.reproduction_allowance_table(results).splitlines()
+    assert "| ReLU | margin |" in report.reproduction_allowance_table()(results)
+    assert [line for line in report.reproduction_allowance_table()(results).splitlines()
             if line.startswith("| ReLU | margin |")][0].endswith("| 0.50 |")
     assert sorted(report.stale(REPO, results)) == ["docs/results.md: compile", "docs/results.md: performance",
                                                    "docs/results.md: sound-reproduction"]
@@ -355,7 +355,7 @@ def test_the_wait_policy_table_gives_every_epoch_of_every_run_in_order(tmp_path)
     shutil.copytree(REPO / "results", results)
     path = results / "performance" / "wait_policy.json"
     record = json.loads(path.read_text())
-    rows = report.wait_policy_table(results).splitlines()
+    rows = report.wait_policy_table("performance")(results).splitlines()
     loads = list(dict.fromkeys(run["load"] for run in record["runs"]))
     assert [row.split(" | ")[0].lstrip("| ") for row in rows[2:]] == loads
     first = record["runs"][0]
@@ -366,8 +366,9 @@ def test_the_wait_policy_table_gives_every_epoch_of_every_run_in_order(tmp_path)
 
 
 def test_each_machines_records_make_their_own_tables(tmp_path):
-    """The AMD EPYC's reproduction and verification records (results/epyc/) and the hard digits' longer runs make
-    their own tables only: a changed number in one record makes exactly its table stale, never the Intel Xeon's."""
+    """The AMD EPYC's records (results/epyc/: reproduction, verification, seeds, thread counts, timings, the
+    allowance) and the hard digits' longer runs make their own tables only: a changed number in one record makes
+    exactly its table stale, never the Intel Xeon's."""
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
 
@@ -392,4 +393,47 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     assert changed("epyc/reproduction/demo.json", certified) == ["docs/results.md: reproduction-epyc"]
     assert changed("epyc/verification/relu.json", timeout) == ["docs/results.md: verification-here-epyc"]
     assert changed("verification/hard_digits_300s.json", bound) == ["docs/results.md: hard-digits-longer"]
+
+    def robust(entries):
+        entries["attack_robust"] += 0.01
+
+    def seconds(entries):
+        entries["runs"][0]["seconds"] += 1
+
+    def error(entries):
+        entries["error_median"] *= 2
+
+    def epoch(entries):
+        entries["runs"][0]["epoch_seconds"][0][0] += 0.01
+
+    def ibp(entries):
+        entries["certified"]["ibp"] += 0.01
+
+    assert changed("epyc/recipes/ibp-wide_seed1.json", robust) == ["docs/results.md: ibp-wide-seeds-epyc"]
+    assert changed("epyc/recipes/lmt.json", robust) == ["docs/results.md: lmt-threads-epyc"]
+    assert changed("epyc/performance/certify_times_original.json", seconds) == ["docs/results.md: certify-times-epyc"]
+    assert changed("epyc/performance/wait_policy.json", epoch) == ["docs/results.md: wait-policy-epyc"]
+    assert changed("epyc/allowance/relu_size.json", error) == ["docs/results.md: allowance-size-epyc"]
+    assert changed("epyc/allowance/demo_float64.json", ibp) == ["docs/results.md: sound-reproduction-epyc"]
     assert report.stale(REPO, results) == []
+
+
+def test_certify_times_records_what_certify_printed(tmp_path, trained, mnist_root, run_script):
+    """scripts/measure_certify_times.py reads certify.py's own table: three runs (no attack, APGD, PGD) on the
+    digits asked for, the same certificates in each, a robust accuracy only where there was an attack, none above
+    the clean one, and report.py renders the record."""
+    checkpoint, _ = trained
+    record_path = tmp_path / "results" / "times" / "certify_times_demo.json"
+    run = run_script("scripts/measure_certify_times.py", checkpoint, "--data-dir", mnist_root, "--json", record_path,
+                     "--", "--limit", "60", "--pgd-steps", "5", "--pgd-restarts", "1")
+    assert run.returncode == 0, run.stderr
+    runs = json.loads(record_path.read_text())["runs"]
+    assert [r["attack"] for r in runs] == ["none", "apgd", "pgd"] and {r["digits"] for r in runs} == {60}
+    assert [set(r["table"]) for r in runs] == [{"global", "pairwise", "margin", "ibp"}] * 3
+    certified = [{m: row["certified"] for m, row in r["table"].items()} for r in runs]
+    assert certified[0] == certified[1] == certified[2]
+    assert all("robust" not in row for row in runs[0]["table"].values())
+    for r in runs[1:]:
+        assert all(row["certified"] <= row["robust"] <= row["clean"] and row["broken"] == 0 for row in r["table"].values())
+    table = report.certify_times_table("times", ("demo",))(tmp_path / "results").splitlines()
+    assert len(table) == 5 and "| 60 |" in table[3] and "--attack pgd" in table[4]
