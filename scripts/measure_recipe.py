@@ -14,7 +14,8 @@ counts and time. With `--runs-in float64`, the network's float64 copy is certifi
 state_dicts (`--activation`, as `certify.py`) are measured at its L-inf 0.1, with no training figures. The
 record holds the training's own figures from the metrics JSON (settings, seconds, seconds per epoch, clean and
 certified as training printed them) beside these, with the command, threads, machine and date; its recipe is
-the checkpoint's name, mnist_<recipe>[_seed<k>].p, as `scripts/measure_recipes.sh` names them.
+the checkpoint's name, mnist_<recipe>[+<tag>][_seed<k>].p, as `scripts/measure_recipes.sh` names them (a tag
+marks a variant, whose extra training flags `--variant` records).
 `scripts/report.py` builds docs/results.md's tables from them.
 """
 
@@ -71,6 +72,9 @@ def main() -> None:
                         help="processes for --verify (default: the machine's cores)")
     parser.add_argument("--radius", type=cli.positive_float, default=None, metavar="EPS",
                         help="certify, attack and verify at this radius (default: the one the net was trained for)")
+    parser.add_argument("--variant", default=None, metavar="FLAGS",
+                        help="the train_mnist.py flags that trained this checkpoint beyond its recipe, for the record "
+                             "(scripts/measure_recipes.sh's FLAGS; the checkpoint is then mnist_<recipe>+<tag>.p)")
     cli.add_architecture_flags(parser)
     args = parser.parse_args()
     checkpoint = checkpoints.load_checkpoint(args.checkpoint, Expected(args.activation, args.group_size, args.hidden))
@@ -104,7 +108,8 @@ def main() -> None:
     record = {
         **cli.provenance("scripts/measure_recipe.py"),
         "checkpoint": args.checkpoint.name, "original": checkpoint.original,
-        "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")),
+        "recipe": re.sub(r"_seed\d+$", "", args.checkpoint.stem.removeprefix("mnist_")).split("+")[0],
+        **({"variant": args.variant} if args.variant else {}),
         "training": {key: metrics.get(key) for key in TRAINING},
         "runs_in": args.runs_in, "domain": args.domain, "digits": len(test.labels), "norm": ball.norm,
         "radius": ball.eps, "clean": whole.clean,

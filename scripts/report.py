@@ -695,9 +695,11 @@ REPRODUCTION = ("demo", "relu")  # the recipes of results/reproduction/
 
 def seeds_of(results: Path, recipe: str, folders: tuple[str, ...] = ()) -> list[dict]:
     """`scripts/measure_recipe.py`'s records of `recipe` (the demo's runs in results/reproduction/, the other
-    recipes' in results/recipes/; or those of `folders`, another machine's), one per seed trained, by seed."""
+    recipes' in results/recipes/; or those of `folders`, another machine's), one per seed trained, by seed; not
+    its variants (records with extra training flags)."""
     runs = [json.loads(path.read_text()) for folder in folders or RECORDS for path in (results / folder).glob("*.json")]
-    return sorted((run for run in runs if run.get("recipe") == recipe), key=lambda run: run["training"]["seed"])
+    return sorted((run for run in runs if run.get("recipe") == recipe and "variant" not in run),
+                  key=lambda run: run["training"]["seed"])
 
 
 def average(runs: list[dict], key: str) -> float:
