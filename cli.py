@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import shlex
 import signal
 import sys
 import time
@@ -55,8 +56,9 @@ def machine() -> str:
 
 def provenance(script: str, argv: list[str] | None = None) -> dict[str, Any]:
     """What a measurement ran with, for the JSON beside its figures: the command (`script` and its arguments,
-    `sys.argv[1:]` unless given), torch's threads, the machine, torch's version and the date."""
-    return {"command": " ".join([f"python {script}", *(sys.argv[1:] if argv is None else argv)]),
+    `sys.argv[1:]` unless given, quoted for a shell to run as written), torch's threads, the machine, torch's
+    version and the date."""
+    return {"command": " ".join([f"python {script}", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
             "threads": torch.get_num_threads(), "machine": machine(),
             "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%d")}
 

@@ -510,6 +510,20 @@ def methods_row(first: str, run: dict) -> str:
             f"{max(run['broken_certified'].values())} | {training['epochs']} | {training['train_seconds'] / 60:.1f} |")
 
 
+def variants_table(recipe: str, folder: str) -> Callable[[Path], str]:
+    """The variants of `recipe` in results/FOLDER/ (`scripts/measure_recipes.sh` with FLAGS): per variant, by
+    checkpoint name, the flags added to the recipe and the figures of `methods_row`."""
+
+    def table(results: Path) -> str:
+        runs = [json.loads(path.read_text()) for path in sorted((results / folder).glob(f"{recipe}+*.json"))]
+        rows = [f"| `{recipe}` with | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken "
+                "| epochs | training (min) |", "| --- " * 10 + "|"]
+        rows += [methods_row(f"`{run['variant']}`", run) for run in runs if run["recipe"] == recipe]
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
 def threads_table(recipe: str, folders: tuple[str, ...]) -> Callable[[Path], str]:
     """Seed 0 of `recipe` trained with different thread counts (results/FOLDER/RECIPE.json, one folder each): what
     the summation order does to a short training's figures."""
@@ -989,6 +1003,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "ibp-gs50-epyc": methods_table(("ibp-gs50",), "epyc/recipes"),
     "ibp-wide-0-3-epyc": methods_table(("ibp-wide-0.3",), "epyc/recipes"),
     "lmt-threads-epyc": threads_table("lmt", ("epyc/recipes", "epyc/recipes_one_thread")),
+    "l2-lmt-variants-epyc": variants_table("l2-lmt", "epyc/variants"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,

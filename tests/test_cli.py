@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,10 @@ def test_the_machine_of_a_record_names_its_processor(monkeypatch, tmp_path):
     assert cli.provenance("x.py", [])["machine"] == cli.machine()
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(OSError("no such file")))
     assert cli.machine().endswith(f", {os.cpu_count()} cores") and cli.machine().count(",") == 2
+
+
+def test_the_recorded_command_runs_as_written():
+    """An argument with a space (measure_recipe.py --variant "--epochs 100") is quoted in the record, so a shell
+    reads the command back into the same arguments."""
+    argv = ["ckpt.p", "--variant", "--epochs 100", "--json", "a b.json"]
+    assert shlex.split(cli.provenance("x.py", argv)["command"]) == ["python", "x.py", *argv]
