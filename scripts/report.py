@@ -580,11 +580,14 @@ def method_label(run: dict, open_digits: bool = False) -> str:
 
 def recipes_table(results: Path) -> str:
     """`scripts/measure_recipe.py`'s records in results/recipes/: per trained recipe, its layers, the certified
-    accuracy of the tightest sound method, APGD's robust accuracy on the same net, and the training's time."""
+    accuracy of the tightest sound method, APGD's robust accuracy on the same net, and the training's time (not the
+    variants, which `variants_table` shows)."""
     rows = ["| recipe (seed) | layers | ball | clean (%) | certified (%) | APGD robust (%) | certified broken | "
             "training (min) | s / epoch |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted((results / "recipes").glob("*.json")):
         run = json.loads(path.read_text())
+        if "variant" in run:
+            continue
         training = run["training"]
         layers = ", ".join([*training["convs"], *map(str, training["hidden"])])
         norm = NORM_NAMES[run["norm"]]

@@ -415,6 +415,9 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     assert changed("epyc/performance/wait_policy.json", epoch) == ["docs/results.md: wait-policy-epyc"]
     assert changed("epyc/allowance/relu_size.json", error) == ["docs/results.md: allowance-size-epyc"]
     assert changed("epyc/allowance/demo_float64.json", ibp) == ["docs/results.md: sound-reproduction-epyc"]
+    assert changed("epyc/variants/l2-lmt+e100.json", robust) == ["docs/results.md: l2-lmt-variants-epyc"]
+    shutil.copy(results / "epyc" / "variants" / "l2-lmt+e100.json", results / "recipes")  # a variant is no seed
+    assert report.seeds_of(results, "l2-lmt") == report.seeds_of(REPO / "results", "l2-lmt")
     assert report.stale(REPO, results) == []
 
 
