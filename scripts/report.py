@@ -491,8 +491,7 @@ def methods_table(recipes: tuple[str, ...], folder: str | None = None) -> Callab
     accuracy, the most certified digits it broke under any method, and the training."""
 
     def table(results: Path) -> str:
-        rows = ["| recipe | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken | "
-                "epochs | training (min) |", "| --- " * 10 + "|"]
+        rows = methods_header("recipe")
         for recipe in recipes:
             run = (seeds_of(results, recipe)[0] if folder is None
                    else json.loads((results / folder / f"{recipe}.json").read_text()))
@@ -500,6 +499,13 @@ def methods_table(recipes: tuple[str, ...], folder: str | None = None) -> Callab
         return "\n".join(rows) + "\n"
 
     return table
+
+
+def methods_header(first: str) -> list[str]:
+    """The header of the methods' tables after its first columns `first` ('recipe | threads'), with its rule."""
+    columns = [*first.split(" | "), "clean (%)", *METHODS, "APGD robust (%)", "certified broken", "epochs",
+               "training (min)"]
+    return ["| " + " | ".join(columns) + " |", "| --- " * len(columns) + "|"]
 
 
 def methods_row(first: str, run: dict) -> str:
@@ -516,8 +522,7 @@ def variants_table(recipe: str, folder: str) -> Callable[[Path], str]:
 
     def table(results: Path) -> str:
         runs = [json.loads(path.read_text()) for path in sorted((results / folder).glob(f"{recipe}+*.json"))]
-        rows = [f"| `{recipe}` with | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken "
-                "| epochs | training (min) |", "| --- " * 10 + "|"]
+        rows = methods_header(f"`{recipe}` with")
         rows += [methods_row(f"`{run['variant']}`", run) for run in runs if run["recipe"] == recipe]
         return "\n".join(rows) + "\n"
 
@@ -529,8 +534,7 @@ def threads_table(recipe: str, folders: tuple[str, ...]) -> Callable[[Path], str
     the summation order does to a short training's figures."""
 
     def table(results: Path) -> str:
-        rows = ["| recipe | threads | clean (%) | global | pairwise | margin | ibp | APGD robust (%) | certified broken "
-                "| epochs | training (min) |", "| --- " * 11 + "|"]
+        rows = methods_header("recipe | threads")
         for folder in folders:
             run = json.loads((results / folder / f"{recipe}.json").read_text())
             rows.append(methods_row(f"`{recipe}` | {run['threads']}", run))
