@@ -11,6 +11,8 @@ objective (`--loss ce`) on the same network, the unit the other steps are measur
 times `--steps` steps of every variant as a training epoch takes them (`training.train_epoch`:
 shuffled MNIST batches), after the ramp, at the recipe's full radius. Prints the median over rounds
 of the milliseconds per step; `--json FILE` also writes them, with the command, machine and date.
+`--profile` then runs `--steps` steps of each variant under `torch.profiler` and adds where a step's
+time goes: the operators' own CPU time (the profiler's self time) summed in `GROUPS`, as shares of all.
 
     OMP_NUM_THREADS=2 python scripts/bench_step.py --data-dir ../shared/mnist --recipe cnn-ibp --json results/steps/cnn-ibp.json
 """
@@ -43,11 +45,30 @@ VARIANTS = {
 }
 
 
+GROUPS = {  # the operators whose own time each group sums; the profiler's names, forward and backward
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution",
+                        "aten::convolution_backward"),
+    "sorts": ("aten::sort",),
+}
+
+
 def step_milliseconds(run: Run, train: Split, steps: int) -> float:
     train_epoch(run, train, max_batches=3)  # warm-up: allocations, first-call dispatch
     start = time.perf_counter()
     train_epoch(run, train, max_batches=steps)
     return (time.perf_counter() - start) / steps * 1000
+
+
+def time_shares(run: Run, train: Split, steps: int) -> dict[str, float]:
+    """Per group of `GROUPS`, and for the other operators, the percentage of the operators' own CPU time over
+    `steps` profiled steps (the profiler's overhead inflates the many small operators of the rest)."""
+    train_epoch(run, train, max_batches=3)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        train_epoch(run, train, max_batches=steps)
+    own = {event.key: event.self_cpu_time_total for event in profiler.key_averages()}
+    total = sum(own.values())
+    shares = {group: 100 * sum(own.get(name, 0) for name in names) / total for group, names in GROUPS.items()}
+    return {**shares, "other": 100 - sum(shares.values())}
 
 
 def main() -> None:
@@ -56,6 +77,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every variant (default: 5)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant and round (default: 40)")
     parser.add_argument("--json", type=Path, help="also write the medians to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile each variant: the shares of matrix products, sorts and the rest")
     cli.add_data_flag(parser)
     args = parser.parse_args()
     if args.json is not None:
@@ -82,11 +105,15 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:34s} {median:7.2f} ms per step  {median / unit:5.2f} x the ce step")
+    shares = {name: time_shares(run, train, args.steps) for name, run in runs.items()} if args.profile else {}
+    for name, row in shares.items():
+        print(f"{name:34s} " + ", ".join(f"{group} {share:.0f} %" for group, share in row.items()))
     if args.json is not None:
         write_json(args.json, {**cli.provenance("scripts/bench_step.py"), "recipe": args.recipe, "layers": layers,
                                "batch_size": recipe.batch_size, "rounds": args.rounds, "steps": args.steps,
                                "milliseconds_per_step": {name: statistics.median(v) for name, v in times.items()},
-                               "rounds_milliseconds": times, "not_timed": refused})
+                               "rounds_milliseconds": times, "not_timed": refused,
+                               **({"time_shares": shares} if args.profile else {})})
 
 
 if __name__ == "__main__":

@@ -939,17 +939,22 @@ def allowance_size_table(folder: str) -> Callable[[Path], str]:
 
 def steps_table(recipe: str, folder: str = "steps") -> Callable[[Path], str]:
     """`scripts/bench_step.py --json` on `recipe` (results/FOLDER/RECIPE.json): per variant the median step, the
-    step over the plain cross-entropy step's on the same net, and an epoch's worth of such steps."""
+    step over the plain cross-entropy step's on the same net, and an epoch's worth of such steps; with
+    `--profile`, the shares of the operators' own time that matrix products, sorts and the rest took."""
 
     def table(results: Path) -> str:
         record = json.loads((results / folder / f"{recipe}.json").read_text())
         times = record["milliseconds_per_step"]
         unit = times["--loss ce (the demo's objective)"]
         steps = math.ceil(60_000 / record["batch_size"])
+        shares = record.get("time_shares", {})
+        groups = list(next(iter(shares.values()), {}))
         rows = [f"| variant ({record['threads']} threads, median of {record['rounds']} rounds of {record['steps']} "
-                f"steps) | ms per step | × the `ce` step | {steps} steps, one epoch (s) |", "| --- | --- | --- | --- |"]
-        rows += [f"| {name} | {ms:.2f} | {ms / unit:.2f} | {ms * steps / 1000:.1f} |" for name, ms in times.items()]
-        rows += [f"| {name} | not timed: {why} | | |" for name, why in record["not_timed"].items()]
+                f"steps) | ms per step | × the `ce` step | {steps} steps, one epoch (s) |"
+                + "".join(f" {group} (%) |" for group in groups), "| --- " * (4 + len(groups)) + "|"]
+        rows += [f"| {name} | {ms:.2f} | {ms / unit:.2f} | {ms * steps / 1000:.1f} |"
+                 + "".join(f" {shares[name][group]:.0f} |" for group in groups) for name, ms in times.items()]
+        rows += [f"| {name} | not timed: {why} | | |" + " |" * len(groups) for name, why in record["not_timed"].items()]
         return "\n".join(rows) + "\n"
 
     return table
@@ -1011,6 +1016,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "ibp-wide-0-3-epyc": methods_table(("ibp-wide-0.3",), "epyc/recipes"),
     "lmt-threads-epyc": threads_table("lmt", ("epyc/recipes", "epyc/recipes_one_thread")),
     "l2-lmt-variants-epyc": variants_table("l2-lmt", "epyc/variants"),
+    "l2-probes-epyc": variants_table("l2", "epyc/variants"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,
@@ -1055,7 +1061,7 @@ CITED = re.compile(r"results/[\w./-]*")
 FENCE = re.compile(r"```.*?```", re.S)
 QUOTED = re.compile(r"<!-- quoted: .*? -->")
 CODE = re.compile(r"`[^`\n]*`")  # commands, flags, versions: settings, not figures
-TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->", re.S)
+TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->|<!-- quoted-block: .*? -->.*?<!-- quoted-block:end -->", re.S)
 DECLARED = re.compile(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", re.S)  # tables made from the code's declarations
 # (the recipe flags and files; tests/test_docs.py holds them to it): settings, not results
 LINK = re.compile(r"\]\([^)\s]*\)|arXiv:\d{4}\.\d{4,5}")  # a link's target, a paper's arXiv number
@@ -1095,9 +1101,12 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
     makes them) or in a results file the section cites by path (`results/...`).
     Exempt: the `SETTINGS` and the tables made from the code's declarations
     (`DECLARED`); the figures named inside a `<!-- quoted: figures, source -->`
-    on their line (the field's figures, the goals, settings); and a block
-    between `<!-- typed: why -->` and `<!-- typed:end -->` (measured before
-    results/ held it, or a probe that wrote no file: still typed, and said so).
+    on their line (the field's figures, the goals, settings, a record as an
+    earlier commit held it), or in a block
+    between `<!-- quoted-block: sources -->` and `<!-- quoted-block:end -->`
+    (a table of them); and a block between `<!-- typed: why -->` and `<!-- typed:end -->`
+    (measured before results/ held it, or a probe that wrote no file: still
+    typed, and said so).
     """
     results = results or root / "results"
     found = []

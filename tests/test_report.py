@@ -62,7 +62,7 @@ def test_every_figure_beside_a_generated_table_is_in_its_results():
 
 def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
     """A measured figure changed in results/ leaves the prose that quotes it flagged; a figure typed into the prose
-    of a generated section is flagged; a quoted or typed-block one is not."""
+    of a generated section is flagged; a quoted one, or one in a quoted or typed block, is not."""
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
     run = results / "wasserstein" / "line_fullsort.json"  # a figure that no other results file holds
@@ -79,7 +79,8 @@ def test_a_figure_in_prose_that_its_results_do_not_hold_is_caught(tmp_path):
     heading = "### Wasserstein distances\n"
     page.write_text(page.read_text().replace(heading, heading + "\nThe critic certifies 0.4242 here.\n"
                                              "The field's 0.4343, not 0.4545 <!-- quoted: 0.4343, a paper -->\n<!-- typed: old -->\n"
-                                             "Earlier 0.4444.\n<!-- typed:end -->\n"))
+                                             "Earlier 0.4444.\n<!-- typed:end -->\n<!-- quoted-block: two papers -->\n"
+                                             "| 0.4646 |\n<!-- quoted-block:end -->\n"))
     flagged = [figure for figure in report.unsourced(root, REPO / "results") if "Wasserstein" in figure]
     assert flagged == ["docs/results.md: Wasserstein distances: 0.4242", "docs/results.md: Wasserstein distances: 0.4545"]
 
@@ -309,6 +310,12 @@ def test_the_steps_table_measures_each_variant_in_ce_steps_and_epochs(tmp_path):
     table = report.steps_table("cnn-ibp")(results)
     assert "| the recipe | 10.00 | 2.50 | 0.6 |" in table and "60 steps, one epoch" in table
     assert report.stale(REPO, results) == ["docs/results.md: steps-cnn-ibp"]
+    record["time_shares"] = {name: {"matrix products": 50.4, "sorts": 20.0, "other": 29.6}
+                             for name in record["milliseconds_per_step"]}  # as bench_step.py --profile adds them
+    path.write_text(json.dumps(record))
+    table = report.steps_table("cnn-ibp")(results)
+    assert "one epoch (s) | matrix products (%) | sorts (%) | other (%) |" in table
+    assert "| the recipe | 10.00 | 2.50 | 0.6 | 50 | 20 | 30 |" in table
 
 
 def test_a_critic_that_is_not_the_tasks_own_is_named_in_its_cell(tmp_path):
@@ -416,6 +423,7 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     assert changed("epyc/allowance/relu_size.json", error) == ["docs/results.md: allowance-size-epyc"]
     assert changed("epyc/allowance/demo_float64.json", ibp) == ["docs/results.md: sound-reproduction-epyc"]
     assert changed("epyc/variants/l2-lmt+e100.json", robust) == ["docs/results.md: l2-lmt-variants-epyc"]
+    assert changed("epyc/variants/l2+lmt-e20.json", robust) == ["docs/results.md: l2-probes-epyc"]
     shutil.copy(results / "epyc" / "variants" / "l2-lmt+e100.json", results / "recipes")  # a variant is no seed
     assert report.seeds_of(results, "l2-lmt") == report.seeds_of(REPO / "results", "l2-lmt")
     assert report.stale(REPO, results) == []
