@@ -1017,6 +1017,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "lmt-threads-epyc": threads_table("lmt", ("epyc/recipes", "epyc/recipes_one_thread")),
     "l2-lmt-variants-epyc": variants_table("l2-lmt", "epyc/variants"),
     "l2-probes-epyc": variants_table("l2", "epyc/variants"),
+    "ibp-wide-0-3-variants-epyc": variants_table("ibp-wide-0.3", "epyc/variants"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,

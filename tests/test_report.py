@@ -424,6 +424,7 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     assert changed("epyc/allowance/demo_float64.json", ibp) == ["docs/results.md: sound-reproduction-epyc"]
     assert changed("epyc/variants/l2-lmt+e100.json", robust) == ["docs/results.md: l2-lmt-variants-epyc"]
     assert changed("epyc/variants/l2+lmt-e20.json", robust) == ["docs/results.md: l2-probes-epyc"]
+    assert changed("epyc/variants/ibp-wide-0.3+p0.json", robust) == ["docs/results.md: ibp-wide-0-3-variants-epyc"]
     shutil.copy(results / "epyc" / "variants" / "l2-lmt+e100.json", results / "recipes")  # a variant is no seed
     assert report.seeds_of(results, "l2-lmt") == report.seeds_of(REPO / "results", "l2-lmt")
     assert report.stale(REPO, results) == []
