@@ -948,7 +948,7 @@ def steps_table(recipe: str, folder: str = "steps") -> Callable[[Path], str]:
         unit = times["--loss ce (the demo's objective)"]
         steps = math.ceil(60_000 / record["batch_size"])
         shares = record.get("time_shares", {})
-        groups = list(next(iter(shares.values()), {}))
+        groups = sorted(next(iter(shares.values()), {}), key=lambda group: group == "other")  # the rest last
         rows = [f"| variant ({record['threads']} threads, median of {record['rounds']} rounds of {record['steps']} "
                 f"steps) | ms per step | × the `ce` step | {steps} steps, one epoch (s) |"
                 + "".join(f" {group} (%) |" for group in groups), "| --- " * (4 + len(groups)) + "|"]
@@ -1017,6 +1017,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "lmt-threads-epyc": threads_table("lmt", ("epyc/recipes", "epyc/recipes_one_thread")),
     "l2-lmt-variants-epyc": variants_table("l2-lmt", "epyc/variants"),
     "l2-probes-epyc": variants_table("l2", "epyc/variants"),
+    "ibp-wide-variants-epyc": variants_table("ibp-wide", "epyc/variants"),
     "ibp-wide-0-3-variants-epyc": variants_table("ibp-wide-0.3", "epyc/variants"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
@@ -1062,7 +1063,8 @@ CITED = re.compile(r"results/[\w./-]*")
 FENCE = re.compile(r"```.*?```", re.S)
 QUOTED = re.compile(r"<!-- quoted: .*? -->")
 CODE = re.compile(r"`[^`\n]*`")  # commands, flags, versions: settings, not figures
-TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->|<!-- quoted-block: .*? -->.*?<!-- quoted-block:end -->", re.S)
+TYPED = re.compile(r"<!-- typed: .*? -->.*?<!-- typed:end -->", re.S)
+QUOTED_BLOCK = re.compile(r"<!-- quoted-block: .*? -->.*?<!-- quoted-block:end -->", re.S)
 DECLARED = re.compile(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", re.S)  # tables made from the code's declarations
 # (the recipe flags and files; tests/test_docs.py holds them to it): settings, not results
 LINK = re.compile(r"\]\([^)\s]*\)|arXiv:\d{4}\.\d{4,5}")  # a link's target, a paper's arXiv number
@@ -1103,11 +1105,11 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
     Exempt: the `SETTINGS` and the tables made from the code's declarations
     (`DECLARED`); the figures named inside a `<!-- quoted: figures, source -->`
     on their line (the field's figures, the goals, settings, a record as an
-    earlier commit held it), or in a block
-    between `<!-- quoted-block: sources -->` and `<!-- quoted-block:end -->`
-    (a table of them); and a block between `<!-- typed: why -->` and `<!-- typed:end -->`
-    (measured before results/ held it, or a probe that wrote no file: still
-    typed, and said so).
+    earlier commit held it), or in a block between `<!-- quoted-block:
+    sources -->` and `<!-- quoted-block:end -->` (a table of them); and a
+    block between `<!-- typed: why -->` and `<!-- typed:end -->` (measured
+    before results/ held it, or a probe that wrote no file: still typed, and
+    said so).
     """
     results = results or root / "results"
     found = []
@@ -1123,7 +1125,7 @@ def unsourced(root: Path = REPO, results: Path | None = None) -> list[str]:
                     continue
                 files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
                 known |= {figure for file in files for figure in figures_in(file)}
-            prose = LINK.sub("", CODE.sub("", TYPED.sub("", FENCE.sub("", DECLARED.sub("", MARKED.sub("", section))))))
+            prose = LINK.sub("", CODE.sub("", QUOTED_BLOCK.sub("", TYPED.sub("", FENCE.sub("", DECLARED.sub("", MARKED.sub("", section)))))))
             heading = section.splitlines()[0].lstrip("# ")
             for line in prose.splitlines():
                 quoted = {figure for marker in QUOTED.findall(line) for figure in FIGURE.findall(marker)}

@@ -310,8 +310,8 @@ def test_the_steps_table_measures_each_variant_in_ce_steps_and_epochs(tmp_path):
     table = report.steps_table("cnn-ibp")(results)
     assert "| the recipe | 10.00 | 2.50 | 0.6 |" in table and "60 steps, one epoch" in table
     assert report.stale(REPO, results) == ["docs/results.md: steps-cnn-ibp"]
-    record["time_shares"] = {name: {"matrix products": 50.4, "sorts": 20.0, "other": 29.6}
-                             for name in record["milliseconds_per_step"]}  # as bench_step.py --profile adds them
+    record["time_shares"] = {name: {"matrix products": 50.4, "other": 29.6, "sorts": 20.0}
+                             for name in record["milliseconds_per_step"]}  # as bench_step.py --profile writes them
     path.write_text(json.dumps(record))
     table = report.steps_table("cnn-ibp")(results)
     assert "one epoch (s) | matrix products (%) | sorts (%) | other (%) |" in table
@@ -425,6 +425,12 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     assert changed("epyc/variants/l2-lmt+e100.json", robust) == ["docs/results.md: l2-lmt-variants-epyc"]
     assert changed("epyc/variants/l2+lmt-e20.json", robust) == ["docs/results.md: l2-probes-epyc"]
     assert changed("epyc/variants/ibp-wide-0.3+p0.json", robust) == ["docs/results.md: ibp-wide-0-3-variants-epyc"]
+    assert changed("epyc/variants/ibp-wide+fcw0.json", robust) == ["docs/results.md: ibp-wide-variants-epyc"]
+
+    def share(entries):
+        entries["time_shares"]["the recipe"]["sorts"] += 1
+
+    assert changed("epyc/steps/ibp-wide.json", share) == ["docs/results.md: steps-ibp-wide-epyc"]
     shutil.copy(results / "epyc" / "variants" / "l2-lmt+e100.json", results / "recipes")  # a variant is no seed
     assert report.seeds_of(results, "l2-lmt") == report.seeds_of(REPO / "results", "l2-lmt")
     assert report.stale(REPO, results) == []
