@@ -472,7 +472,10 @@ def train_epoch(run: Run, train: Split, max_batches: int | None = None) -> Epoch
         schedule = recipe.schedule(run.epoch + number / len(batches))
         totals += train_step(run, train.images[index], train.labels[index], schedule)
     with torch.no_grad():
-        max_logit_bound = run.network().logit_bounds(recipe.norm).per_logit.max()
+        network = run.network()  # a diverged step's non-finite weights have no bound (an L2 one's SVD would fail)
+        finite = all(bool(torch.isfinite(parameter).all()) for parameter in network.parameters())
+        max_logit_bound = (network.logit_bounds(recipe.norm).per_logit.max() if finite
+                           else torch.tensor(math.inf, device=totals.device))
     loss_sum, class_sum, errors, certified, max_logit_bound = torch.cat([totals, max_logit_bound[None]]).tolist()
     seen = sum(len(index) for index in batches)
     return EpochStats(loss_sum / len(batches), class_sum / len(batches), errors / seen,

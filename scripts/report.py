@@ -1019,6 +1019,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "l2-probes-epyc": variants_table("l2", "epyc/variants"),
     "ibp-wide-variants-epyc": variants_table("ibp-wide", "epyc/variants"),
     "ibp-wide-0-3-variants-epyc": variants_table("ibp-wide-0.3", "epyc/variants"),
+    "ibp-gs50-probes-epyc": variants_table("ibp-gs50", "epyc/variants_one_thread"),
+    "bjorck-l2-probes-epyc": variants_table("bjorck-l2", "epyc/variants_one_thread"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
     "gradient-norms": gradient_norms_table,

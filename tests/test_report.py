@@ -426,6 +426,8 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     assert changed("epyc/variants/l2+lmt-e20.json", robust) == ["docs/results.md: l2-probes-epyc"]
     assert changed("epyc/variants/ibp-wide-0.3+p0.json", robust) == ["docs/results.md: ibp-wide-0-3-variants-epyc"]
     assert changed("epyc/variants/ibp-wide+fcw0.json", robust) == ["docs/results.md: ibp-wide-variants-epyc"]
+    assert changed("epyc/variants_one_thread/ibp-gs50+r5-e10.json", robust) == ["docs/results.md: ibp-gs50-probes-epyc"]
+    assert changed("epyc/variants_one_thread/bjorck-l2+e8.json", robust) == ["docs/results.md: bjorck-l2-probes-epyc"]
 
     def share(entries):
         entries["time_shares"]["the recipe"]["sorts"] += 1

@@ -288,6 +288,18 @@ def test_train_epoch_sees_max_batches_and_reports_means():
     assert stats.max_logit_bound == pytest.approx(run.model.logit_bounds("linf").per_logit.max().item())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_an_epoch_that_diverges_reports_an_infinite_bound_for_train_mnist_to_stop_on(norm):
+    """Non-finite weights after an epoch (a learning rate too large) give an infinite logit bound, which
+    train_mnist.train_epochs stops on in one line, and no failure of the bound's own computation (an L2 bound's
+    SVD refuses non-finite matrices)."""
+    run = Run.start(Recipe(batch_size=16, norm=norm), torch.device("cpu"), config=SMALL)
+    with torch.no_grad():
+        run.model.affine_layers()[0].weight[0, 0] = math.nan
+    stats = train_epoch(run, small_split(n=100), max_batches=2)
+    assert stats.max_logit_bound == math.inf and not math.isfinite(stats.loss)
+
+
 def test_the_same_seed_starts_the_same_run_and_another_seed_does_not():
     first, again, other = (Run.start(Recipe(seed=seed), torch.device("cpu"), config=SMALL) for seed in (0, 0, 1))
     for a, b in zip(first.model.parameters(), again.model.parameters()):
