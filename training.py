@@ -461,7 +461,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, schedule: Schedule | 
 def train_epoch(run: Run, train: Split, max_batches: int | None = None) -> EpochStats:
     """One shuffled pass over `train` (its first `max_batches` batches, if given), after `run.epoch` epochs.
 
-    Statistics stay on the device and are read back once, at the end.
+    Statistics stay on the device and are read back once, at the end, beside whether the weights are finite.
     """
     recipe = run.recipe
     run.model.train()
