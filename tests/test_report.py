@@ -416,23 +416,25 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     def ibp(entries):
         entries["certified"]["ibp"] += 0.01
 
-    assert changed("epyc/recipes/ibp-wide_seed1.json", robust) == ["docs/results.md: ibp-wide-seeds-epyc"]
-    assert changed("epyc/recipes/lmt.json", robust) == ["docs/results.md: lmt-threads-epyc"]
-    assert changed("epyc/performance/certify_times_original.json", seconds) == ["docs/results.md: certify-times-epyc"]
-    assert changed("epyc/performance/wait_policy.json", epoch) == ["docs/results.md: wait-policy-epyc"]
-    assert changed("epyc/allowance/relu_size.json", error) == ["docs/results.md: allowance-size-epyc"]
-    assert changed("epyc/allowance/demo_float64.json", ibp) == ["docs/results.md: sound-reproduction-epyc"]
-    assert changed("epyc/variants/l2-lmt+e100.json", robust) == ["docs/results.md: l2-lmt-variants-epyc"]
-    assert changed("epyc/variants/l2+lmt-e20.json", robust) == ["docs/results.md: l2-probes-epyc"]
-    assert changed("epyc/variants/ibp-wide-0.3+p0.json", robust) == ["docs/results.md: ibp-wide-0-3-variants-epyc"]
-    assert changed("epyc/variants/ibp-wide+fcw0.json", robust) == ["docs/results.md: ibp-wide-variants-epyc"]
-    assert changed("epyc/variants_one_thread/ibp-gs50+r5-e10.json", robust) == ["docs/results.md: ibp-gs50-probes-epyc"]
-    assert changed("epyc/variants_one_thread/bjorck-l2+e8.json", robust) == ["docs/results.md: bjorck-l2-probes-epyc"]
-
     def share(entries):
         entries["time_shares"]["the recipe"]["sorts"] += 1
 
-    assert changed("epyc/steps/ibp-wide.json", share) == ["docs/results.md: steps-ibp-wide-epyc"]
+    for relative, edit, table in [
+            ("epyc/recipes/ibp-wide_seed1.json", robust, "ibp-wide-seeds-epyc"),
+            ("epyc/recipes/lmt.json", robust, "lmt-threads-epyc"),
+            ("epyc/performance/certify_times_original.json", seconds, "certify-times-epyc"),
+            ("epyc/performance/wait_policy.json", epoch, "wait-policy-epyc"),
+            ("epyc/allowance/relu_size.json", error, "allowance-size-epyc"),
+            ("epyc/allowance/demo_float64.json", ibp, "sound-reproduction-epyc"),
+            ("epyc/variants/l2-lmt+e100.json", robust, "l2-lmt-variants-epyc"),
+            ("epyc/variants/l2+lmt-e20.json", robust, "l2-probes-epyc"),
+            ("epyc/variants/ibp-wide-0.3+p0.json", robust, "ibp-wide-0-3-variants-epyc"),
+            ("epyc/variants/ibp-wide+fcw0.json", robust, "ibp-wide-variants-epyc"),
+            ("epyc/variants_one_thread/ibp-gs50+r5-e10.json", robust, "ibp-gs50-probes-epyc"),
+            ("epyc/variants_one_thread/bjorck-l2+e8.json", robust, "bjorck-l2-probes-epyc"),
+            ("epyc/steps/ibp-wide.json", share, "steps-ibp-wide-epyc"),
+    ]:
+        assert changed(relative, edit) == [f"docs/results.md: {table}"], relative
     shutil.copy(results / "epyc" / "variants" / "l2-lmt+e100.json", results / "recipes")  # a variant is no seed
     assert report.seeds_of(results, "l2-lmt") == report.seeds_of(REPO / "results", "l2-lmt")
     assert report.stale(REPO, results) == []
