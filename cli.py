@@ -150,6 +150,14 @@ def widths(text: str) -> tuple[int, ...]:
     return values
 
 
+def indices(text: str) -> tuple[int, ...]:
+    """Distinct non-negative indices: '675,880'."""
+    values = _integers(text, "indices")
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"indices must be distinct and non-negative, got {text!r}")
+    return values
+
+
 def layers(text: str) -> tuple[str, ...]:
     """Convolutional layers: '16:4:2:1,32:4:2:1' or 'down,bcop:16:3', or 'none' for none (checked by the model)."""
     if text.strip().lower() == "none":

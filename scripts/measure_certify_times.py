@@ -7,7 +7,8 @@
 PGD (`--attack pgd`), one after another, each in a process of its own timed from its start to its exit (Python's
 start and the data's load included, as a user waits for them). The table each printed (clean, certified, and with
 an attack its robust accuracy and the certified digits it broke, per method) is recorded beside the seconds, with
-the command, threads, machine and date. Flags after `--` go to every certify.py command. Run alone on the machine.
+the command, its flags apart from the checkpoint and the data (`flags`), threads, machine and date. Flags after
+`--` go to every certify.py command. Run alone on the machine.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> None:
     cli.check_output_file(args.json, "--json")
     runs = []
     for attack, flags in ATTACKS.items():
-        command = [str(args.checkpoint), "--method", "all", *flags, "--data-dir", str(args.data_dir), *extra]
+        certify_flags = ["--method", "all", *flags, *extra]
+        command = [str(args.checkpoint), "--data-dir", str(args.data_dir), *certify_flags]
         start = time.perf_counter()
         done = subprocess.run([sys.executable, str(REPO / "certify.py"), *command], capture_output=True, text=True)
         seconds = time.perf_counter() - start
@@ -62,7 +64,8 @@ def main() -> None:
         digits = DIGITS.search(done.stdout)
         if digits is None:
             raise SystemExit(f"certify.py printed no count of test examples:\n{done.stdout}")
-        runs.append({"attack": attack, "command": " ".join(["python certify.py", *command]), "seconds": round(seconds, 1),
+        runs.append({"attack": attack, "command": " ".join(["python certify.py", *command]), "flags": certify_flags,
+                     "seconds": round(seconds, 1),
                      "digits": int(digits[1]), "table": printed_table(done.stdout)})
         print(f"{attack}: {seconds:.1f} s", flush=True)
     checkpoints.write_json(args.json, {**cli.provenance("scripts/measure_certify_times.py"),

@@ -171,13 +171,17 @@ def arguments(doc: str, limit: int, seconds: float, seconds_help: str, json_path
     return parser.parse_args()
 
 
+def timeouts() -> list[int]:
+    """The test digits that timed out in the run, in order."""
+    with open(RUN) as handle:
+        return [int(row["index"]) for row in csv.DictReader(handle) if row["verdict"] == "timeout"]
+
+
 def on_timeouts(probe: Callable[[int, str, float], dict], args: argparse.Namespace, script: str, **fields: object
                 ) -> None:
     """`probe` on the first `args.limit` timeouts of the run, two at a time in spawned processes; their results
     printed and written to `args.json` with `fields` and the provenance."""
-    with open(RUN) as handle:
-        timeouts = [int(row["index"]) for row in csv.DictReader(handle) if row["verdict"] == "timeout"]
-    digits = timeouts[: args.limit]
+    digits = timeouts()[: args.limit]
     start = time.perf_counter()
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
         probes = list(pool.map(probe, digits, [args.data_dir] * len(digits), [args.seconds] * len(digits)))

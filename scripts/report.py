@@ -95,6 +95,30 @@ def wasserstein_seeds_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def wasserstein_probes_table(folder: str) -> Callable[[Path], str]:
+    """`scripts/measure_wasserstein_probes.sh`'s probes (results/FOLDER/*.json): per task and critic, its layers,
+    steps, batch, learning rate and Björck steps as recorded, the certified lower bound of W1 and the CPU seconds."""
+    def table(results: Path) -> str:
+        rows = ["| task | critic | layers | steps | batch | learning rate | Björck steps | certified lower bound "
+                "| CPU (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        runs = [json.loads(path.read_text()) for path in (results / folder).glob("*.json")]
+        names = dict(ACTIVATIONS)
+        order = [activation for activation, _ in ACTIVATIONS]
+        for run in sorted(runs, key=lambda run: (run["source"], order.index(run["critic"]["activation"]),
+                                                 run["critic"]["hidden"], run["critic"]["steps"],
+                                                 -run["critic"]["bjorck"]["iterations"], run["critic"]["lr"])):
+            critic = run["critic"]
+            name = (f"GroupSort (groups of {critic['group_size']})" if critic["activation"] == "groupsort"
+                    else names[critic["activation"]])
+            rows.append(f"| `{run['source']}` | {name} | {layers_text(critic['hidden'])} | "
+                        f"{critic['steps']:,} | {critic['batch_size']:,} | {critic['lr']:g} | "
+                        f"{critic['bjorck']['iterations']} | {rounded_down(run['certified_lower_bound'])} | "
+                        f"{run['cpu_seconds']:.0f} |")
+        return "\n".join(rows) + "\n"
+
+    return table
+
+
 def gradient_norms_table(results: Path) -> str:
     """Per net: its proved L2 bound, and the median and 1 % / 99 % quantiles of both gradient ratios."""
     run = json.loads((results / "gradient_norms.json").read_text())
@@ -111,20 +135,66 @@ NETS = {"relu": "ReLU", "groupsort": "GroupSort"}
 NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 ATTACK_NAMES = {"AutoAttack (standard)": "AutoAttack (standard)", "apgd (APGD_DEFAULT)": "`apgd`",
                 "apgd, use_ibp=False": "`apgd` without the IBP skip",
-                "pgd (50 steps, 5 restarts)": "`pgd` (50 steps, 5 restarts)"}
+                "pgd (50 steps, 5 restarts)": "`pgd` (50 steps, 5 restarts)",
+                **{f"AutoAttack's {part} alone": f"AutoAttack's {title} alone"
+                   for part, title in (("apgd-ce", "APGD-CE"), ("apgd-t", "APGD-T"), ("fab-t", "FAB-T"), ("square", "Square"))}}
 
 
-def attack_table(norm: str) -> Callable[[Path], str]:
-    """`scripts/compare_autoattack.py`'s table in `norm` (results/attacks/NORM.json): per net and attack, the
+def attack_table(norm: str, folder: str = "attacks") -> Callable[[Path], str]:
+    """`scripts/compare_autoattack.py`'s table in `norm` (results/FOLDER/NORM.json): per net and attack, the
     robust accuracy, the digits AutoAttack breaks that it misses and the other way round, and the seconds."""
     def table(results: Path) -> str:
-        run = json.loads((results / "attacks" / f"{norm}.json").read_text())
+        run = json.loads((results / folder / f"{norm}.json").read_text())
         rows = ["| net | attack | robust (%) | digits AutoAttack breaks that it misses | digits it breaks that "
                 "AutoAttack misses | seconds |", "| --- | --- | --- | --- | --- | --- |"]
         for row in run["rows"]:
             missed, extra = ("–", "–") if row["missed"] is None else (row["missed"], row["extra"])
             rows.append(f"| {NETS[row['net']]} | {ATTACK_NAMES[row['attack']]} | {row['robust']:.2f} | {missed} | "
                         f"{extra} | {row['seconds']:.1f} |")
+        return "\n".join(rows) + "\n"
+    return table
+
+
+def attack_seeds_table(norm: str, seeds: tuple[int, ...], folder: str) -> Callable[[Path], str]:
+    """The comparison in `norm` at other seeds (results/FOLDER/NORM.json for seed 0, NORM_seedK.json for seed K):
+    per seed and net, AutoAttack's and `apgd`'s robust accuracy and the digits each breaks that the other misses,
+    both at that seed."""
+    def table(results: Path) -> str:
+        rows = ["| seed | net | AutoAttack robust (%) | `apgd` robust (%) | digits AutoAttack breaks that `apgd` misses "
+                "| digits `apgd` breaks that AutoAttack misses |", "| --- | --- | --- | --- | --- | --- |"]
+        for seed in seeds:
+            run = json.loads((results / folder / (f"{norm}.json" if seed == 0 else f"{norm}_seed{seed}.json"))
+                             .read_text())
+            if run["seed"] != seed:
+                raise ValueError(f"the {norm} record of seed {seed} holds seed {run['seed']}")
+            for net in NETS:
+                (reference,) = [row for row in run["rows"] if row["net"] == net and row["missed"] is None]
+                (ours,) = [row for row in run["rows"] if row["net"] == net and row["attack"] == "apgd (APGD_DEFAULT)"]
+                rows.append(f"| {seed} | {NETS[net]} | {reference['robust']:.2f} | {ours['robust']:.2f} | "
+                            f"{ours['missed']} | {ours['extra']} |")
+        return "\n".join(rows) + "\n"
+    return table
+
+
+def needles_table(name: str, seeds: tuple[int, ...], folder: str) -> Callable[[Path], str]:
+    """`compare_autoattack.py --digits` at several seeds (results/FOLDER/NAME_seedK.json): per attack on the
+    GroupSort net, at which seeds it broke each digit named."""
+    def table(results: Path) -> str:
+        runs = [json.loads((results / folder / f"{name}_seed{seed}.json").read_text()) for seed in seeds]
+        if [run["seed"] for run in runs] != list(seeds) or len({tuple(run["digits"]) for run in runs}) != 1:
+            raise ValueError(f"the {name} records are not one set of digits at seeds {seeds}")
+        digits = runs[0]["digits"]
+        rows = ["| attack | " + " | ".join(f"digit {digit}: broken at seeds" for digit in digits) + " |",
+                "| --- |" + " --- |" * len(digits)]
+        attacks = [row["attack"] for row in runs[0]["rows"] if row["net"] == "groupsort"]
+        for attack in attacks:
+            robust = [{row["attack"]: row for row in run["rows"] if row["net"] == "groupsort"}[attack]["robust_digits"]
+                      for run in runs]
+            cells = []
+            for digit in digits:
+                broken = [str(seed) for seed, left in zip(seeds, robust) if digit not in left]
+                cells.append(f"{', '.join(broken) or 'none'} ({len(broken)} of {len(seeds)})")
+            rows.append(f"| {ATTACK_NAMES[attack]} | " + " | ".join(cells) + " |")
         return "\n".join(rows) + "\n"
     return table
 
@@ -255,6 +325,39 @@ def hard_digits_table(results: Path) -> str:
         rows.append(f"| {digit['index']} ({digit['label']}) | {counts} | {digit['columns']:,}, {digit['nonzeros']:,} | "
                     f"{rivals} | "
                     f"{highs_cell(digit['highs'])} | {highs_cell(digit['highs_no_heuristics'])} |")
+    return "\n".join(rows) + "\n"
+
+
+def relaxation_rows_table(results: Path) -> str:
+    """`scripts/probe_relaxation.py` (results/epyc/probes/relaxation_rows.json): per timeout, on its weakest
+    open rival, the relaxation's minimum of the gap against its threshold, the top-k rows it violates, the ordering
+    rows it violates and the minimum once they are added, the ideal cuts and the minimum after them, and the
+    binaries that probing could fix."""
+    run = json.loads((results / "epyc" / "probes" / "relaxation_rows.json").read_text())
+    rows = ["| digit (label) | rival | relaxation's minimum of the gap (threshold) | top-k rows violated | ordering "
+            "rows violated; added (rounds), minimum then | ideal cuts: compare-exchanges, cuts (rounds), minimum then "
+            "| binaries probing could fix (seconds a binary) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        top_k, ordering, cuts, probing = (digit[key] for key in ("top_k_rows", "ordering_rows", "ideal_cuts", "probing"))
+        rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} | {digit['relaxation']:+.4f} "
+                    f"({digit['threshold']:.4f}) | {top_k['violated']} of {top_k['checked']:,} | {ordering['violated']}; "
+                    f"{ordering['added']} ({ordering['rounds']}), {ordering['relaxation']:+.4f} | "
+                    f"{cuts['compare_exchanges']}, {cuts['cuts']} ({cuts['rounds']}), {cuts['relaxation']:+.4f} | "
+                    f"{probing['fixable']} of {probing['drawn']:,} ({probing['seconds_a_binary']:.2f}) |")
+    return "\n".join(rows) + "\n"
+
+
+def scip_table(results: Path) -> str:
+    """`scripts/probe_scip.py` (results/epyc/probes/scip.json): per timeout, on its weakest open rival, SCIP's
+    status, nodes and seconds, and the lower bound of the gap it proved against the threshold."""
+    run = json.loads((results / "epyc" / "probes" / "scip.json").read_text())
+    rows = [f"| digit (label) | rival | SCIP {run['scip']} (`pyscipopt` {run['pyscipopt']}), {run['seconds_a_digit']:.0f} s: "
+            "status, nodes, seconds | "
+            "lower bound of the gap proved (threshold) |", "| --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        bound = "none" if digit["gap_bound"] is None else f"{digit['gap_bound']:+.4f}"
+        rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} | {digit['status']}, {digit['nodes']:,}, "
+                    f"{digit['seconds']:.0f} | {bound} ({digit['threshold']:.4f}) |")
     return "\n".join(rows) + "\n"
 
 
@@ -867,15 +970,6 @@ def wait_policy_table(folder: str) -> Callable[[Path], str]:
     return table
 
 
-def certify_flags(command: str) -> str:
-    """A recorded `python certify.py CKPT FLAGS` command's flags, without the checkpoint and --data-dir."""
-    words = command.split()[3:]
-    if "--data-dir" in words:
-        at = words.index("--data-dir")
-        del words[at: at + 2]
-    return " ".join(words)
-
-
 def certify_times_table(folder: str, names: tuple[str, ...]) -> Callable[[Path], str]:
     """`scripts/measure_certify_times.py` (results/FOLDER/certify_times_NAME.json, per name): per checkpoint and
     attack, the wall time of `certify.py --method all` on the digits named, every rule's certified accuracy, what
@@ -891,7 +985,7 @@ def certify_times_table(folder: str, names: tuple[str, ...]) -> Callable[[Path],
                 (robust,) = {row.get("robust") for row in methods.values()}  # one attack: one robust accuracy
                 attacked = run["attack"] != "none"
                 certified = " / ".join(f"{methods[method]['certified']:.2f}" for method in METHODS)
-                rows.append(f"| `{record['checkpoint']}` | `{certify_flags(run['command'])}` | {run['digits']:,} | "
+                rows.append(f"| `{record['checkpoint']}` | `{' '.join(run['flags'])}` | {run['digits']:,} | "
                             f"{run['seconds']:.1f} | {certified} | {f'{robust:.2f}' if attacked else '–'} | "
                             f"{max(row['broken'] for row in methods.values()) if attacked else '–'} |")
         return "\n".join(rows) + "\n"
@@ -1005,7 +1099,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table("verification/xeon"),
     "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
-    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "verification-presolve": presolve_table,
+    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "relaxation-rows-epyc": relaxation_rows_table,
+    "scip-epyc": scip_table, "verification-presolve": presolve_table,
     "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,
@@ -1023,9 +1118,13 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "bjorck-l2-probes-epyc": variants_table("bjorck-l2", "epyc/variants_one_thread"),
     "seeds-demo": seeds_table("demo", ("global",)), "seeds-relu": seeds_table("relu", ("global",)),
     "wasserstein": wasserstein_table, "wasserstein-seeds": wasserstein_seeds_table,
+    "wasserstein-probes-epyc": wasserstein_probes_table("epyc/wasserstein_probes"),
     "gradient-norms": gradient_norms_table,
     "attack-linf": attack_table("linf"), "attack-linf-all": attack_all_digits_table,
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
+    "attack-l1-epyc": attack_table("l1", "epyc/attacks"),
+    "attack-l1-seeds-epyc": attack_seeds_table("l1", (0, 1, 2), "epyc/attacks"),
+    "attack-l2-needles-epyc": needles_table("l2_needles", tuple(range(6)), "epyc/attacks"),
     "steps-cnn-ibp": steps_table("cnn-ibp"), "steps-ibp-wide-epyc": steps_table("ibp-wide", "epyc/steps"),
     "performance": performance_table("performance"), "performance-epyc": performance_table("epyc/performance"),
     "compile": compile_table, "wait-policy": wait_policy_table("performance"),

@@ -3,6 +3,7 @@ optimum of linear models; APGD breaks what PGD breaks, and more."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,7 @@ import certificates
 import checkpoints
 import lipschitz
 import measure
-from conftest import REL
+from conftest import OFFLINE_ENV, REL
 from lipschitz import Ball
 from mnist_data import PIXEL_RANGE, load_mnist
 from models import LipschitzMLP, MLPConfig, in_float64
@@ -385,3 +386,64 @@ def test_the_progress_bar_goes_to_stderr_and_changes_no_result(name, capsys):
     shown = attacks.attack(name, model, x, labels, ball, steps=5, restarts=2, progress=True)
     assert name in capsys.readouterr().err
     assert all(torch.equal(a, b) for a, b in zip(quiet, shown))
+
+
+STAND_IN = '''
+import json, os
+
+
+class AutoAttack:
+    """A stand-in for pyautoattack's AutoAttack that breaks nothing and logs what it was asked to run."""
+
+    def __init__(self, model, *, norm, eps, version, seed):
+        self.attacks_to_run = ["apgd-ce", "apgd-t", "fab-t", "square"] if version == "standard" else []
+        self.asked = dict(norm=norm, eps=eps, version=version, seed=seed)
+
+    def run_standard_evaluation(self, x, y, batch_size):
+        with open(os.environ["STAND_IN_LOG"], "a") as log:
+            log.write(json.dumps({**self.asked, "attacks": self.attacks_to_run, "count": len(x)}) + "\\n")
+        return x.clone(), y
+'''
+
+
+def test_compare_autoattack_runs_on_the_digits_named_and_runs_each_component_alone(tmp_path, original_demo,
+                                                                                   mnist_root, run_script):
+    """`--digits` attacks the test digits named, in their order, and records the ones each attack left robust;
+    `--components` runs AutoAttack's four attacks one at a time with the standard settings. A stand-in for
+    pyautoattack that breaks nothing stands for the reference, so AutoAttack's rows keep every digit."""
+    package = tmp_path / "stand_in" / "pyautoattack"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(STAND_IN)
+    metadata = tmp_path / "stand_in" / "pyautoattack-0.0.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: pyautoattack\nVersion: 0.0\n")
+    log, record = tmp_path / "asked.jsonl", tmp_path / "needles.json"
+    env = {**OFFLINE_ENV, "PYTHONPATH": str(tmp_path / "stand_in"), "STAND_IN_LOG": str(log)}
+    run = run_script("scripts/compare_autoattack.py", "--data-dir", mnist_root, "--checkpoints", original_demo,
+                     "--norm", "l2", "--eps", "1.58", "--digits", "880,675", "--components", "--seed", "3",
+                     "--json", record, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "test digits 880, 675, seed 3" in run.stdout
+    asked = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [entry["attacks"] for entry in asked] == [["apgd-ce", "apgd-t", "fab-t", "square"],
+                                                     ["apgd-ce"], ["apgd-t"], ["fab-t"], ["square"]] * 2
+    assert all(entry == {**entry, "norm": "L2", "eps": 1.58, "version": "standard", "seed": 3, "count": 2}
+               for entry in asked)
+    result = json.loads(record.read_text())
+    assert result["digits"] == [880, 675] and result["reference"] == "pyautoattack 0.0"
+    (test,) = load_mnist(mnist_root, ("test",), allow_download=False)
+    for row in result["rows"]:
+        assert set(row["robust_digits"]) <= {880, 675}
+        assert row["robust"] == 100 * len(row["robust_digits"]) / 2
+        if row["attack"].startswith("AutoAttack"):
+            assert row["robust_digits"] == [880, 675]
+    groupsort = checkpoints.load_checkpoint(original_demo / "groupsort.p",
+                                            checkpoints.Expected(activation="groupsort", group_size=10)).model
+    ball = Ball("l2", 1.58, PIXEL_RANGE)
+    index = torch.tensor([880, 675])
+    broken, _ = attacks.apgd(groupsort, test.images[index], test.labels[index], ball, seed=3)
+    (row,) = [row for row in result["rows"] if row["net"] == "groupsort" and row["attack"] == "apgd (APGD_DEFAULT)"]
+    assert row["robust_digits"] == [digit for digit, hit in zip([880, 675], broken.tolist()) if not hit]
+    for bad in ("675,10000", "675,675", "-1"):
+        refused = run_script("scripts/compare_autoattack.py", "--data-dir", mnist_root, "--digits", bad, env=env)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr

@@ -72,6 +72,9 @@ def test_every_project_error_is_a_failure(kind):
     (cli.nonnegative_float, "-0.1", "-0.1 must be >= 0.0"),
     (cli.widths, "500x2", "'500x2' is not a comma-separated list of widths"),
     (cli.widths, "10,0", "hidden widths must be positive, got '10,0'"),
+    (cli.indices, "675,x", "'675,x' is not a comma-separated list of indices"),
+    (cli.indices, "675,675", "indices must be distinct and non-negative, got '675,675'"),
+    (cli.indices, "-1", "indices must be distinct and non-negative, got '-1'"),
 ])
 def test_number_and_width_flags_refuse_bad_values(parse, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
@@ -81,7 +84,7 @@ def test_number_and_width_flags_refuse_bad_values(parse, text, message):
 def test_number_and_width_flags_accept_good_values():
     assert cli.positive_int("3") == 3 and cli.positive_float("1e-3") == 1e-3
     assert cli.nonnegative_float("0") == 0.0 and cli.widths("1024,512") == (1024, 512)
-    assert cli.finite_float("-0.5") == -0.5
+    assert cli.finite_float("-0.5") == -0.5 and cli.indices("880,0,675") == (880, 0, 675)
 
 
 def test_no_cuda_and_device_cuda_contradict_each_other():

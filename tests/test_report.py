@@ -419,6 +419,25 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     def share(entries):
         entries["time_shares"]["the recipe"]["sorts"] += 1
 
+    def attack_seconds(entries):
+        entries["rows"][0]["seconds"] += 1
+
+    def attack_robust(entries):
+        entries["rows"][0]["robust"] += 0.01
+
+    def needle(entries):
+        (row,) = [row for row in entries["rows"] if row["net"] == "groupsort" and row["attack"] == "apgd (APGD_DEFAULT)"]
+        row["robust_digits"] = [] if row["robust_digits"] else [675]
+
+    def relaxed(entries):
+        entries["digits"][0]["ideal_cuts"]["relaxation"] += 0.01
+
+    def nodes(entries):
+        entries["digits"][0]["nodes"] += 1
+
+    def critic(entries):
+        entries["certified_lower_bound"] -= 0.01
+
     for relative, edit, table in [
             ("epyc/recipes/ibp-wide_seed1.json", robust, "ibp-wide-seeds-epyc"),
             ("epyc/recipes/lmt.json", robust, "lmt-threads-epyc"),
@@ -433,6 +452,12 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/variants_one_thread/ibp-gs50+r5-e10.json", robust, "ibp-gs50-probes-epyc"),
             ("epyc/variants_one_thread/bjorck-l2+e8.json", robust, "bjorck-l2-probes-epyc"),
             ("epyc/steps/ibp-wide.json", share, "steps-ibp-wide-epyc"),
+            ("epyc/attacks/l1.json", attack_seconds, "attack-l1-epyc"),
+            ("epyc/attacks/l1_seed2.json", attack_robust, "attack-l1-seeds-epyc"),
+            ("epyc/attacks/l2_needles_seed3.json", needle, "attack-l2-needles-epyc"),
+            ("epyc/probes/relaxation_rows.json", relaxed, "relaxation-rows-epyc"),
+            ("epyc/probes/scip.json", nodes, "scip-epyc"),
+            ("epyc/wasserstein_probes/sphere-mm128x12.json", critic, "wasserstein-probes-epyc"),
     ]:
         assert changed(relative, edit) == [f"docs/results.md: {table}"], relative
     shutil.copy(results / "epyc" / "variants" / "l2-lmt+e100.json", results / "recipes")  # a variant is no seed
@@ -457,5 +482,9 @@ def test_certify_times_records_what_certify_printed(tmp_path, trained, mnist_roo
     assert all("robust" not in row for row in runs[0]["table"].values())
     for r in runs[1:]:
         assert all(row["certified"] <= row["robust"] <= row["clean"] and row["broken"] == 0 for row in r["table"].values())
+    extra = ["--limit", "60", "--pgd-steps", "5", "--pgd-restarts", "1"]
+    assert [r["flags"] for r in runs] == [["--method", "all", *attack, *extra] for attack in ([], ["--attack"],
+                                                                                           ["--attack", "pgd"])]
     table = report.certify_times_table("times", ("demo",))(tmp_path / "results").splitlines()
-    assert len(table) == 5 and "| 60 |" in table[3] and "--attack pgd" in table[4]
+    assert len(table) == 5 and "| 60 |" in table[3]
+    assert "| `--method all --attack pgd --limit 60 --pgd-steps 5 --pgd-restarts 1` |" in table[4]

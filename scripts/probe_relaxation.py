@@ -1,0 +1,258 @@
+"""What valid rows and probing do to the relaxation of the hard digits' programs.
+
+    OMP_NUM_THREADS=2 python scripts/probe_relaxation.py --data-dir ../shared/mnist \
+        --json results/epyc/probes/relaxation_rows.json
+
+For the first LIMIT digits that timed out in results/verification/groupsort_best_all.csv (as
+scripts/probe_hard_digits.py takes them), each digit's program as `milp.verify` builds it, relaxed (binaries
+in [0, 1]), minimising the gap to the rival that IBP leaves weakest (the first one `milp.verify` searches):
+
+- the relaxation's minimum of the gap, and the threshold it must pass;
+- top-k rows: at that minimum, how many of the valid rows "the k largest outputs of a group sum to at least
+  the k largest of its inputs" (every group of the GroupSort layer, k = 1 to size - 1) are violated;
+- ordering rows: how many of "each output of a group at most the next" are violated; those are added and the
+  relaxation solved again until none is, and the rows added, the rounds and the new minimum are recorded;
+- ideal cuts: the compare-exchanges with a binary whose two wires p, q are first-layer units, affine in the
+  pixels x over the box; max(p, q) = q + relu(p - q) has the ideal formulation of Anderson et al. (*Strong
+  mixed-integer programming formulations for trained neural networks*, 2020) for the ReLU of an affine function,
+  shifted by q: t - q <= sum over i in I of v_i (x_i - L_i'(1 - d)) + (beta + sum over i not in I of v_i U_i') d,
+  for every set I of pixels (v, beta the weights and bias of p - q; L_i', U_i' the ends of pixel i's interval
+  that minimise and maximise v_i x_i; d = 1 where p is the larger). At the relaxation's minimum the most violated
+  of each one's cuts is found pixel by pixel (i in I where v_i (x_i - L_i'(1 - d)) < v_i U_i' d), added, and the
+  relaxation solved again, CUT_ROUNDS times or until none is violated: the cuts added and the new minimum;
+- probing: every binary (or `--probe N` drawn at random, seed 0), and each of its two values: whether the
+  relaxation with the cut-off row (gap <= threshold) stays feasible with the binary fixed there. A binary that
+  cannot take one of its values could be fixed to the other before branching (what MIP solvers call probing).
+
+Digits run two at a time in spawned processes, one thread each (the machine's two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+from unittest import mock
+
+import highspy
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_hard_digits import BALL, REPO, arguments, digit, on_timeouts  # noqa: E402  (it puts the repository
+import cli  # noqa: E402                                                       on the path)
+import groupsort  # noqa: E402
+import milp  # noqa: E402
+import rounding  # noqa: E402
+from groupsort import GroupSort, compare_exchange  # noqa: E402
+from lipschitz import Ball  # noqa: E402
+from program import Program, Wire, Wires  # noqa: E402
+
+TOLERANCE = 1e-7  # a row counts as violated beyond this, well above HiGHS's 1e-9 feasibility tolerance
+ROUNDS = 50
+CUT_ROUNDS = 6
+
+
+class CompareExchange(NamedTuple):
+    """An open compare-exchange of the program: its wires p, q, the column t of their maximum, and its binary d
+    (1 where p is the larger)."""
+
+    p: Wire
+    q: Wire
+    t: int
+    d: int
+
+
+def encode_with_groups(model64: torch.nn.Module, x64: torch.Tensor, ball: Ball, boxes: list
+                       ) -> tuple[milp.Network, list, list[CompareExchange]]:
+    """`milp.encode`'s program, built by the same loop, each GroupSort group's input and output wires, and the
+    open compare-exchanges (`groupsort.compare_exchange` watched as it builds them)."""
+    program, exchanges = Program(), []
+
+    def watched(program: Program, first: Wire, second: Wire, apart: float, back: float) -> tuple[Wire, Wire]:
+        columns = len(program.lower)
+        low, high = compare_exchange(program, first, second, apart, back)
+        if len(program.lower) > columns:  # open: the columns t, s, d were added, in this order
+            exchanges.append(CompareExchange(first, second, columns, columns + 2))
+        return low, high
+
+    lower, upper = (end[0].numpy() for end in ball.box(x64))
+    inputs = [Wire(program.variable(float(lo), float(hi)), float(lo), float(hi)) for lo, hi in zip(lower, upper)]
+    wires, groups = Wires(inputs), []
+    for operator, before, after in zip(model64.operators()[:-1], boxes[:-1], boxes[1:]):
+        with mock.patch.object(groupsort, "compare_exchange", watched):
+            sorted_wires = operator.encode(program, wires, before, after)
+        if isinstance(operator, GroupSort):
+            size = operator.group_size
+            groups += [(list(wires[start:start + size]), list(sorted_wires[start:start + size]))
+                       for start in range(0, len(wires), size)]
+        wires = sorted_wires
+    return milp.Network(program, inputs, wires), groups, exchanges
+
+
+def value(solution: np.ndarray, wire: Wire) -> float:
+    return 0.0 if wire.column is None else float(solution[wire.column])
+
+
+def violated_top_k(solution: np.ndarray, groups: list) -> tuple[int, int]:
+    """(rows checked, rows violated) of: the k largest outputs of a group sum to at least its k largest inputs."""
+    checked = violated = 0
+    for ins, outs in groups:
+        inputs = sorted(value(solution, w) for w in ins)
+        outputs = [value(solution, w) for w in outs]  # ascending, as the sorting network orders them
+        for k in range(1, len(ins)):
+            checked += 1
+            violated += sum(outputs[-k:]) < sum(inputs[-k:]) - TOLERANCE
+    return checked, violated
+
+
+def violated_ordering(solution: np.ndarray, groups: list) -> list[tuple[Wire, Wire]]:
+    """The pairs of consecutive outputs of a group that the solution puts out of order."""
+    return [(low, high) for _, outs in groups for low, high in zip(outs, outs[1:])
+            if value(solution, low) > value(solution, high) + TOLERANCE]
+
+
+def minimum(solver: highspy.Highs) -> tuple[float, np.ndarray]:
+    """The relaxation's optimum and its solution; anything but optimal (a time limit included) stops the probe."""
+    solver.run()
+    if solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        raise RuntimeError(f"the relaxation ended {solver.getModelStatus()}")
+    return solver.getObjectiveValue(), np.array(solver.getSolution().col_value)
+
+
+def relaxation(network: milp.Network, gap: milp.Gap, seconds: float) -> tuple[highspy.Highs, float, np.ndarray]:
+    """The program relaxed, minimising the gap (each LP within `seconds`): the solver, the minimum, its solution."""
+    solver = network.program.highs(relax=True)
+    solver.setOptionValue("time_limit", seconds)
+    gap.minimise(solver)
+    return (solver, *minimum(solver))
+
+
+def ordering_rows(solver: highspy.Highs, groups: list, solution: np.ndarray) -> dict:
+    """The ordering rows that `solution` violates, then added round by round (ROUNDS at most) until none is."""
+    first = len(violated_ordering(solution, groups))
+    added = rounds = 0
+    relaxed = solver.getObjectiveValue()
+    while rounds < ROUNDS and (pairs := violated_ordering(solution, groups)):
+        for low, high in pairs:
+            solver.addRow(-math.inf, 0.0, 2, np.array([low.column, high.column], dtype=np.int32), np.array([1.0, -1.0]))
+        added, rounds = added + len(pairs), rounds + 1
+        relaxed, solution = minimum(solver)
+    return {"violated": first, "added": added, "rounds": rounds, "relaxation": relaxed,
+            "violated_after": len(violated_ordering(solution, groups))}
+
+
+def affine(program: Program, column: int, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """A first-layer unit's weights on the pixel columns and its bias, from the row that defines it (the unit
+    minus its weights times the pixels equals the bias)."""
+    (row,) = program.defining[column]
+    weights = np.zeros(len(pixels))
+    at = {int(c): k for k, c in enumerate(pixels)}
+    for c, v in zip(program.row_index[row][1:].tolist(), program.row_value[row][1:].tolist()):
+        weights[at[c]] = -v
+    return weights, program.row_lower[row]
+
+
+def ideal_cuts(solver: highspy.Highs, network: milp.Network, exchanges: list[CompareExchange], first_layer: set[int],
+               solution: np.ndarray) -> dict:
+    """The ideal cuts of the module's docstring, CUT_ROUNDS rounds at most: the compare-exchanges they apply to,
+    the cuts added, the rounds and the relaxation's minimum after them."""
+    program = network.program
+    pixels = np.array([w.column for w in network.inputs], dtype=np.int32)
+    lower, upper = np.array(program.lower)[pixels], np.array(program.upper)[pixels]
+    pieces = []  # per compare-exchange of two first-layer units: it, v, beta, and L', U' per pixel
+    for exchange in exchanges:
+        if exchange.p.column in first_layer and exchange.q.column in first_layer:
+            (wp, bp), (wq, bq) = affine(program, exchange.p.column, pixels), affine(program, exchange.q.column, pixels)
+            v = wp - wq
+            pieces.append((exchange, v, bp - bq, np.where(v >= 0, lower, upper), np.where(v >= 0, upper, lower)))
+    cuts = rounds = 0
+    relaxed = solver.getObjectiveValue()
+    while rounds < CUT_ROUNDS:
+        added = 0
+        for exchange, v, beta, low, high in pieces:
+            x, d = solution[pixels], solution[exchange.d]
+            inside = v * (x - low * (1 - d)) < v * high * d  # the most violated set I
+            constant = (v * low)[inside].sum()  # the cut: t - q - v_I x_I - (beta + v U' outside I + constant) d
+            slope = beta + (v * high)[~inside].sum() + constant  #          <= -constant
+            if solution[exchange.t] - value(solution, exchange.q) - v[inside] @ x[inside] - slope * d \
+                    <= -constant + TOLERANCE:
+                continue
+            index = np.concatenate([[exchange.t, exchange.q.column, exchange.d], pixels[inside]]).astype(np.int32)
+            solver.addRow(-math.inf, -float(constant), len(index), index,
+                          np.concatenate([[1.0, -1.0, -slope], -v[inside]]))
+            added += 1
+        if not added:
+            break
+        cuts, rounds = cuts + added, rounds + 1
+        relaxed, solution = minimum(solver)
+    return {"compare_exchanges": len(pieces), "cuts": cuts, "rounds": rounds, "relaxation": relaxed}
+
+
+def probing(program: Program, gap: milp.Gap, threshold: float, count: int | None, seconds: float) -> dict:
+    """Every binary (`count` of them drawn at random, seed 0, when given), each fixed to 0 and then to 1 in the
+    relaxation with the cut-off row: how many could be fixed (one value infeasible), and the seconds of the LPs."""
+    solver = program.highs(relax=True)
+    solver.setOptionValue("time_limit", seconds)
+    gap.minimise(solver)
+    solver.addRow(-math.inf, threshold - gap.offset, len(gap.columns), gap.columns, gap.coefficients)
+    binaries = [column for column, integer in enumerate(program.integer) if integer]
+    drawn = np.array(binaries) if count is None else np.random.default_rng(0).choice(
+        binaries, size=min(count, len(binaries)), replace=False)
+    fixable, start = 0, time.perf_counter()
+    for column in drawn.tolist():
+        feasible = []
+        for fixed in (0.0, 1.0):
+            solver.changeColBounds(column, fixed, fixed)
+            solver.run()
+            status = solver.getModelStatus()
+            if status not in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kOptimal):
+                raise RuntimeError(f"a probing LP ended {status}")
+            feasible.append(status == highspy.HighsModelStatus.kOptimal)
+        solver.changeColBounds(column, 0.0, 1.0)
+        fixable += not all(feasible)
+    return {"binaries": len(binaries), "drawn": len(drawn), "fixable": fixable,
+            "seconds_a_binary": round((time.perf_counter() - start) / max(len(drawn), 1), 2)}
+
+
+@torch.no_grad()
+@rounding.exact_arithmetic()
+def probe(index: int, data_dir: str, seconds: float, probe_count: int | None = None) -> dict:
+    """Everything the module's docstring lists, for test digit `index`."""
+    model64, x64, label, gaps, thresholds = digit(index, data_dir)
+    network, groups, exchanges = encode_with_groups(model64, x64, BALL, gaps.boxes)
+    reference = milp.encode(model64, x64, BALL, gaps.boxes).program
+    if (len(reference.lower), len(reference.row_lower)) != (len(network.program.lower), len(network.program.row_lower)):
+        raise RuntimeError("the probe's program is not milp.encode's")
+    rival = next(iter(thresholds))
+    gap = milp.Gap.of(network, model64, label, rival)
+    solver, relaxed, solution = relaxation(network, gap, seconds)
+    checked, violated = violated_top_k(solution, groups)
+    first_layer = {w.column for ins, _ in groups for w in ins}
+    cut_solver, _, cut_solution = relaxation(network, gap, seconds)
+    record = {"index": index, "label": label, "rival": rival, "threshold": thresholds[rival], "relaxation": relaxed,
+              "binaries": network.program.binaries, "columns": len(network.program.lower),
+              "top_k_rows": {"checked": checked, "violated": violated},
+              "ordering_rows": ordering_rows(solver, groups, solution),
+              "ideal_cuts": ideal_cuts(cut_solver, network, exchanges, first_layer, cut_solution),
+              "probing": probing(network.program, gap, thresholds[rival], probe_count, seconds)}
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--probe", type=cli.positive_int, default=None, metavar="N",
+                        help="probe N binaries drawn at random (default: every binary)")
+    args = arguments(__doc__, 3, 120.0, "time limit of each LP, seconds (one over it stops the probe)",
+                     REPO / "results" / "probes" / "relaxation_rows.json", parser)
+    on_timeouts(partial(probe, probe_count=args.probe), args, "scripts/probe_relaxation.py",
+                lp_seconds=args.seconds, tolerance=TOLERANCE)
+
+
+if __name__ == "__main__":
+    main()
