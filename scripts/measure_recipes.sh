@@ -28,6 +28,6 @@ for recipe in ${RECIPES:-cnn-ibp cnn-ibp-0.3 bcop-l2}; do
                 --save-fn "mnist_$name.p" --overwrite 2>&1 | tee "$OUT/$name.log"
         fi
         "$PY" scripts/measure_recipe.py "$OUT/mnist_$name.p" --data-dir "$DATA" --json "$RESULTS/$name.json" \
-            ${ATTACK_LIMIT:+--attack-limit "$ATTACK_LIMIT"} ${VERIFY:+--verify "$VERIFY"} ${FLAGS:+--variant "$FLAGS"}
+            ${ATTACK_LIMIT:+--attack-limit "$ATTACK_LIMIT"} ${VERIFY:+--verify "$VERIFY"} ${FLAGS:+--variant="$FLAGS"}
     done
 done

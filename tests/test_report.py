@@ -3,10 +3,14 @@ changed number in results/ is caught."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -488,3 +492,24 @@ def test_certify_times_records_what_certify_printed(tmp_path, trained, mnist_roo
     table = report.certify_times_table("times", ("demo",))(tmp_path / "results").splitlines()
     assert len(table) == 5 and "| 60 |" in table[3]
     assert "| `--method all --attack pgd --limit 60 --pgd-steps 5 --pgd-restarts 1` |" in table[4]
+
+
+def test_measure_recipes_passes_a_one_flag_variant_as_the_value_of_variant(tmp_path):
+    """FLAGS="--batch-norm" reaches train_mnist.py as its flag and measure_recipe.py as the value of --variant
+    (`--variant=--batch-norm`: given apart, argparse takes a lone flag for an option of its own and stops)."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "measure_recipes.sh", tmp_path / "scripts")
+    stub, log = tmp_path / "python", tmp_path / "argv.jsonl"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub), "RECIPES": "ibp-wide", "FLAGS": "--batch-norm", "TAG": "bn",
+           "RESULTS": str(tmp_path / "results")}
+    run = subprocess.run(["bash", str(tmp_path / "scripts" / "measure_recipes.sh")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    train, measure = [json.loads(line) for line in log.read_text().splitlines()]
+    assert train[:5] == ["train_mnist.py", "--recipe", "ibp-wide", "--batch-norm", "--seed"]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint")
+    parser.add_argument("--variant")
+    assert parser.parse_known_args(measure[1:])[0].variant == "--batch-norm"
