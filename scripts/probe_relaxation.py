@@ -70,29 +70,30 @@ class CompareExchange(NamedTuple):
 
 def encode_with_groups(model64: torch.nn.Module, x64: torch.Tensor, ball: Ball, boxes: list
                        ) -> tuple[milp.Network, list, list[CompareExchange]]:
-    """`milp.encode`'s program, built by the same loop, each GroupSort group's input and output wires, and the
-    open compare-exchanges (`groupsort.compare_exchange` watched as it builds them)."""
-    program, exchanges = Program(), []
+    """`milp.encode`'s program, each GroupSort group's input and output wires, and the open compare-exchanges:
+    `GroupSort.encode` and `groupsort.compare_exchange` are watched as `milp.encode` calls them."""
+    groups, exchanges = [], []
+    sort_groups = GroupSort.encode
 
-    def watched(program: Program, first: Wire, second: Wire, apart: float, back: float) -> tuple[Wire, Wire]:
+    def watched_sort(self: GroupSort, program: Program, wires: Wires, before: object, after: object) -> Wires:
+        sorted_wires = sort_groups(self, program, wires, before, after)
+        size = self.group_size
+        groups.extend((list(wires[start:start + size]), list(sorted_wires[start:start + size]))
+                      for start in range(0, len(wires), size))
+        return sorted_wires
+
+    def watched_exchange(program: Program, first: Wire, second: Wire, apart: float, back: float
+                         ) -> tuple[Wire, Wire]:
         columns = len(program.lower)
         low, high = compare_exchange(program, first, second, apart, back)
         if len(program.lower) > columns:  # open: the columns t, s, d were added, in this order
             exchanges.append(CompareExchange(first, second, columns, columns + 2))
         return low, high
 
-    lower, upper = (end[0].numpy() for end in ball.box(x64))
-    inputs = [Wire(program.variable(float(lo), float(hi)), float(lo), float(hi)) for lo, hi in zip(lower, upper)]
-    wires, groups = Wires(inputs), []
-    for operator, before, after in zip(model64.operators()[:-1], boxes[:-1], boxes[1:]):
-        with mock.patch.object(groupsort, "compare_exchange", watched):
-            sorted_wires = operator.encode(program, wires, before, after)
-        if isinstance(operator, GroupSort):
-            size = operator.group_size
-            groups += [(list(wires[start:start + size]), list(sorted_wires[start:start + size]))
-                       for start in range(0, len(wires), size)]
-        wires = sorted_wires
-    return milp.Network(program, inputs, wires), groups, exchanges
+    with mock.patch.object(GroupSort, "encode", watched_sort), \
+            mock.patch.object(groupsort, "compare_exchange", watched_exchange):
+        network = milp.encode(model64, x64, ball, boxes)
+    return network, groups, exchanges
 
 
 def value(solution: np.ndarray, wire: Wire) -> float:
@@ -226,9 +227,6 @@ def probe(index: int, data_dir: str, seconds: float, probe_count: int | None = N
     """Everything the module's docstring lists, for test digit `index`."""
     model64, x64, label, gaps, thresholds = digit(index, data_dir)
     network, groups, exchanges = encode_with_groups(model64, x64, BALL, gaps.boxes)
-    reference = milp.encode(model64, x64, BALL, gaps.boxes).program
-    if (len(reference.lower), len(reference.row_lower)) != (len(network.program.lower), len(network.program.row_lower)):
-        raise RuntimeError("the probe's program is not milp.encode's")
     rival = next(iter(thresholds))
     gap = milp.Gap.of(network, model64, label, rival)
     solver, relaxed, solution = relaxation(network, gap, seconds)
