@@ -5,6 +5,7 @@
     python scripts/compare_autoattack.py --data-dir ../shared/mnist --norm l1 --eps 3 --limit 300  # L1
     python scripts/compare_autoattack.py --data-dir ../shared/mnist --json results/attacks/linf.json  # and a record
     python scripts/compare_autoattack.py --data-dir ../shared/mnist --norm l2 --eps 1.58 --digits 675,880 --seed 3
+    python scripts/compare_autoattack.py --data-dir ../shared/mnist --apgd-seeds 1,2,3,4,5,6,7  # apgd's seeds
 
 At L-inf 0.1 (or `--norm`, `--eps`) within the pixel range [0, 1], on the original demo's relu.p and groupsort.p. The reference
 is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T and Square; Croce & Hein 2020) from the
@@ -20,7 +21,8 @@ in float32), for AutoAttack too; every point is checked to lie in the ball and t
 `--all-digits` adds the robust accuracy and seconds of apgd and pgd on all 10,000 test digits, and the
 digits each breaks that the other misses. `--digits` compares on the test digits named instead of the first
 `--limit`; `--components` adds AutoAttack's four attacks run one at a time, each with the standard version's
-settings, as AutoAttack's `run_standard_evaluation_individual` runs them.
+settings, as AutoAttack's `run_standard_evaluation_individual` runs them. `--apgd-seeds` adds `apgd` at other seeds,
+each compared with AutoAttack at `--seed`.
 
 `--json FILE` writes the same figures, and the test indices each attack left robust, with the command, seed,
 threads, machine and date;
@@ -154,6 +156,8 @@ def main() -> None:
     parser.add_argument("--components", action="store_true",
                         help="also run AutoAttack's four attacks one at a time, each with the standard settings")
     parser.add_argument("--seed", type=int, default=0, help="seed of every attack (default: %(default)s)")
+    parser.add_argument("--apgd-seeds", type=cli.indices, default=(), metavar="K,L,...",
+                        help="also run apgd at these seeds, each against AutoAttack at --seed")
     parser.add_argument("--all-digits", action="store_true",
                         help="also run apgd and pgd on all 10,000 test digits and print their times")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -174,6 +178,7 @@ def main() -> None:
         "apgd, use_ibp=False": apgd(args.seed, use_ibp=False),
         f"pgd ({PGD_STEPS} steps, {PGD_RESTARTS} restarts)": pgd(args.seed),
     }
+    contenders.update({f"apgd, seed {seed}": apgd(seed) for seed in args.apgd_seeds})
     if args.components:
         contenders.update({f"AutoAttack's {component} alone": autoattack(args.seed, component)
                            for component in COMPONENTS})

@@ -176,6 +176,26 @@ def attack_seeds_table(norm: str, seeds: tuple[int, ...], folder: str) -> Callab
     return table
 
 
+def apgd_seeds_table(name: str, folder: str) -> Callable[[Path], str]:
+    """`compare_autoattack.py --apgd-seeds` (results/FOLDER/NAME.json): per net, AutoAttack at the record's seed, then
+    `apgd` at that seed and at each other seed, with the digits AutoAttack breaks that it misses and the other way
+    round."""
+    def table(results: Path) -> str:
+        run = json.loads((results / folder / f"{name}.json").read_text())
+        rows = [f"| net | attack | robust (%) | digits AutoAttack (seed {run['seed']}) breaks that it misses | "
+                "digits it breaks that AutoAttack misses |", "| --- | --- | --- | --- | --- |"]
+        titles = {"AutoAttack (standard)": f"AutoAttack (standard), seed {run['seed']}",
+                  "apgd (APGD_DEFAULT)": f"`apgd`, seed {run['seed']}"}
+        for row in run["rows"]:
+            title = titles.get(row["attack"], row["attack"].replace("apgd,", "`apgd`,")
+                               if row["attack"].startswith("apgd, seed ") else None)
+            if title is not None:
+                missed, extra = ("–", "–") if row["missed"] is None else (row["missed"], row["extra"])
+                rows.append(f"| {NETS[row['net']]} | {title} | {row['robust']:.2f} | {missed} | {extra} |")
+        return "\n".join(rows) + "\n"
+    return table
+
+
 def needles_table(name: str, seeds: tuple[int, ...], folder: str) -> Callable[[Path], str]:
     """`compare_autoattack.py --digits` at several seeds (results/FOLDER/NAME_seedK.json): per attack on the
     GroupSort net, at which seeds it broke each digit named."""
@@ -1124,6 +1144,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "attack-l2": attack_table("l2"), "attack-l1": attack_table("l1"),
     "attack-l1-epyc": attack_table("l1", "epyc/attacks"),
     "attack-l1-seeds-epyc": attack_seeds_table("l1", (0, 1, 2), "epyc/attacks"),
+    "attack-linf-apgd-seeds-epyc": apgd_seeds_table("linf_apgd_seeds", "epyc/attacks"),
     "attack-l2-needles-epyc": needles_table("l2_needles", tuple(range(6)), "epyc/attacks"),
     "steps-cnn-ibp": steps_table("cnn-ibp"), "steps-ibp-wide-epyc": steps_table("ibp-wide", "epyc/steps"),
     "performance": performance_table("performance"), "performance-epyc": performance_table("epyc/performance"),

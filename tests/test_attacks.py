@@ -409,8 +409,9 @@ class AutoAttack:
 def test_compare_autoattack_runs_on_the_digits_named_and_runs_each_component_alone(tmp_path, original_demo,
                                                                                    mnist_root, run_script):
     """`--digits` attacks the test digits named, in their order, and records the ones each attack left robust;
-    `--components` runs AutoAttack's four attacks one at a time with the standard settings. A stand-in for
-    pyautoattack that breaks nothing stands for the reference, so AutoAttack's rows keep every digit."""
+    `--components` runs AutoAttack's four attacks one at a time with the standard settings; `--apgd-seeds` adds
+    `apgd` at the seeds named, each compared with AutoAttack at `--seed`. A stand-in for pyautoattack that breaks
+    nothing stands for the reference, so AutoAttack's rows keep every digit."""
     package = tmp_path / "stand_in" / "pyautoattack"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(STAND_IN)
@@ -421,7 +422,7 @@ def test_compare_autoattack_runs_on_the_digits_named_and_runs_each_component_alo
     env = {**OFFLINE_ENV, "PYTHONPATH": str(tmp_path / "stand_in"), "STAND_IN_LOG": str(log)}
     run = run_script("scripts/compare_autoattack.py", "--data-dir", mnist_root, "--checkpoints", original_demo,
                      "--norm", "l2", "--eps", "1.58", "--digits", "880,675", "--components", "--seed", "3",
-                     "--json", record, env=env)
+                     "--apgd-seeds", "0,4", "--json", record, env=env)
     assert run.returncode == 0, run.stderr
     assert "test digits 880, 675, seed 3" in run.stdout
     asked = [json.loads(line) for line in log.read_text().splitlines()]
@@ -441,9 +442,11 @@ def test_compare_autoattack_runs_on_the_digits_named_and_runs_each_component_alo
                                             checkpoints.Expected(activation="groupsort", group_size=10)).model
     ball = Ball("l2", 1.58, PIXEL_RANGE)
     index = torch.tensor([880, 675])
-    broken, _ = attacks.apgd(groupsort, test.images[index], test.labels[index], ball, seed=3)
-    (row,) = [row for row in result["rows"] if row["net"] == "groupsort" and row["attack"] == "apgd (APGD_DEFAULT)"]
-    assert row["robust_digits"] == [digit for digit, hit in zip([880, 675], broken.tolist()) if not hit]
+    for seed, attack in ((3, "apgd (APGD_DEFAULT)"), (0, "apgd, seed 0"), (4, "apgd, seed 4")):  # 0 misses 675
+        broken, _ = attacks.apgd(groupsort, test.images[index], test.labels[index], ball, seed=seed)
+        (row,) = [row for row in result["rows"] if row["net"] == "groupsort" and row["attack"] == attack]
+        assert row["robust_digits"] == [digit for digit, hit in zip([880, 675], broken.tolist()) if not hit]
+        assert row["missed"] == 0 and row["extra"] == 2 - len(row["robust_digits"])  # AutoAttack broke none
     for bad in ("675,10000", "675,675", "-1"):
         refused = run_script("scripts/compare_autoattack.py", "--data-dir", mnist_root, "--digits", bad, env=env)
         assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr

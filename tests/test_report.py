@@ -458,6 +458,7 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/steps/ibp-wide.json", share, "steps-ibp-wide-epyc"),
             ("epyc/attacks/l1.json", attack_seconds, "attack-l1-epyc"),
             ("epyc/attacks/l1_seed2.json", attack_robust, "attack-l1-seeds-epyc"),
+            ("epyc/attacks/linf_apgd_seeds.json", attack_robust, "attack-linf-apgd-seeds-epyc"),
             ("epyc/attacks/l2_needles_seed3.json", needle, "attack-l2-needles-epyc"),
             ("epyc/probes/relaxation_rows.json", relaxed, "relaxation-rows-epyc"),
             ("epyc/probes/scip.json", nodes, "scip-epyc"),
