@@ -224,7 +224,9 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     hard = []
     for rival, threshold in thresholds.items():
         Gap.of(network, model64, label, rival).minimise(relaxation)
-        relaxation.setOptionValue("time_limit", max(time_limit - elapsed(), 1e-3))
+        # HiGHS holds an LP's time limit against the instance's run time summed over its runs (a MIP search's, against
+        # the search's own): the limit of a later rival's LP starts from what the earlier ones ran
+        relaxation.setOptionValue("time_limit", relaxation.getRunTime() + max(time_limit - elapsed(), 1e-3))
         relaxation.run()
         if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal and relaxation.getObjectiveValue() > threshold:
             continue

@@ -392,6 +392,66 @@ def test_the_time_limit_ends_the_rivals_loop(monkeypatch):
     assert [(v.status, v.decided_by) for v in verdicts] == [("timeout", "milp")] * 4
 
 
+def test_highs_holds_an_lps_time_limit_against_its_run_time_summed_over_runs():
+    """What the verifier's LP time limits rely on (highspy 1.15.1): an LP solved again in the same instance stops
+    at once when its limit is below the instance's run time so far, and solves when the limit starts from it."""
+    generator = np.random.default_rng(0)
+    solver = highspy.Highs()
+    solver.setOptionValue("output_flag", False)
+    columns = np.arange(40, dtype=np.int32)
+    solver.addVars(40, np.zeros(40), np.ones(40))
+    for _ in range(20):
+        row = generator.random(40)
+        solver.addRow(-highspy.kHighsInf, row.sum() / 3, 40, columns, row)
+    statuses = []
+    for limit in (lambda: 60.0, lambda: solver.getRunTime() / 2, lambda: solver.getRunTime() + 60.0):
+        solver.changeColsCost(40, columns, -generator.random(40))
+        solver.setOptionValue("time_limit", limit())
+        solver.run()
+        statuses.append(solver.getModelStatus())
+    assert statuses == [highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kTimeLimit,
+                        highspy.HighsModelStatus.kOptimal]
+
+
+class RanBefore:
+    """A HiGHS instance that reports 1,000 s more run time than it has had, as if earlier runs had taken them;
+    since HiGHS holds an LP's time limit against that sum (the test above), a limit is 1,000 s shorter for it."""
+
+    EARLIER = 1000.0
+
+    def __init__(self, solver) -> None:
+        self.solver = solver
+
+    def __getattr__(self, name: str):
+        return getattr(self.solver, name)
+
+    def getRunTime(self) -> float:  # noqa: N802  (HiGHS's name)
+        return self.solver.getRunTime() + self.EARLIER
+
+    def setOptionValue(self, option: str, value):  # noqa: N802
+        if option == "time_limit":
+            value = max(value - self.EARLIER, 0.0)
+        return self.solver.setOptionValue(option, value)
+
+
+def test_each_relaxation_gets_the_time_left_whatever_its_instance_ran_before(monkeypatch):
+    """The relaxations of an example's rivals share one HiGHS instance: each LP's limit starts from the
+    instance's run time, so earlier runs never cut a later rival's time (before, an instance that had run long
+    stopped every LP at once and the example was a timeout of the LP stage)."""
+    model, split, ball = hard_case()
+    expected = [(v.status, v.decided_by) for v in milp.verify_split(model, split, ball, "exact", progress=False)]
+    assert all(status != "timeout" for status, _ in expected)
+    real = milp.Program.highs
+
+    def highs(self, relax: bool):
+        solver = real(self, relax)
+        return RanBefore(solver) if relax else solver
+
+    monkeypatch.setattr(milp.Program, "highs", highs)
+    verdicts = milp.verify_split(model, split, ball, "exact", progress=False)
+    assert [(v.status, v.decided_by) for v in verdicts] == expected
+
+
 def test_a_pool_of_workers_gives_the_verdicts_and_counterexamples_of_one():
     """Two spawned worker processes: the same verdicts, in the same order, with the same counterexamples (the
     same float32 inputs) and the indices given; each verdict pickles."""
