@@ -20,9 +20,13 @@ in [0, 1]), minimising the gap to the rival that IBP leaves weakest (the first o
   that minimise and maximise v_i x_i; d = 1 where p is the larger). At the relaxation's minimum the most violated
   of each one's cuts is found pixel by pixel (i in I where v_i (x_i - L_i'(1 - d)) < v_i U_i' d), added, and the
   relaxation solved again, CUT_ROUNDS times or until none is violated: the cuts added and the new minimum;
-- probing: every binary (or `--probe N` drawn at random, seed 0), and each of its two values: whether the
-  relaxation with the cut-off row (gap <= threshold) stays feasible with the binary fixed there. A binary that
-  cannot take one of its values could be fixed to the other before branching (what MIP solvers call probing).
+- probing: every binary (or `--probe N` drawn at random, seed 0) fixed in turn to the value that the relaxation's
+  minimum does not take (both values where it is fractional), in the relaxation with the cut-off row (gap <=
+  threshold). A value that leaves it infeasible holds at no input whose gap is within the threshold, so the binary
+  is fixed to its other value at once (what MIP solvers call probing, here with the LP); rounds repeat until one
+  fixes none: the binaries fixed in the first round and in all, the rounds, the LPs and their seconds;
+- HiGHS on the program with its cut-off row, `--mip-seconds` (60, as the run) with and without the binaries that
+  probing fixed: the status and the lower bound of the gap proved.
 
 Digits run two at a time in spawned processes, one thread each (the machine's two cores).
 """
@@ -118,9 +122,17 @@ def violated_ordering(solution: np.ndarray, groups: list) -> list[tuple[Wire, Wi
             if value(solution, low) > value(solution, high) + TOLERANCE]
 
 
-def minimum(solver: highspy.Highs) -> tuple[float, np.ndarray]:
-    """The relaxation's optimum and its solution; anything but optimal (a time limit included) stops the probe."""
+def run_lp(solver: highspy.Highs, seconds: float) -> None:
+    """One more run of the LP in `solver`, within `seconds`: HiGHS holds an LP's time limit against the instance's
+    run time summed over all its runs, so the limit starts from what it has run already."""
+    solver.setOptionValue("time_limit", solver.getRunTime() + seconds)
     solver.run()
+
+
+def minimum(solver: highspy.Highs, seconds: float) -> tuple[float, np.ndarray]:
+    """The relaxation's optimum within `seconds` and its solution; anything but optimal (a time limit included)
+    stops the probe."""
+    run_lp(solver, seconds)
     if solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         raise RuntimeError(f"the relaxation ended {solver.getModelStatus()}")
     return solver.getObjectiveValue(), np.array(solver.getSolution().col_value)
@@ -129,12 +141,11 @@ def minimum(solver: highspy.Highs) -> tuple[float, np.ndarray]:
 def relaxation(network: milp.Network, gap: milp.Gap, seconds: float) -> tuple[highspy.Highs, float, np.ndarray]:
     """The program relaxed, minimising the gap (each LP within `seconds`): the solver, the minimum, its solution."""
     solver = network.program.highs(relax=True)
-    solver.setOptionValue("time_limit", seconds)
     gap.minimise(solver)
-    return (solver, *minimum(solver))
+    return (solver, *minimum(solver, seconds))
 
 
-def ordering_rows(solver: highspy.Highs, groups: list, solution: np.ndarray) -> dict:
+def ordering_rows(solver: highspy.Highs, groups: list, solution: np.ndarray, seconds: float) -> dict:
     """The ordering rows that `solution` violates, then added round by round (ROUNDS at most) until none is."""
     first = len(violated_ordering(solution, groups))
     added = rounds = 0
@@ -143,7 +154,7 @@ def ordering_rows(solver: highspy.Highs, groups: list, solution: np.ndarray) -> 
         for low, high in pairs:
             solver.addRow(-math.inf, 0.0, 2, np.array([low.column, high.column], dtype=np.int32), np.array([1.0, -1.0]))
         added, rounds = added + len(pairs), rounds + 1
-        relaxed, solution = minimum(solver)
+        relaxed, solution = minimum(solver, seconds)
     return {"violated": first, "added": added, "rounds": rounds, "relaxation": relaxed,
             "violated_after": len(violated_ordering(solution, groups))}
 
@@ -160,9 +171,9 @@ def affine(program: Program, column: int, pixels: np.ndarray) -> tuple[np.ndarra
 
 
 def ideal_cuts(solver: highspy.Highs, network: milp.Network, exchanges: list[CompareExchange], first_layer: set[int],
-               solution: np.ndarray) -> dict:
-    """The ideal cuts of the module's docstring, CUT_ROUNDS rounds at most: the compare-exchanges they apply to,
-    the cuts added, the rounds and the relaxation's minimum after them."""
+               solution: np.ndarray, seconds: float) -> dict:
+    """The ideal cuts of the module's docstring, CUT_ROUNDS rounds at most (each LP within `seconds`): the
+    compare-exchanges they apply to, the cuts added, the rounds and the relaxation's minimum after them."""
     program = network.program
     pixels = np.array([w.column for w in network.inputs], dtype=np.int32)
     lower, upper = np.array(program.lower)[pixels], np.array(program.upper)[pixels]
@@ -191,39 +202,86 @@ def ideal_cuts(solver: highspy.Highs, network: milp.Network, exchanges: list[Com
         if not added:
             break
         cuts, rounds = cuts + added, rounds + 1
-        relaxed, solution = minimum(solver)
+        relaxed, solution = minimum(solver, seconds)
     return {"compare_exchanges": len(pieces), "cuts": cuts, "rounds": rounds, "relaxation": relaxed}
 
 
-def probing(program: Program, gap: milp.Gap, threshold: float, count: int | None, seconds: float) -> dict:
-    """Every binary (`count` of them drawn at random, seed 0, when given), each fixed to 0 and then to 1 in the
-    relaxation with the cut-off row: how many could be fixed (one value infeasible), and the seconds of the LPs."""
+def probing(program: Program, gap: milp.Gap, threshold: float, count: int | None, seconds: float
+            ) -> tuple[dict[int, float], dict]:
+    """Probing to a fixpoint, in the relaxation with the cut-off row (gap <= threshold): every binary (`count` of
+    them drawn at random, seed 0, when given) fixed in turn to each value that the relaxation's minimum does not
+    take (both where it is fractional; the minimum itself shows the value it takes to be feasible). A value that
+    leaves the relaxation infeasible holds at no input whose gap is within the threshold, so the binary is fixed
+    to the other value at once; rounds repeat until one fixes none. The binaries fixed (column: value), and the
+    rounds, the LPs and their seconds; `settled` where the relaxation, or both values of one binary, turned out
+    infeasible: then no input's gap comes within the threshold, and the digit is robust."""
     solver = program.highs(relax=True)
-    solver.setOptionValue("time_limit", seconds)
     gap.minimise(solver)
     solver.addRow(-math.inf, threshold - gap.offset, len(gap.columns), gap.columns, gap.coefficients)
     binaries = [column for column, integer in enumerate(program.integer) if integer]
-    drawn = np.array(binaries) if count is None else np.random.default_rng(0).choice(
-        binaries, size=min(count, len(binaries)), replace=False)
-    fixable, start = 0, time.perf_counter()
-    for column in drawn.tolist():
-        feasible = []
-        for fixed in (0.0, 1.0):
-            solver.changeColBounds(column, fixed, fixed)
-            solver.run()
-            status = solver.getModelStatus()
-            if status not in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kOptimal):
-                raise RuntimeError(f"a probing LP ended {status}")
-            feasible.append(status == highspy.HighsModelStatus.kOptimal)
-        solver.changeColBounds(column, 0.0, 1.0)
-        fixable += not all(feasible)
-    return {"binaries": len(binaries), "drawn": len(drawn), "fixable": fixable,
-            "seconds_a_binary": round((time.perf_counter() - start) / max(len(drawn), 1), 2)}
+    drawn = binaries if count is None else np.random.default_rng(0).choice(
+        binaries, size=min(count, len(binaries)), replace=False).tolist()
+
+    def feasible() -> bool:
+        run_lp(solver, seconds)
+        status = solver.getModelStatus()
+        if status not in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kOptimal):
+            raise RuntimeError(f"a probing LP ended {status}")
+        return status == highspy.HighsModelStatus.kOptimal
+
+    fixed: dict[int, float] = {}
+    rounds, lps, start, first_round, feasible_at_all = 0, 0, time.perf_counter(), None, True
+
+    def summary(settled: bool) -> dict:
+        return {"binaries": len(binaries), "drawn": len(drawn), "first_round": first_round or 0, "fixed": len(fixed),
+                "settled": settled, "rounds": rounds, "lps": lps, "seconds": round(time.perf_counter() - start, 1)}
+
+    while True:
+        rounds, lps = rounds + 1, lps + 1
+        if not feasible():
+            feasible_at_all = False  # the relaxation with the cut-off and the fixings is empty: robust
+            break
+        minimum = solver.getSolution().col_value
+        before = len(fixed)
+        for column in (column for column in drawn if column not in fixed):
+            taken = minimum[column]
+            tried = [1.0] if taken < 1e-6 else [0.0] if taken > 1 - 1e-6 else [0.0, 1.0]
+            refused = []
+            for fixed_at in tried:
+                solver.changeColBounds(column, fixed_at, fixed_at)
+                lps += 1
+                if not feasible():
+                    refused.append(fixed_at)
+            if len(refused) == 2:  # no input has its gap within the threshold: the digit is robust
+                return fixed, summary(settled=True)
+            if refused:
+                fixed[column] = 1.0 - refused[0]
+                solver.changeColBounds(column, fixed[column], fixed[column])
+            else:
+                solver.changeColBounds(column, 0.0, 1.0)
+        first_round = len(fixed) if first_round is None else first_round
+        if len(fixed) == before:
+            break
+    return fixed, summary(settled=not feasible_at_all)
+
+
+def search_with(network: milp.Network, gap: milp.Gap, threshold: float, fixed: dict[int, float], seconds: float
+                ) -> dict:
+    """HiGHS on the mixed-integer program with its cut-off row (`milp.Gap.search`), `seconds`, with the binaries
+    `fixed` at their values: the status, the seconds and the lower bound of the gap it proved."""
+    solver = network.program.highs(relax=False)
+    for column, fixed_at in fixed.items():
+        solver.changeColBounds(column, fixed_at, fixed_at)
+    start = time.perf_counter()
+    status, _, bound = gap.search(solver, threshold, seconds)
+    return {"status": str(status).split(".")[-1], "seconds": round(time.perf_counter() - start, 1),
+            "dual_bound": bound}
 
 
 @torch.no_grad()
 @rounding.exact_arithmetic()
-def probe(index: int, data_dir: str, seconds: float, probe_count: int | None = None) -> dict:
+def probe(index: int, data_dir: str, seconds: float, probe_count: int | None = None, mip_seconds: float = 0.0
+          ) -> dict:
     """Everything the module's docstring lists, for test digit `index`."""
     model64, x64, label, gaps, thresholds = digit(index, data_dir)
     network, groups, exchanges = encode_with_groups(model64, x64, BALL, gaps.boxes)
@@ -233,12 +291,16 @@ def probe(index: int, data_dir: str, seconds: float, probe_count: int | None = N
     checked, violated = violated_top_k(solution, groups)
     first_layer = {w.column for ins, _ in groups for w in ins}
     cut_solver, _, cut_solution = relaxation(network, gap, seconds)
+    fixed, probed = probing(network.program, gap, thresholds[rival], probe_count, seconds)
     record = {"index": index, "label": label, "rival": rival, "threshold": thresholds[rival], "relaxation": relaxed,
               "binaries": network.program.binaries, "columns": len(network.program.lower),
               "top_k_rows": {"checked": checked, "violated": violated},
-              "ordering_rows": ordering_rows(solver, groups, solution),
-              "ideal_cuts": ideal_cuts(cut_solver, network, exchanges, first_layer, cut_solution),
-              "probing": probing(network.program, gap, thresholds[rival], probe_count, seconds)}
+              "ordering_rows": ordering_rows(solver, groups, solution, seconds),
+              "ideal_cuts": ideal_cuts(cut_solver, network, exchanges, first_layer, cut_solution, seconds),
+              "probing": probed}
+    if mip_seconds:
+        record["highs"] = {"plain": search_with(network, gap, thresholds[rival], {}, mip_seconds),
+                           "probed": search_with(network, gap, thresholds[rival], fixed, mip_seconds)}
     return record
 
 
@@ -246,10 +308,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probe", type=cli.positive_int, default=None, metavar="N",
                         help="probe N binaries drawn at random (default: every binary)")
+    parser.add_argument("--mip-seconds", type=float, default=60.0, metavar="S",
+                        help="HiGHS on the program with and without the binaries probing fixed, S seconds each, as "
+                             "the run gave each digit (default: %(default)s; 0: not run)")
     args = arguments(__doc__, 3, 120.0, "time limit of each LP, seconds (one over it stops the probe)",
                      REPO / "results" / "probes" / "relaxation_rows.json", parser)
-    on_timeouts(partial(probe, probe_count=args.probe), args, "scripts/probe_relaxation.py",
-                lp_seconds=args.seconds, tolerance=TOLERANCE)
+    on_timeouts(partial(probe, probe_count=args.probe, mip_seconds=args.mip_seconds), args,
+                "scripts/probe_relaxation.py", lp_seconds=args.seconds, mip_seconds=args.mip_seconds, tolerance=TOLERANCE)
 
 
 if __name__ == "__main__":

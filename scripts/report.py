@@ -351,19 +351,39 @@ def hard_digits_table(results: Path) -> str:
 def relaxation_rows_table(results: Path) -> str:
     """`scripts/probe_relaxation.py` (results/epyc/probes/relaxation_rows.json): per timeout, on its weakest
     open rival, the relaxation's minimum of the gap against its threshold, the top-k rows it violates, the ordering
-    rows it violates and the minimum once they are added, the ideal cuts and the minimum after them, and the
-    binaries that probing could fix."""
+    rows it violates and the minimum once they are added, and the ideal cuts and the minimum after them."""
     run = json.loads((results / "epyc" / "probes" / "relaxation_rows.json").read_text())
     rows = ["| digit (label) | rival | relaxation's minimum of the gap (threshold) | top-k rows violated | ordering "
             "rows violated; added (rounds), minimum then | ideal cuts: compare-exchanges, cuts (rounds), minimum then "
-            "| binaries probing could fix (seconds a binary) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            "|", "| --- | --- | --- | --- | --- | --- |"]
     for digit in run["digits"]:
-        top_k, ordering, cuts, probing = (digit[key] for key in ("top_k_rows", "ordering_rows", "ideal_cuts", "probing"))
+        top_k, ordering, cuts = (digit[key] for key in ("top_k_rows", "ordering_rows", "ideal_cuts"))
         rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} | {digit['relaxation']:+.4f} "
                     f"({digit['threshold']:.4f}) | {top_k['violated']} of {top_k['checked']:,} | {ordering['violated']}; "
                     f"{ordering['added']} ({ordering['rounds']}), {ordering['relaxation']:+.4f} | "
-                    f"{cuts['compare_exchanges']}, {cuts['cuts']} ({cuts['rounds']}), {cuts['relaxation']:+.4f} | "
-                    f"{probing['fixable']} of {probing['drawn']:,} ({probing['seconds_a_binary']:.2f}) |")
+                    f"{cuts['compare_exchanges']}, {cuts['cuts']} ({cuts['rounds']}), {cuts['relaxation']:+.4f} |")
+    return "\n".join(rows) + "\n"
+
+
+def probing_table(results: Path) -> str:
+    """`scripts/probe_relaxation.py`'s probing (results/epyc/probes/relaxation_rows.json): per timeout, the binaries
+    probed, those fixed in the first round and in all (rounds, LPs, seconds), and HiGHS's status and proved lower
+    bound of the gap without and with those fixings, against the threshold."""
+    run = json.loads((results / "epyc" / "probes" / "relaxation_rows.json").read_text())
+
+    def highs(search: dict) -> str:
+        bound = "none" if search["dual_bound"] is None else f"{search['dual_bound']:+.4f}"
+        return f"{search['status'].removeprefix('k')}, {bound}"
+
+    rows = ["| digit | threshold | binaries probed | fixed: first round, in all (rounds, LPs, seconds) | "
+            f"HiGHS, {run['mip_seconds']:.0f} s: status, lower bound of the gap | the same with the fixings |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        probing = digit["probing"]
+        settled = ", settled" if probing["settled"] else ""
+        rows.append(f"| {digit['index']} | {digit['threshold']:.4f} | {probing['drawn']:,} | {probing['first_round']}, "
+                    f"{probing['fixed']} ({probing['rounds']}, {probing['lps']:,}, {probing['seconds']:.0f}{settled}) | "
+                    f"{highs(digit['highs']['plain'])} | {highs(digit['highs']['probed'])} |")
     return "\n".join(rows) + "\n"
 
 
@@ -1120,6 +1140,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-here": verification_here_table("verification/xeon"),
     "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
     "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "relaxation-rows-epyc": relaxation_rows_table,
+    "probing-epyc": probing_table,
     "scip-epyc": scip_table, "verification-presolve": presolve_table,
     "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import highspy
 import numpy as np
 import torch
 
@@ -55,7 +56,7 @@ def test_each_ideal_cut_holds_at_every_point_of_the_network():
         solver, _, solution = probe.relaxation(network, gap, 60.0)
         recorder = Recorder(solver)
         first_layer = {w.column for ins, _ in groups for w in ins}
-        cuts = probe.ideal_cuts(recorder, network, exchanges, first_layer, solution)
+        cuts = probe.ideal_cuts(recorder, network, exchanges, first_layer, solution, 60.0)
         added += cuts["cuts"]
         lower, upper = (end[0].numpy() for end in ball.box(x))
         pixels = np.array([w.column for w in network.inputs])
@@ -75,3 +76,41 @@ def test_each_ideal_cut_holds_at_every_point_of_the_network():
                            exchange.d: float(first >= second)}
                 assert sum(v * values[int(c)] for c, v in zip(index, value)) <= bound + 1e-9 * (1 + abs(bound))
     assert added > 0  # the cuts were there to check
+
+
+@torch.no_grad()
+def test_each_binary_that_probing_fixes_takes_that_value_wherever_the_gap_is_within_the_threshold():
+    """On small GroupSort nets of two hidden layers over a wide L-inf ball, with a threshold that one in twenty of
+    the sampled points' gaps pass: the program, with the binaries that probing fixed at their values and its inputs fixed at any sampled
+    point whose gap is within the threshold, stays feasible (the network's own values at that point satisfy it)."""
+    fixed_in_all = checked = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        config = MLPConfig(in_features=6, hidden=(12, 8), out_features=3, activation="groupsort", group_size=4,
+                           mean=0.2, std=0.5)
+        model = LipschitzMLP(config).double().eval()
+        x = torch.rand(1, 6, dtype=torch.float64)
+        ball = Ball("linf", 0.3, PIXEL_RANGE)
+        gaps = allowance.certified_gap_bounds(model, x, ball, apart=True)
+        network = milp.encode(model, x, ball, gaps.boxes)
+        gap = milp.Gap.of(network, model, 0, 1)
+        lower, upper = (end[0].numpy() for end in ball.box(x))
+        generator = np.random.default_rng(seed)
+        points = np.concatenate([np.where(generator.random((200, 6)) < 0.5, lower, upper),
+                                 lower + generator.random((200, 6)) * (upper - lower)])
+        logits = model(torch.from_numpy(points)).numpy()
+        true_gaps = logits[:, 0] - logits[:, 1]
+        threshold = float(np.quantile(true_gaps, 0.05))
+        fixed, summary = probe.probing(network.program, gap, threshold, None, 60.0)
+        assert not summary["settled"] and summary["fixed"] == len(fixed)
+        fixed_in_all += len(fixed)
+        solver = network.program.highs(relax=False)
+        for column, value in fixed.items():
+            solver.changeColBounds(column, value, value)
+        for point in points[true_gaps <= threshold]:
+            for wire, value in zip(network.inputs, point):
+                solver.changeColBounds(wire.column, value, value)
+            solver.run()
+            assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
+            checked += 1
+    assert fixed_in_all > 0 and checked > 0  # fixings were there to check, at points within the threshold

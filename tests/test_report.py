@@ -436,6 +436,9 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     def relaxed(entries):
         entries["digits"][0]["ideal_cuts"]["relaxation"] += 0.01
 
+    def probed(entries):
+        entries["digits"][0]["probing"]["fixed"] += 1
+
     def nodes(entries):
         entries["digits"][0]["nodes"] += 1
 
@@ -461,6 +464,7 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/attacks/linf_apgd_seeds.json", attack_robust, "attack-linf-apgd-seeds-epyc"),
             ("epyc/attacks/l2_needles_seed3.json", needle, "attack-l2-needles-epyc"),
             ("epyc/probes/relaxation_rows.json", relaxed, "relaxation-rows-epyc"),
+            ("epyc/probes/relaxation_rows.json", probed, "probing-epyc"),
             ("epyc/probes/scip.json", nodes, "scip-epyc"),
             ("epyc/wasserstein_probes/sphere-mm128x12.json", critic, "wasserstein-probes-epyc"),
     ]:
