@@ -26,6 +26,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -143,8 +144,9 @@ def training_metrics(path: Path, original: bool) -> dict[str, object]:
 
 def verify(model: LipschitzMLP, test: Split, ball: Ball, method: str, time_limit: float, workers: int
            ) -> tuple[dict[str, object], torch.Tensor]:
-    """Verification of every digit (`milp.verify_split` with `method`): the record's counts and time, and the
-    mask of digits verified robust."""
+    """Verification of every digit (`milp.verify_split` with `method`): the record's counts, the stage that
+    decided each settled digit and the stage each timeout stopped in, the time, and the mask of digits verified
+    robust."""
     start = time.perf_counter()
     verdicts = milp.verify_split(model, test, ball, method, time_limit=time_limit, workers=workers, progress=False)
     robust = torch.tensor([v.status == "robust" for v in verdicts])
@@ -153,6 +155,7 @@ def verify(model: LipschitzMLP, test: Split, ball: Ball, method: str, time_limit
                for stage in sorted({v.decided_by for v in verdicts})}
     return {"method": method, "time_limit": time_limit, "workers": workers, "robust": percent(robust),
             "verdicts": counts, "decided_by": {k: n for k, n in decided.items() if n},
+            "timed_out_in": dict(sorted(Counter(v.decided_by for v in verdicts if v.status == "timeout").items())),
             "seconds": round(time.perf_counter() - start, 1)}, robust
 
 

@@ -12,7 +12,12 @@ import shutil
 import subprocess
 import sys
 
+import torch
+
+import milp
 from conftest import REPO
+from lipschitz import Ball
+from mnist_data import PIXEL_RANGE, Split
 
 spec = importlib.util.spec_from_file_location("report", REPO / "scripts" / "report.py")
 report = importlib.util.module_from_spec(spec)
@@ -518,3 +523,20 @@ def test_measure_recipes_passes_a_one_flag_variant_as_the_value_of_variant(tmp_p
     parser.add_argument("checkpoint")
     parser.add_argument("--variant")
     assert parser.parse_known_args(measure[1:])[0].variant == "--batch-norm"
+
+
+def test_a_recipes_verification_record_says_which_stage_each_timeout_stopped_in(monkeypatch):
+    """scripts/measure_recipe.py's verification record: the stage that decided each settled digit, and apart
+    from them the stage each timeout stopped in (a relaxation's LP or the mixed-integer search)."""
+    spec = importlib.util.spec_from_file_location("measure_recipe", REPO / "scripts" / "measure_recipe.py")
+    measure_recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_recipe)
+    verdicts = [milp.Verdict("robust", "ibp", 0.1), milp.Verdict("timeout", "milp", 60.0),
+                milp.Verdict("counterexample", "apgd", 0.2), milp.Verdict("timeout", "lp", 41.0),
+                milp.Verdict("robust", "milp", 3.0), milp.Verdict("timeout", "milp", 60.1)]
+    monkeypatch.setattr(milp, "verify_split", lambda *args, **kwargs: verdicts)
+    split = Split(torch.zeros(6, 4), torch.zeros(6, dtype=torch.long))
+    record, robust = measure_recipe.verify(None, split, Ball("linf", 0.1, PIXEL_RANGE), "best", 60.0, 2)
+    assert record["verdicts"]["timeout"] == 3 and record["decided_by"] == {"apgd": 1, "ibp": 1, "milp": 1}
+    assert record["timed_out_in"] == {"lp": 1, "milp": 2}
+    assert robust.tolist() == [True, False, False, False, True, False]
