@@ -514,6 +514,8 @@ def verification_row(run: dict, net: str) -> str:
     certified, verification = run["certified"], run["verification"]
     verdicts = verification["verdicts"]
     stages = ", ".join(f"{stage} {count:,}" for stage, count in verification["decided_by"].items())
+    if verification.get("timed_out_in"):  # recorded since 9af88f6
+        stages += "; timeouts: " + ", ".join(f"{stage} {count:,}" for stage, count in verification["timed_out_in"].items())
     counts = " / ".join(f"{verdicts[status]:,}" for status in ("robust", "counterexample", "timeout", "undecided"))
     return (f"| {net}, {run['radius']:g}, {run['digits']:,}, `{verification['method']}` | {run['clean']:.2f} | "
             f"{method_cells(certified)} | **{counts}** ({verification['robust']:.2f} robust) | {stages} | "
@@ -522,8 +524,8 @@ def verification_row(run: dict, net: str) -> str:
 
 
 def epyc_recipe_table(results: Path) -> str:
-    """`ibp-wide` trained and verified again on the AMD EPYC VM with the code of c108d9b (results/epyc/ibp-wide.json),
-    as a row of `verification_here_table`."""
+    """`ibp-wide` trained and verified again on the AMD EPYC VM (results/epyc/ibp-wide.json), as a row of
+    `verification_here_table`."""
     run = json.loads((results / "epyc" / "ibp-wide.json").read_text())
     return "\n".join([*VERIFICATION_HEADER, verification_row(run, f"`{run['recipe']}` (AMD EPYC)")]) + "\n"
 

@@ -444,6 +444,9 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     def probed(entries):
         entries["digits"][0]["probing"]["fixed"] += 1
 
+    def stopped(entries):
+        entries["verification"]["timed_out_in"]["lp"] += 1
+
     def nodes(entries):
         entries["digits"][0]["nodes"] += 1
 
@@ -470,6 +473,7 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/attacks/l2_needles_seed3.json", needle, "attack-l2-needles-epyc"),
             ("epyc/probes/relaxation_rows.json", relaxed, "relaxation-rows-epyc"),
             ("epyc/probes/relaxation_rows.json", probed, "probing-epyc"),
+            ("epyc/ibp-wide.json", stopped, "verification-epyc"),
             ("epyc/probes/scip.json", nodes, "scip-epyc"),
             ("epyc/wasserstein_probes/sphere-mm128x12.json", critic, "wasserstein-probes-epyc"),
     ]:
