@@ -81,7 +81,7 @@ from lipschitz import Ball
 from mnist_data import Split
 from models import LipschitzMLP, in_float64
 from operators import Box, fold_normalisation, require
-from program import Program, Wire, Wires
+from program import Program, Wire, Wires, limit_lp_time
 
 VERDICTS = ("robust", "counterexample", "timeout", "undecided")
 HARD_STEPS, HARD_RESTARTS = 100, 200  # best's second attack, on the few examples the cheap methods leave
@@ -224,9 +224,7 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
     hard = []
     for rival, threshold in thresholds.items():
         Gap.of(network, model64, label, rival).minimise(relaxation)
-        # HiGHS holds an LP's time limit against the instance's run time summed over its runs (a MIP search's, against
-        # the search's own): the limit of a later rival's LP starts from what the earlier ones ran
-        relaxation.setOptionValue("time_limit", relaxation.getRunTime() + max(time_limit - elapsed(), 1e-3))
+        limit_lp_time(relaxation, max(time_limit - elapsed(), 1e-3))  # the earlier rivals' LPs ran in it too
         relaxation.run()
         if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal and relaxation.getObjectiveValue() > threshold:
             continue

@@ -190,3 +190,9 @@ class Program:
         solver.passModel(lp)
         return solver
 
+
+def limit_lp_time(solver: highspy.Highs, seconds: float) -> None:
+    """Let the next run of the LP in `solver` take `seconds`. HiGHS holds an LP's time limit against the instance's
+    run time summed over all its runs (a MIP search's, against the search's own), so the limit starts from what
+    the instance has run already."""
+    solver.setOptionValue("time_limit", solver.getRunTime() + seconds)

@@ -55,7 +55,7 @@ import milp  # noqa: E402
 import rounding  # noqa: E402
 from groupsort import GroupSort, compare_exchange  # noqa: E402
 from lipschitz import Ball  # noqa: E402
-from program import Program, Wire, Wires  # noqa: E402
+from program import Program, Wire, Wires, limit_lp_time  # noqa: E402
 
 TOLERANCE = 1e-7  # a row counts as violated beyond this, well above HiGHS's 1e-9 feasibility tolerance
 ROUNDS = 50
@@ -122,17 +122,11 @@ def violated_ordering(solution: np.ndarray, groups: list) -> list[tuple[Wire, Wi
             if value(solution, low) > value(solution, high) + TOLERANCE]
 
 
-def run_lp(solver: highspy.Highs, seconds: float) -> None:
-    """One more run of the LP in `solver`, within `seconds`: HiGHS holds an LP's time limit against the instance's
-    run time summed over all its runs, so the limit starts from what it has run already."""
-    solver.setOptionValue("time_limit", solver.getRunTime() + seconds)
-    solver.run()
-
-
 def minimum(solver: highspy.Highs, seconds: float) -> tuple[float, np.ndarray]:
     """The relaxation's optimum within `seconds` and its solution; anything but optimal (a time limit included)
     stops the probe."""
-    run_lp(solver, seconds)
+    limit_lp_time(solver, seconds)
+    solver.run()
     if solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         raise RuntimeError(f"the relaxation ended {solver.getModelStatus()}")
     return solver.getObjectiveValue(), np.array(solver.getSolution().col_value)
@@ -223,14 +217,15 @@ def probing(program: Program, gap: milp.Gap, threshold: float, count: int | None
         binaries, size=min(count, len(binaries)), replace=False).tolist()
 
     def feasible() -> bool:
-        run_lp(solver, seconds)
+        limit_lp_time(solver, seconds)
+        solver.run()
         status = solver.getModelStatus()
         if status not in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kOptimal):
             raise RuntimeError(f"a probing LP ended {status}")
         return status == highspy.HighsModelStatus.kOptimal
 
     fixed: dict[int, float] = {}
-    rounds, lps, start, first_round, feasible_at_all = 0, 0, time.perf_counter(), None, True
+    rounds, lps, start, first_round = 0, 0, time.perf_counter(), None
 
     def summary(settled: bool) -> dict:
         return {"binaries": len(binaries), "drawn": len(drawn), "first_round": first_round or 0, "fixed": len(fixed),
@@ -238,9 +233,8 @@ def probing(program: Program, gap: milp.Gap, threshold: float, count: int | None
 
     while True:
         rounds, lps = rounds + 1, lps + 1
-        if not feasible():
-            feasible_at_all = False  # the relaxation with the cut-off and the fixings is empty: robust
-            break
+        if not feasible():  # the relaxation with the cut-off and the fixings is empty: robust
+            return fixed, summary(settled=True)
         minimum = solver.getSolution().col_value
         before = len(fixed)
         for column in (column for column in drawn if column not in fixed):
@@ -262,7 +256,7 @@ def probing(program: Program, gap: milp.Gap, threshold: float, count: int | None
         first_round = len(fixed) if first_round is None else first_round
         if len(fixed) == before:
             break
-    return fixed, summary(settled=not feasible_at_all)
+    return fixed, summary(settled=False)
 
 
 def search_with(network: milp.Network, gap: milp.Gap, threshold: float, fixed: dict[int, float], seconds: float
