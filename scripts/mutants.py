@@ -252,6 +252,9 @@ MUTANTS = [
      "upper = min(wire.upper, 0.98 * program.bound(wire, zero))", "ReLU encoding: tightened upper end 2 % too low"),
     ("groupsort.py", "lower = max(wire.lower, -program.bound(zero, wire))",
      "lower = max(wire.lower, -0.98 * program.bound(zero, wire))", "ReLU encoding: tightened lower end 2 % too high"),
+    ("program.py", 'solver.setOptionValue("time_limit", solver.getRunTime() + seconds)',
+     'solver.setOptionValue("time_limit", seconds)',
+     "limit_lp_time: an LP's limit not started from the instance's run time (a later rival's relaxation cut short)"),
 ]
 
 
