@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 
 import highspy
 import numpy as np
+import scipy.sparse
+import torch
 
+import rounding
 from errors import ConfigError
 
 TOLERANCE = 1e-9  # HiGHS's feasibility and integrality tolerances
@@ -160,6 +163,53 @@ class Program:
         proved = info.mip_dual_bound if solver.getModelStatus() in PROVED and info.mip_node_count >= 0 else -math.inf
         return -proved + MARGIN if math.isfinite(proved) else math.inf
 
+    def dual_bound(self, cost: np.ndarray, offset: float, row_dual: np.ndarray) -> float:
+        """A lower bound of cost . x + offset over the relaxation (every column in its interval, every row within
+        its bounds, binaries in [0, 1]) that holds in exact arithmetic, from any multipliers y of the rows, such as
+        HiGHS's row duals however inexact: by weak duality, c . x = y . (A x) + (c - A^T y) . x, so
+
+            c . x >= sum_i y_i (L_i if y_i > 0 else U_i) + sum_j min(d_j l_j, d_j u_j),   d = c - A^T y,
+
+        at every such x, without any optimality or tolerance (Neumaier & Shcherbina, 2004, "Safe bounds in linear
+        and mixed-integer linear programming"). A multiplier whose row bound on its side is infinite is taken as 0
+        (the bound stays valid); a column interval infinite on the side its d_j needs gives -inf. Computed in
+        float64, then lowered by twice a bound on that computation's rounding: d_j is a sum of k_j + 1 products
+        (k_j the column's nonzeros), within e_j = gamma_{K} (|c_j| + |A_j|^T |y|) of the exact d_j (K the largest
+        k_j + 1), which moves the column's term by at most e_j |l_j| where d_j > e_j, e_j |u_j| where d_j < -e_j
+        (the exact d_j has the computed one's sign), e_j max(|l_j|, |u_j|) otherwise; the final sum of N = m + n + 1 rounded
+        products is within gamma_N of the sum of their magnitudes; each product may also underflow. The factor 2
+        covers the bound's own float64 evaluation, whose relative error is of order gamma_N, far below 1."""
+        rows, columns = len(self.row_lower), len(self.lower)
+        matrix = self.matrix()
+        y = np.asarray(row_dual, dtype=np.float64).copy()
+        side = np.where(y > 0, np.array(self.row_lower), np.where(y < 0, np.array(self.row_upper), 0.0))
+        y[~np.isfinite(side)], side[~np.isfinite(side)] = 0.0, 0.0
+        c = np.asarray(cost, dtype=np.float64)
+        d = c - matrix.T @ y
+        widest = int(np.diff(matrix.tocsc().indptr).max(initial=0)) + 1
+        moved = rounding.gamma(widest, torch.float64) * (np.abs(c) + abs(matrix).T @ np.abs(y))
+        lower, upper = np.array(self.lower), np.array(self.upper)
+        end = np.where(d > 0, lower, np.where(d < 0, upper, 0.0))
+        reach = np.where(d > moved, np.abs(lower), np.where(d < -moved, np.abs(upper),  # the exact d_j's sign known
+                                                           np.maximum(np.abs(lower), np.abs(upper))))
+        reach[moved == 0] = 0.0
+        if not (np.isfinite(end).all() and np.isfinite(reach).all()):
+            return -math.inf
+        row_terms, column_terms = y * side, d * end
+        total = offset + row_terms.sum() + column_terms.sum()
+        count = rows + columns + 1
+        error = (rounding.gamma(count, torch.float64) * (abs(offset) + np.abs(row_terms).sum() + np.abs(column_terms).sum())
+                 + (moved * reach).sum() + (matrix.nnz + count) * rounding.underflow(torch.float64))
+        return float(total - 2 * error - 2 * rounding.unit_roundoff(torch.float64) * abs(total))
+
+    def matrix(self) -> scipy.sparse.csr_matrix:
+        """The rows' coefficients A as a sparse (rows, columns) matrix."""
+        lengths = np.array([len(i) for i in self.row_index], dtype=np.int64)
+        start = np.concatenate([[0], np.cumsum(lengths)])
+        index = np.concatenate([np.zeros(0, np.int32), *self.row_index])
+        value = np.concatenate([np.zeros(0), *self.row_value])
+        return scipy.sparse.csr_matrix((value, index, start), shape=(len(self.row_lower), len(self.lower)))
+
     def highs(self, relax: bool, cost: np.ndarray | None = None) -> highspy.Highs:
         """The program in a silent single-threaded HiGHS instance (binaries relaxed to [0, 1] with `relax`),
         minimising `cost` on its columns (nothing when not given).
@@ -174,11 +224,11 @@ class Program:
         lp.col_cost_ = np.zeros(columns) if cost is None else np.asarray(cost, dtype=np.float64)
         lp.col_lower_, lp.col_upper_ = np.array(self.lower), np.array(self.upper)
         lp.row_lower_, lp.row_upper_ = np.array(self.row_lower), np.array(self.row_upper)
-        lengths = np.array([len(i) for i in self.row_index])
+        matrix = self.matrix()
         lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-        lp.a_matrix_.start_ = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        lp.a_matrix_.index_ = np.concatenate([np.zeros(0, np.int32), *self.row_index]).astype(np.int32)
-        lp.a_matrix_.value_ = np.concatenate([np.zeros(0), *self.row_value])
+        lp.a_matrix_.start_ = matrix.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = matrix.indices.astype(np.int32)
+        lp.a_matrix_.value_ = matrix.data
         if not relax and self.binaries:
             integer, continuous = highspy.HighsVarType.kInteger, highspy.HighsVarType.kContinuous
             lp.integrality_ = [integer if flag else continuous for flag in self.integer]

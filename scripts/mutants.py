@@ -255,6 +255,18 @@ MUTANTS = [
     ("program.py", 'solver.setOptionValue("time_limit", solver.getRunTime() + seconds)',
      'solver.setOptionValue("time_limit", seconds)',
      "limit_lp_time: an LP's limit not started from the instance's run time (a later rival's relaxation cut short)"),
+    # The relaxation's bound from its row duals (program.py's dual_bound, its use by milp.verify).
+    ("program.py", "return float(total - 2 * error - 2 * rounding.unit_roundoff(torch.float64) * abs(total))",
+     "return float(total)", "Program.dual_bound: without its rounding allowance"),
+    ("program.py", "side = np.where(y > 0, np.array(self.row_lower), np.where(y < 0, np.array(self.row_upper), 0.0))",
+     "side = np.where(y > 0, np.array(self.row_upper), np.where(y < 0, np.array(self.row_lower), 0.0))",
+     "Program.dual_bound: each multiplier's row bound taken on the wrong side"),
+    ("program.py", "reach = np.where(d > moved, np.abs(lower), np.where(d < -moved, np.abs(upper),",
+     "reach = np.where(d > moved, np.abs(upper), np.where(d < -moved, np.abs(lower),",
+     "Program.dual_bound: a reduced cost's rounding error weighed by the column's other end"),
+    ("milp.py", "if gap.proved(network.program, relaxation) > threshold:",
+     "if gap.proved(network.program, relaxation) > threshold - 0.05:",
+     "verify: the relaxation's bound 0.05 too high"),
 ]
 
 

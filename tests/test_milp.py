@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 import time
 from unittest import mock
 
@@ -191,6 +192,107 @@ def test_the_gap_is_the_networks_gap_and_its_search_stops_at_the_threshold(model
     assert bound is None or bound <= expected + tolerance
     status, _, _ = gap.search(solver, expected - 1e-3, 10.0)
     assert status == highspy.HighsModelStatus.kInfeasible and solver.getNumRow() == rows
+
+
+@given(random_nets(convs=True), st.floats(0.01, 0.5), seeds)
+@settings(max_examples=40, deadline=None)
+def test_the_dual_bound_is_below_the_gap_at_every_point_and_tight_with_highs_duals(model, eps, seed):
+    """`Program.dual_bound` is weak duality: from any multipliers of the rows it is at most the gap at the
+    program's own points (its inputs fixed to random points of the ball, binaries and all, as the network
+    computes them), and at most the relaxation's minimum; from HiGHS's row duals it is that minimum, to 1e-6
+    (which checks the sign convention it reads them in)."""
+    g = torch.Generator().manual_seed(seed)
+    network, solver, point, columns = fixed_input_program(model, eps, g)
+    label, rival = torch.randperm(model.config.out_features, generator=g)[:2].tolist()
+    gap, program = milp.Gap.of(network, model, label, rival), network.program
+    rows = len(program.row_lower)
+    guesses = [np.zeros(rows), *(torch.randn(rows, generator=g, dtype=torch.float64).numpy() * scale
+                                 for scale in (1e-3, 1.0, 1e3))]
+    gap.minimise(solver)
+    for _ in range(3):  # the program's own points: inputs fixed, every other column as the network computes it
+        solver.run()
+        assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
+        value = solver.getObjectiveValue()
+        for y in guesses:
+            assert program.dual_bound(gap.cost(len(program.lower)), gap.offset, y) <= value + 1e-9 * (1 + abs(value))
+        lower, upper = network.program.lower, network.program.upper
+        point = torch.tensor([[lower[c] + (upper[c] - lower[c]) * float(torch.rand(1, generator=g)) for c in columns]],
+                             dtype=torch.float64)
+        solver.changeColsBounds(len(columns), columns, point[0].numpy(), point[0].numpy())
+    relaxation = program.highs(relax=True)
+    gap.minimise(relaxation)
+    relaxation.run()
+    assert relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    minimum = relaxation.getObjectiveValue()
+    tolerance = 1e-6 * (1 + abs(minimum))
+    for y in guesses:
+        assert program.dual_bound(gap.cost(len(program.lower)), gap.offset, y) <= minimum + tolerance
+    assert gap.proved(program, relaxation) == pytest.approx(minimum, abs=tolerance)
+
+
+def exact_dual_bound(program: Program, cost: np.ndarray, offset: float, y: np.ndarray) -> Fraction:
+    """`Program.dual_bound`'s formula in rational arithmetic: the value that its float64 evaluation must not pass."""
+    y = [Fraction(v) if math.isfinite((program.row_lower[i] if v > 0 else program.row_upper[i]) if v else 0.0)
+         else Fraction(0) for i, v in enumerate(y.tolist())]
+    total = Fraction(offset)
+    d = [Fraction(c) for c in cost.tolist()]
+    for i, (index, value) in enumerate(zip(program.row_index, program.row_value)):
+        if y[i]:
+            total += y[i] * Fraction(program.row_lower[i] if y[i] > 0 else program.row_upper[i])
+            for column, a in zip(index.tolist(), value.tolist()):
+                d[column] -= Fraction(a) * y[i]
+    return total + sum(min(dj * Fraction(lo), dj * Fraction(hi)) for dj, lo, hi in zip(d, program.lower, program.upper))
+
+
+@given(seeds)
+@settings(max_examples=60, deadline=None)
+def test_the_dual_bound_holds_in_exact_arithmetic_where_float64_cancels(seed):
+    """The float64 value of `Program.dual_bound` is at most its formula's exact value, on programs whose terms
+    span 1e-6 to 1e16 and cancel (so that float64 rounds most of them), with rows infinite on one side (a
+    multiplier that would need that side counts as 0) and multipliers of either sign."""
+    generator = np.random.default_rng(seed)
+    program = Program()
+    magnitude = lambda size: generator.choice([-1.0, 1.0], size) * 10.0 ** generator.uniform(-6, 16, size)
+    columns = int(generator.integers(1, 8))
+    for lo, width in zip(magnitude(columns), np.abs(magnitude(columns))):
+        program.variable(float(lo), float(lo + width))
+    for _ in range(int(generator.integers(1, 8))):
+        used = np.sort(generator.choice(columns, int(generator.integers(1, columns + 1)), replace=False))
+        lo = float(magnitude(1)[0])
+        side = generator.integers(3)
+        program.row(used, magnitude(len(used)), -math.inf if side == 0 else lo,
+                    math.inf if side == 1 else lo + abs(float(magnitude(1)[0])))
+    cost, offset = magnitude(columns), float(magnitude(1)[0])
+    for _ in range(20):
+        y = magnitude(len(program.row_lower)) * (generator.random(len(program.row_lower)) < 0.8)
+        bound = program.dual_bound(cost, offset, y)
+        assert math.isfinite(bound)
+        assert Fraction(bound) <= exact_dual_bound(program, cost, offset, y)
+
+
+def test_a_reduced_cost_rounded_in_float64_is_allowed_for_at_the_end_it_multiplies():
+    """x in [-1e12, 0] with cost c and one row 0 <= a x <= 1 whose multiplier y makes a y about 1e16, which float64
+    rounds by up to 1: the reduced cost c - a y > 0 is off by that much, and the column's term d l by up to 1e12.
+    The bound allows for it at l, the end it multiplies, and stays below the exact formula (a bound weighted by
+    |u| = 0 instead is 1e12 too high about half the time)."""
+    generator = np.random.default_rng(0)
+    for _ in range(200):
+        program = Program()
+        program.variable(-1e12, 0.0)
+        a, y = float(generator.uniform(0.1, 1.0)), float(generator.uniform(1e16, 3e16))
+        program.row([0], [a], 0.0, 1.0)
+        cost = np.array([a * y + 16.0])  # d = 16 or so: its sign is known, its value off by the rounding of a y
+        bound = program.dual_bound(cost, 0.0, np.array([y]))
+        assert Fraction(bound) <= exact_dual_bound(program, cost, 0.0, np.array([y]))
+
+
+def test_a_column_unbounded_on_the_side_its_reduced_cost_needs_gives_no_bound():
+    """x in [0, inf), minimise -x: no multiplier bounds it, and `dual_bound` says -inf."""
+    program = Program()
+    program.variable(0.0, math.inf)
+    program.row([0], [1.0], 0.0, math.inf)
+    assert program.dual_bound(np.array([-1.0]), 0.0, np.array([0.5])) == -math.inf
+    assert program.dual_bound(np.array([1.0]), 0.0, np.array([0.5])) == pytest.approx(0.0)
 
 
 def tightened_program(model: LipschitzMLP, x: torch.Tensor, ball: Ball
