@@ -8,6 +8,10 @@ A program with a deadline also tightens, while it is being built: an operator
 asks it for an upper bound of the difference of two wires (`Program.bound`),
 which HiGHS proves at the root node of the part of the program that defines
 them, and sets its big-M constants from it.
+
+Any multipliers of its rows, such as HiGHS's duals after an LP, prove a lower
+bound of a linear objective over its relaxation that holds in exact arithmetic
+(`Program.dual_bound`): what `milp` compares with a threshold.
 """
 
 from __future__ import annotations

@@ -20,17 +20,17 @@ start=$(date +%s.%N)
     --workers "$WORKERS" --time-limit 60 --per-example "$OUT/$NAME.csv" --data-dir "$DATA"
 seconds=$(echo "$(date +%s.%N) - $start" | bc)
 code=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- '*.py' || echo "-dirty")
-"$PY" - "$OUT/$NAME" "$seconds" "$WORKERS" "$code" <<'PY'
+"$PY" - "$OUT/$NAME" "$seconds" "$WORKERS" "$code" "${NAME}" <<'PY'
 import csv, json, os, sys, time
 import cli
 import torch
-name, seconds, workers, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+name, seconds, workers, code, short = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 with open(f"{name}.csv") as handle:
     rows = list(csv.DictReader(handle))
 settled = [row for row in rows if row["verdict"] in ("robust", "counterexample")]
 out = os.path.dirname(name)
 record = {"command": "OMP_NUM_THREADS=2 " + ("" if out == "results/verification" else f"OUT={out} ")
-                     + "scripts/measure_verification_all.sh",
+                     + ("" if short == "groupsort_best_all" else f"NAME={short} ") + "scripts/measure_verification_all.sh",
           "net": "../shared/original-demo/groupsort.p (GroupSort 10)", "method": "best", "radius": 0.1,
           "time_limit": 60, "workers": workers, "digits": len(rows),
           "verdicts": {v: sum(row["verdict"] == v for row in rows)

@@ -132,6 +132,7 @@ def gradient_norms_table(results: Path) -> str:
 
 
 NETS = {"relu": "ReLU", "groupsort": "GroupSort"}
+NET_NAMES = {"demo": "the demo's GroupSort", "ibp-wide": "`ibp-wide` (AMD EPYC)"}  # scripts/probe_lp_solvers.py's
 NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 ATTACK_NAMES = {"AutoAttack (standard)": "AutoAttack (standard)", "apgd (APGD_DEFAULT)": "`apgd`",
                 "apgd, use_ibp=False": "`apgd` without the IBP skip",
@@ -297,18 +298,22 @@ def verification_all_table(results: Path) -> str:
     wall time and whether the goal (at most 10 timeouts, within 30 minutes) is met; above the current run, the
     earlier code's: presolve with every rule (`groupsort_best_all_before_sparsify.json`, the code of 06048a3), and
     without Sparsify but before the rounding rule of e68e716 (`groupsort_best_all_before_sum_rule.json`, 893dafc),
-    all three on the Intel Xeon; below it, the code and machine that results/epyc/groupsort_best_all.json names."""
+    all three on the Intel Xeon; below it, the code and machine that results/epyc/groupsort_best_all.json names,
+    and the relaxation's bound from its duals on IPX (`groupsort_best_all_dual_bound.json` there)."""
     rows = ["| net, method, code | digits | robust | counterexample | timeout | undecided | decided by | wall time "
             "| goal: ≤ 10 timeouts in ≤ 30 min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, code in (("verification/groupsort_best_all_before_sparsify", "presolve with every rule (06048a3)"),
                            ("verification/groupsort_best_all_before_sum_rule", "presolve without Sparsify (893dafc)"),
                            ("verification/groupsort_best_all", "without Sparsify, rounding's sum rule (e68e716)"),
-                           ("epyc/groupsort_best_all", None)):
+                           ("epyc/groupsort_best_all", "the pool, code of {code}, {machine}"),
+                           ("epyc/groupsort_best_all_dual_bound",
+                            "the relaxation on IPX, its bound from the duals, code of {code}, {machine}")):
         path = results / f"{name}.json"
         if not path.exists():
             continue
         run = json.loads(path.read_text())
-        code = code or f"the pool, code of {run['code']}, {run['machine'].split(', ')[1]}"
+        if "{code}" in code:
+            code = code.format(code=run["code"], machine=run["machine"].split(", ")[1])
         verdicts, minutes = run["verdicts"], run["seconds"] / 60
         stages = ", ".join(f"{stage} {count}" for stage, count in run["decided_by"].items())
         met = verdicts["timeout"] <= 10 and minutes <= 30
@@ -398,6 +403,26 @@ def scip_table(results: Path) -> str:
         bound = "none" if digit["gap_bound"] is None else f"{digit['gap_bound']:+.4f}"
         rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} | {digit['status']}, {digit['nodes']:,}, "
                     f"{digit['seconds']:.0f} | {bound} ({digit['threshold']:.4f}) |")
+    return "\n".join(rows) + "\n"
+
+
+def lp_solvers_table(results: Path) -> str:
+    """`scripts/probe_lp_solvers.py` on the demo's GroupSort net and on `ibp-wide`
+    (results/epyc/probes/lp_solvers_{demo,ibp-wide}.json): per digit and open rival, the relaxation on the dual
+    simplex and on IPX without crossover, each with its status, seconds, and the bound of the gap proved from its
+    duals, against the threshold."""
+    rows = ["| net | digit (label) | columns, rows, binaries | rival (threshold) | dual simplex: status, seconds, bound "
+            "proved | IPX, no crossover: status, seconds, bound proved |", "| --- | --- | --- | --- | --- | --- |"]
+    for net in ("demo", "ibp-wide"):
+        run = json.loads((results / "epyc" / "probes" / f"lp_solvers_{net}.json").read_text())
+        for digit in run["digits"]:
+            for rival in digit["rivals"]:
+                cells = [f"{one['status']}, {one['seconds']:.1f}, "
+                         + ("none" if one["proved"] is None else f"{one['proved']:+.4f}")
+                         for one in (rival["dual simplex"], rival["IPX, no crossover"])]
+                rows.append(f"| {NET_NAMES[net]} | {digit['index']} ({digit['label']}) | {digit['columns']:,}, "
+                            f"{digit['rows']:,}, {digit['binaries']:,} | {rival['rival']} ({rival['threshold']:.4f}) | "
+                            f"{cells[0]} | {cells[1]} |")
     return "\n".join(rows) + "\n"
 
 
@@ -524,10 +549,15 @@ def verification_row(run: dict, net: str) -> str:
 
 
 def epyc_recipe_table(results: Path) -> str:
-    """`ibp-wide` trained and verified again on the AMD EPYC VM (results/epyc/ibp-wide.json), as a row of
-    `verification_here_table`."""
-    run = json.loads((results / "epyc" / "ibp-wide.json").read_text())
-    return "\n".join([*VERIFICATION_HEADER, verification_row(run, f"`{run['recipe']}` (AMD EPYC)")]) + "\n"
+    """`ibp-wide` trained and verified again on the AMD EPYC VM (results/epyc/ibp-wide.json), and the same
+    checkpoint verified with the relaxation on IPX and its bound from the duals (ibp-wide_dual_bound.json there),
+    as rows of `verification_here_table`."""
+    rows = [*VERIFICATION_HEADER]
+    for name, label in (("ibp-wide", "(AMD EPYC)"),
+                        ("ibp-wide_dual_bound", "(AMD EPYC), the relaxation on IPX, its bound from the duals")):
+        run = json.loads((results / "epyc" / f"{name}.json").read_text())
+        rows.append(verification_row(run, f"`{run['recipe']}` {label}"))
+    return "\n".join(rows) + "\n"
 
 
 def float32_record(results: Path, net: str) -> dict:
@@ -1143,7 +1173,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
     "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "relaxation-rows-epyc": relaxation_rows_table,
     "probing-epyc": probing_table,
-    "scip-epyc": scip_table, "verification-presolve": presolve_table,
+    "scip-epyc": scip_table, "lp-solvers-epyc": lp_solvers_table, "verification-presolve": presolve_table,
     "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
     "torchlip-allowance": allowance_table("torchlip"), "allowance-rules": allowance_rules_table,

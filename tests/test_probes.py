@@ -1,9 +1,11 @@
 """scripts/probe_relaxation.py's ideal cuts are valid inequalities: each holds wherever the network is, so the
-relaxation's minimum it reports after them is still a lower bound of the gap."""
+relaxation's minimum it reports after them is still a lower bound of the gap; its probing fixes binaries only to
+values they take; scripts/probe_lp_solvers.py's two solvers prove the same bound."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import highspy
@@ -114,3 +116,25 @@ def test_each_binary_that_probing_fixes_takes_that_value_wherever_the_gap_is_wit
             assert solver.getModelStatus() == highspy.HighsModelStatus.kOptimal
             checked += 1
     assert fixed_in_all > 0 and checked > 0  # fixings were there to check, at points within the threshold
+
+
+def test_the_lp_solvers_probe_records_both_solvers_bounds_and_they_agree(trained, mnist_root, run_script, tmp_path):
+    """scripts/probe_lp_solvers.py as a user runs it: for every open rival of the digits asked, the dual simplex
+    and IPX without crossover both solve the relaxation, each bound proved from the duals is at most HiGHS's
+    objective, and the two bounds agree (the same LP); a digit without open rivals records none."""
+    checkpoint, _ = trained
+    run = run_script("scripts/probe_lp_solvers.py", checkpoint, "--digits", "0,1,2,3,4,5", "--data-dir", mnist_root,
+                     "--seconds", "60", "--json", tmp_path / "lp.json")
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "lp.json").read_text())
+    assert [digit["index"] for digit in record["digits"]] == [0, 1, 2, 3, 4, 5]
+    rivals = [rival for digit in record["digits"] for rival in digit["rivals"]]
+    assert rivals, "no digit with an open rival: pick others"
+    for rival in rivals:
+        runs = [rival["dual simplex"], rival["IPX, no crossover"]]
+        for one in runs:
+            assert one["status"] == "Optimal"
+            assert one["proved"] <= one["objective"] + 1e-6 * (1 + abs(one["objective"]))
+        assert abs(runs[0]["proved"] - runs[1]["proved"]) <= 1e-5 * (1 + abs(runs[0]["proved"]))
+    bad = run_script("scripts/probe_lp_solvers.py", checkpoint, "--digits", "0,x", "--json", tmp_path / "no.json")
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and not (tmp_path / "no.json").exists()

@@ -450,6 +450,12 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     def nodes(entries):
         entries["digits"][0]["nodes"] += 1
 
+    def solved(entries):
+        entries["digits"][0]["rivals"][0]["dual simplex"]["seconds"] += 1
+
+    def timeout_all(entries):
+        entries["verdicts"]["timeout"] += 1
+
     def critic(entries):
         entries["certified_lower_bound"] -= 0.01
 
@@ -474,7 +480,11 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/probes/relaxation_rows.json", relaxed, "relaxation-rows-epyc"),
             ("epyc/probes/relaxation_rows.json", probed, "probing-epyc"),
             ("epyc/ibp-wide.json", stopped, "verification-epyc"),
+            ("epyc/ibp-wide_dual_bound.json", timeout, "verification-epyc"),
+            ("epyc/groupsort_best_all_dual_bound.json", timeout_all, "verification-all"),
             ("epyc/probes/scip.json", nodes, "scip-epyc"),
+            ("epyc/probes/lp_solvers_ibp-wide.json", solved, "lp-solvers-epyc"),
+            ("epyc/probes/lp_solvers_demo.json", solved, "lp-solvers-epyc"),
             ("epyc/wasserstein_probes/sphere-mm128x12.json", critic, "wasserstein-probes-epyc"),
     ]:
         assert changed(relative, edit) == [f"docs/results.md: {table}"], relative
