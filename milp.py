@@ -91,9 +91,9 @@ VERDICTS = ("robust", "counterexample", "timeout", "undecided")
 HARD_STEPS, HARD_RESTARTS = 100, 200  # best's second attack, on the few examples the cheap methods leave
 SOLVER_MARGIN = 1e-4  # logit units, above the effect of HiGHS's 1e-9 tolerances
 # The relaxation's LPs: HiGHS's interior-point solver IPX, without the crossover to a vertex, since the bound is
-# recomputed from the row duals (`Gap.proved`). On ibp-wide's largest programs (15,000 columns, 23,000 rows) the
-# dual simplex did not finish one LP in 120 s, nor IPX's crossover in 60, where IPX alone took 12 to 17 s; on the
-# demo net's programs it is about as fast as the simplex (docs/results.md, "Every core and many machines").
+# recomputed from the row duals (`Gap.proved`). On ibp-wide's programs (15,000 to 17,000 columns) the dual simplex
+# finished none of six LPs in 60 s, where IPX took 12 to 18 s; on the demo net's it takes 1 to 2 s, the simplex
+# 0.5 to 2.5 (docs/results.md, "Every core and many machines", the table of the two LP solvers).
 RELAXATION_SOLVER = {"solver": "ipx", "run_crossover": "off"}
 
 

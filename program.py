@@ -178,11 +178,12 @@ class Program:
         and mixed-integer linear programming"). A multiplier whose row bound on its side is infinite is taken as 0
         (the bound stays valid); a column interval infinite on the side its d_j needs gives -inf. Computed in
         float64, then lowered by twice a bound on that computation's rounding: d_j is a sum of k_j + 1 products
-        (k_j the column's nonzeros), within e_j = gamma_{K} (|c_j| + |A_j|^T |y|) of the exact d_j (K the largest
+        (k_j the column's nonzeros), within e_j = gamma_K (|c_j| + |A_j|^T |y|) of the exact d_j (K the largest
         k_j + 1), which moves the column's term by at most e_j |l_j| where d_j > e_j, e_j |u_j| where d_j < -e_j
-        (the exact d_j has the computed one's sign), e_j max(|l_j|, |u_j|) otherwise; the final sum of N = m + n + 1 rounded
-        products is within gamma_N of the sum of their magnitudes; each product may also underflow. The factor 2
-        covers the bound's own float64 evaluation, whose relative error is of order gamma_N, far below 1."""
+        (there the exact d_j has the computed one's sign), e_j max(|l_j|, |u_j|) otherwise; the final sum of
+        N = m + n + 1 rounded products is within gamma_N of the sum of their magnitudes; each product may also
+        underflow. The factor 2 covers the bound's own float64 evaluation, whose relative error is of order
+        gamma_N, far below 1."""
         rows, columns = len(self.row_lower), len(self.lower)
         matrix = self.matrix()
         y = np.asarray(row_dual, dtype=np.float64).copy()
@@ -202,8 +203,9 @@ class Program:
         row_terms, column_terms = y * side, d * end
         total = offset + row_terms.sum() + column_terms.sum()
         count = rows + columns + 1
-        error = (rounding.gamma(count, torch.float64) * (abs(offset) + np.abs(row_terms).sum() + np.abs(column_terms).sum())
-                 + (moved * reach).sum() + (matrix.nnz + count) * rounding.underflow(torch.float64))
+        magnitudes = abs(offset) + np.abs(row_terms).sum() + np.abs(column_terms).sum()
+        error = (rounding.gamma(count, torch.float64) * magnitudes + (moved * reach).sum()
+                 + (matrix.nnz + count) * rounding.underflow(torch.float64))
         return float(total - 2 * error - 2 * rounding.unit_roundoff(torch.float64) * abs(total))
 
     def matrix(self) -> scipy.sparse.csr_matrix:
