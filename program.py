@@ -191,7 +191,7 @@ class Program:
         y[~np.isfinite(side)], side[~np.isfinite(side)] = 0.0, 0.0
         c = np.asarray(cost, dtype=np.float64)
         d = c - matrix.T @ y
-        widest = int(np.diff(matrix.tocsc().indptr).max(initial=0)) + 1
+        widest = int(np.bincount(matrix.indices, minlength=columns).max(initial=0)) + 1
         moved = rounding.gamma(widest, torch.float64) * (np.abs(c) + abs(matrix).T @ np.abs(y))
         lower, upper = np.array(self.lower), np.array(self.upper)
         end = np.where(d > 0, lower, np.where(d < 0, upper, 0.0))

@@ -107,10 +107,12 @@ class Digit(NamedTuple):
     thresholds: dict[int, float]
 
 
-def digit(index: int, data_dir: str) -> Digit:
-    """Test digit `index` as `milp.verify` takes it, in a process of one thread."""
+def digit(index: int, data_dir: str, net: Path = NET,
+          expected: checkpoints.Expected = checkpoints.Expected("groupsort", 10)) -> Digit:
+    """Test digit `index` as `milp.verify` takes it for the checkpoint `net` (the original demo's GroupSort net by
+    default), in a process of one thread."""
     torch.set_num_threads(1)
-    model = checkpoints.load_checkpoint(NET, checkpoints.Expected("groupsort", 10)).model
+    model = checkpoints.load_checkpoint(net, expected).model
     model64, test = in_float64(model), load_split(data_dir, "test")
     x64, label = test.images[index][None].double(), int(test.labels[index])
     gaps = allowance.certified_gap_bounds(model64, x64, BALL, apart=True)

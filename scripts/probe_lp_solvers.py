@@ -27,21 +27,16 @@ from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import allowance  # noqa: E402
+from probe_hard_digits import BALL, REPO, digit  # noqa: E402  (it puts the repository on the path)
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import milp  # noqa: E402
 import rounding  # noqa: E402
-from lipschitz import Ball  # noqa: E402
-from mnist_data import PIXEL_RANGE, load_split  # noqa: E402
-from models import in_float64  # noqa: E402
 
-BALL = Ball("linf", 0.1, PIXEL_RANGE)
 SOLVERS = {"dual simplex": {"solver": "simplex"}, "IPX, no crossover": milp.RELAXATION_SOLVER}
 
 
@@ -49,12 +44,7 @@ SOLVERS = {"dual simplex": {"solver": "simplex"}, "IPX, no crossover": milp.RELA
 @rounding.exact_arithmetic()
 def probe(index: int, checkpoint: str, expected: checkpoints.Expected, data_dir: str, seconds: float) -> dict:
     """The module's docstring, for test digit `index`, in a process of one thread."""
-    torch.set_num_threads(1)
-    model64 = in_float64(checkpoints.load_checkpoint(Path(checkpoint), expected).model)
-    test = load_split(data_dir, "test")
-    x64, label = test.images[index][None].double(), int(test.labels[index])
-    gaps = allowance.certified_gap_bounds(model64, x64, BALL, apart=True)
-    thresholds = milp.open_rivals(gaps, label)
+    model64, x64, label, gaps, thresholds = digit(index, data_dir, Path(checkpoint), expected)
     network = milp.encode(model64, x64, BALL, gaps.boxes)
     rivals = []
     for rival, threshold in thresholds.items():
