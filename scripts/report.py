@@ -370,6 +370,21 @@ def relaxation_rows_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def group_hulls_table(results: Path) -> str:
+    """`scripts/probe_group_hulls.py` (results/epyc/probes/group_hulls.json): per timeout, on the rival searched
+    first, the relaxation's minimum of the gap and the minimum with each group convexified exactly (the lower bound
+    proved and the master's minimum), against the threshold, with the rounds, columns and seconds it took."""
+    run = json.loads((results / "epyc" / "probes" / "group_hulls.json").read_text())
+    rows = ["| digit (label) | rival (threshold) | binaries | relaxation's minimum of the gap | each group's convex "
+            "hull: lower bound proved, master's minimum | rounds, columns, seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    for digit in run["digits"]:
+        hull = digit["hull"]
+        rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} ({digit['threshold']:.4f}) | "
+                    f"{digit['binaries']:,} | {digit['relaxation']:+.4f} | {hull['lower']:+.4f}, {hull['master']:+.4f} | "
+                    f"{hull['rounds']}, {hull['columns']:,}, {hull['seconds']:.0f} |")
+    return "\n".join(rows) + "\n"
+
+
 def probing_table(results: Path) -> str:
     """`scripts/probe_relaxation.py`'s probing (results/epyc/probes/relaxation_rows.json): per timeout, the binaries
     probed, those fixed in the first round and in all (rounds, LPs, seconds), and HiGHS's status and proved lower
@@ -1172,7 +1187,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-here": verification_here_table("verification/xeon"),
     "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
     "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "relaxation-rows-epyc": relaxation_rows_table,
-    "probing-epyc": probing_table,
+    "probing-epyc": probing_table, "group-hulls-epyc": group_hulls_table,
     "scip-epyc": scip_table, "lp-solvers-epyc": lp_solvers_table, "verification-presolve": presolve_table,
     "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
