@@ -376,7 +376,8 @@ def group_hulls_table(results: Path) -> str:
     proved and the master's minimum), against the threshold, with the rounds, columns and seconds it took."""
     run = json.loads((results / "epyc" / "probes" / "group_hulls.json").read_text())
     rows = ["| digit (label) | rival (threshold) | binaries | relaxation's minimum of the gap | each group's convex "
-            "hull: lower bound proved, master's minimum | rounds, columns, seconds |", "| --- | --- | --- | --- | --- | --- |"]
+            "hull: lower bound proved, master's minimum | rounds, columns, seconds |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for digit in run["digits"]:
         hull = digit["hull"]
         rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} ({digit['threshold']:.4f}) | "
