@@ -15,21 +15,23 @@ envelope of h_g over Z_g. This probe computes that minimum.
 
 It is found by Dantzig-Wolfe column generation. The master LP takes x in the box and, for each group, a convex
 combination of points (z, h_g(z)) of Z_g generated so far, tied by z_g = W_g x + b_g (artificial columns at
-cost ARTIFICIAL keep it feasible from the first round); its row duals pi price each group's mixed-integer
-program, min over z in Z_g of h_g(z) - pi_g . z (the sorting network of `groupsort.sort` over Z_g, on HiGHS),
-whose solution joins the master when it lowers it. Each round also gives a lower bound of the gap over the
+cost ARTIFICIAL keep it feasible from the first round; its minimum bounds the envelope's from above only once
+none of them is left in its solution). Its row duals pi price each group's mixed-integer program, min over z in
+Z_g of h_g(z) - pi_g . z (the sorting network of `groupsort.sort` over Z_g, on HiGHS), whose solution joins the
+master when it lowers it. Each round also gives a lower bound of the gap over the
 ball, whatever pi (Lagrangian duality, the rows z_g = W_g x + b_g dualised):
 
     c + pi . b + min over the box of (W^T pi) . x + sum_g min over Z_g of (h_g(z) - pi_g . z),
 
 each group's minimum taken as HiGHS's dual bound of its program (as sound as HiGHS's arithmetic: a probe, not a
-certificate). The best of these lower bounds and the master's minimum enclose the envelope's minimum; the
-rounds stop when they are within TOLERANCE, or after `--seconds`.
+certificate). The best of these lower bounds and the master's minimum, with no artificial column left, enclose
+the envelope's minimum; the rounds stop when they are within TOLERANCE, or after `--seconds`.
 
 For the first LIMIT digits that timed out in results/verification/groupsort_best_all.csv (as
 scripts/probe_hard_digits.py takes them), on the rival that `milp.verify` searches first: the threshold, the
-relaxation's minimum of the gap (the program of `milp.verify`, relaxed), the envelope's bounds, the rounds, the
-columns generated and the seconds. Digits run two at a time in spawned processes, one thread each.
+relaxation's minimum of the gap (the program of `milp.verify`, relaxed), the envelope's bounds, the artificial
+columns' total in the master's last solution (0 where its minimum bounds the envelope's from above), the rounds,
+the columns generated and the seconds. Digits run two at a time in spawned processes, one thread each.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def group_hull(model64: torch.nn.Module, x64: torch.Tensor, label: int, rival: i
                gaps: allowance.CertifiedGaps, seconds: float) -> dict:
     """The minimum of the gap f_label - f_rival with each group's h_g replaced by its convex envelope over Z_g, by
     column generation within `seconds` (the module's docstring): the best lower bound proved (`lower`), the master's
-    minimum (`master`, at least the envelope's minimum), the rounds, the columns and the seconds."""
+    minimum (`master`, at least the envelope's minimum when `artificial`, the artificial columns' total in its
+    solution, is 0), the rounds, the columns and the seconds."""
     start = time.perf_counter()
     weight, bias, last_weight, last_bias, size, place = one_hidden_layer(model64)
     before = gaps.boxes[place]
@@ -122,7 +125,7 @@ def group_hull(model64: torch.nn.Module, x64: torch.Tensor, label: int, rival: i
               for g in range(count)]
     lower, upper = (end[0].numpy() for end in ball.box(x64))
     points: list[list[tuple[float, np.ndarray]]] = [[group.price(np.zeros(size))[:2]] for group in groups]
-    best, master, rounds = -math.inf, math.inf, 0
+    best, master, artificial, rounds = -math.inf, math.inf, math.inf, 0
     # the master's rows: z_g = W_g x + b_g (units), then each group's weights sum to 1 (count)
     fixed = sparse.hstack([sparse.vstack([sparse.csr_matrix(-weight), sparse.csr_matrix((count, len(lower)))]),
                            sparse.vstack([sparse.identity(units), sparse.csr_matrix((count, units))]),
@@ -140,7 +143,7 @@ def group_hull(model64: torch.nn.Module, x64: torch.Tensor, label: int, rival: i
                          bounds=list(zip(lower, upper)) + [(0, None)] * (2 * units + len(entries)), method="highs")
         if result.status != 0:
             raise RuntimeError(f"the master LP ended: {result.message}")
-        master = result.fun + offset
+        master, artificial = result.fun + offset, float(result.x[len(lower):len(lower) + 2 * units].sum())
         duals = result.eqlin.marginals
         pi, convexity = duals[:units].reshape(count, size), duals[units:]
         reduced = weight.T @ duals[:units]  # x's reduced cost in the Lagrangian: 0 - (-W)^T pi
@@ -155,8 +158,8 @@ def group_hull(model64: torch.nn.Module, x64: torch.Tensor, label: int, rival: i
         best = max(best, bound)
         if added == 0 or master - best <= TOLERANCE:
             break
-    return {"lower": best, "master": master, "rounds": rounds, "columns": sum(map(len, points)),
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {"lower": best, "master": master, "artificial": artificial, "rounds": rounds,
+            "columns": sum(map(len, points)), "seconds": round(time.perf_counter() - start, 1)}
 
 
 @torch.no_grad()
