@@ -373,15 +373,17 @@ def relaxation_rows_table(results: Path) -> str:
 def group_hulls_table(results: Path) -> str:
     """`scripts/probe_group_hulls.py` (results/epyc/probes/group_hulls.json): per timeout, on the rival searched
     first, the relaxation's minimum of the gap and the minimum with each group convexified exactly (the lower bound
-    proved and the master's minimum), against the threshold, with the rounds, columns and seconds it took."""
+    proved and the master's minimum, marked where artificial columns are left in the master's solution and it bounds
+    nothing), against the threshold, with the rounds, columns and seconds it took."""
     run = json.loads((results / "epyc" / "probes" / "group_hulls.json").read_text())
     rows = ["| digit (label) | rival (threshold) | binaries | relaxation's minimum of the gap | each group's convex "
             "hull: lower bound proved, master's minimum | rounds, columns, seconds |",
             "| --- | --- | --- | --- | --- | --- |"]
     for digit in run["digits"]:
         hull = digit["hull"]
+        left = f" (artificial columns left: {hull['artificial']:.2g})" if hull["artificial"] > 0 else ""
         rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} ({digit['threshold']:.4f}) | "
-                    f"{digit['binaries']:,} | {digit['relaxation']:+.4f} | {hull['lower']:+.4f}, {hull['master']:+.4f} | "
+                    f"{digit['binaries']:,} | {digit['relaxation']:+.4f} | {hull['lower']:+.4f}, {hull['master']:+.4f}{left} | "
                     f"{hull['rounds']}, {hull['columns']:,}, {hull['seconds']:.0f} |")
     return "\n".join(rows) + "\n"
 
