@@ -1,4 +1,4 @@
-"""The tightest bound of the gap that any relaxation of one GroupSort group at a time can prove.
+"""The tightest bound of the gap that a relaxation seeing one GroupSort group's units at a time can prove.
 
     OMP_NUM_THREADS=2 python scripts/probe_group_hulls.py --data-dir ../shared/mnist \
         --json results/epyc/probes/group_hulls.json
@@ -6,12 +6,13 @@
 For a net of one hidden GroupSort layer (the original demo's: Normalise, Linear, GroupSort, Linear) the gap to a
 rival is c + sum over groups g of h_g(z_g), with z_g = W_g x + b_g the group's first-layer units and
 h_g(z) = v_g . sort(z). Let Z_g be what the program knows of z_g on its own: its box and the bounds of its
-pairwise differences (`operators.Box.apart`). Every relaxation built from one group's rows with these bounds
-(the program's big-M rows, the ideal cuts and ordering rows of scripts/probe_relaxation.py, a linear bound
+pairwise differences (`operators.Box.apart`). Every relaxation of one group that knows no more of z_g than these
+bounds (the program's big-M rows, the top-k and ordering rows of scripts/probe_relaxation.py, a linear bound
 carried backwards through the sorting network, CROWN-style, with the same intervals) holds at every point of
 the graph of h_g over Z_g, hence at every point of its convex hull; with the inputs coupled exactly (z_g = W_g x
 + b_g over the ball's box, as in the program), none proves more than the minimum of c + sum_g of the convex
-envelope of h_g over Z_g. This probe computes that minimum.
+envelope of h_g over Z_g. This probe computes that minimum. (A relaxation that sees the pixels behind a group's
+units, such as the ideal cuts of scripts/probe_relaxation.py, is not bounded by it.)
 
 It is found by Dantzig-Wolfe column generation. The master LP takes x in the box and, for each group, a convex
 combination of points (z, h_g(z)) of Z_g generated so far, tied by z_g = W_g x + b_g (artificial columns at
