@@ -191,11 +191,16 @@ def on_timeouts(probe: Callable[[int, str, float], dict], args: argparse.Namespa
         print(json.dumps(one))
     record = {"command": f"{script} " + " ".join(sys.argv[1:]), "net": str(NET.name), "radius": BALL.eps,
               "run": str(RUN.relative_to(REPO)), **fields, "digits": probes,
-              "wall_seconds": round(time.perf_counter() - start, 1), "threads": "1 a process, 2 processes",
-              "machine": cli.machine(), "torch": torch.__version__, "highspy": version("highspy"),
-              "date": time.strftime("%Y-%m-%d")}
+              "wall_seconds": round(time.perf_counter() - start, 1), **provenance()}
     checkpoints.write_json(args.json, record)
     print(f"wrote {args.json}")
+
+
+def provenance() -> dict:
+    """What a probe's record says of where it ran: two processes of one thread, the machine, the versions, the
+    date."""
+    return {"threads": "1 a process, 2 processes", "machine": cli.machine(), "torch": torch.__version__,
+            "highspy": version("highspy"), "date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe_hard_digits import BALL, REPO, digit  # noqa: E402  (it puts the repository on the path)
+from probe_hard_digits import BALL, REPO, digit, provenance  # noqa: E402  (it puts the repository on the path)
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import milp  # noqa: E402
@@ -91,9 +90,7 @@ def main() -> None:
         print(json.dumps(one))
     record = {"command": "scripts/probe_lp_solvers.py " + " ".join(sys.argv[1:]), "net": args.checkpoint.name,
               "radius": BALL.eps, "seconds_an_lp": args.seconds, "digits": probes,
-              "wall_seconds": round(time.perf_counter() - start, 1), "threads": "1 a process, 2 processes",
-              "machine": cli.machine(), "torch": torch.__version__, "highspy": version("highspy"),
-              "date": time.strftime("%Y-%m-%d")}
+              "wall_seconds": round(time.perf_counter() - start, 1), **provenance()}
     checkpoints.write_json(args.json, record)
     print(f"wrote {args.json}")
 

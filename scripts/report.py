@@ -383,7 +383,8 @@ def group_hulls_table(results: Path) -> str:
         hull = digit["hull"]
         left = f" (artificial columns left: {hull['artificial']:.2g})" if hull["artificial"] > 0 else ""
         rows.append(f"| {digit['index']} ({digit['label']}) | {digit['rival']} ({digit['threshold']:.4f}) | "
-                    f"{digit['binaries']:,} | {digit['relaxation']:+.4f} | {hull['lower']:+.4f}, {hull['master']:+.4f}{left} | "
+                    f"{digit['binaries']:,} | {digit['relaxation']:+.4f} | "
+                    f"{hull['lower']:+.4f}, {hull['master']:+.4f}{left} | "
                     f"{hull['rounds']}, {hull['columns']:,}, {hull['seconds']:.0f} |")
     return "\n".join(rows) + "\n"
 
