@@ -138,6 +138,19 @@ def open_rivals(gaps: allowance.CertifiedGaps, label: int) -> dict[int, float]:
 
 
 @dataclass(frozen=True)
+class Search:
+    """What one search of `Gap.search` ended with: HiGHS's status, its best solution, the lower bound of the gap
+    it proved (None before the search's first node), and the work it did: the nodes of its tree that it
+    finished, the root among them (0 while it is still at the root), and its simplex iterations."""
+
+    status: highspy.HighsModelStatus
+    solution: highspy.HighsSolution
+    bound: float | None
+    nodes: int
+    iterations: int
+
+
+@dataclass(frozen=True)
 class Gap:
     """The gap f_label - f_rival of one example's program as a linear function of its columns: `coefficients`
     on `columns`, plus `offset`."""
@@ -179,13 +192,11 @@ class Gap:
             return -math.inf
         return program.dual_bound(self.cost(len(program.lower)), self.offset, np.array(solution.row_dual))
 
-    def search(self, solver: highspy.Highs, threshold: float, time_limit: float
-               ) -> tuple[highspy.HighsModelStatus, highspy.HighsSolution, float | None]:
+    def search(self, solver: highspy.Highs, threshold: float, time_limit: float) -> Search:
         """Minimise the gap in the mixed-integer program with the extra row gap <= `threshold` (the cut-off:
         branches whose relaxation is above it are cut at once), stopping at the first input whose gap is below
         -`threshold`; the row is removed again. Infeasible exactly when the gap never comes within the
-        threshold. Returns the status, the best solution, and the lower bound of the gap proved (None before
-        the search's first node)."""
+        threshold."""
         self.minimise(solver)
         solver.addRow(-math.inf, threshold - self.offset, len(self.columns), self.columns, self.coefficients)
         solver.setOptionValue("objective_target", -threshold)
@@ -193,7 +204,8 @@ class Gap:
         solver.run()
         status, solution, info = solver.getModelStatus(), solver.getSolution(), solver.getInfo()
         solver.deleteRows(1, np.array([solver.getNumRow() - 1], dtype=np.int32))  # resets the solver's info
-        return status, solution, info.mip_dual_bound if info.mip_node_count >= 0 else None
+        return Search(status, solution, info.mip_dual_bound if info.mip_node_count >= 0 else None,
+                      max(info.mip_node_count, 0), info.simplex_iteration_count)
 
 
 @dataclass(frozen=True)
@@ -266,7 +278,8 @@ def verify(model: LipschitzMLP, x: torch.Tensor, label: int, ball: Ball, relax: 
         if elapsed() >= time_limit:
             return Verdict("timeout", "milp", elapsed())
         gap = Gap.of(network, model64, label, rival)
-        status, solution, _ = gap.search(solver, thresholds[rival], max(time_limit - elapsed(), 1e-3))
+        searched = gap.search(solver, thresholds[rival], max(time_limit - elapsed(), 1e-3))
+        status, solution = searched.status, searched.solution
         if status == highspy.HighsModelStatus.kInfeasible:
             continue  # no input brings the gap within the threshold
         if solution.value_valid:

@@ -14,7 +14,8 @@ demo's GroupSort net at L-inf 0.1, 60 s a digit), each digit's program as `milp.
   pass (`milp.open_rivals`);
 - HiGHS on the program with its cut-off row (`milp.Gap.search`), SECONDS a digit as in the run, once with
   `milp`'s settings and once without HiGHS's primal heuristics (`NO_HEURISTICS`: a robust digit's proof needs
-  none of them): the verdict, the seconds, and the lower bound of the gap reached (its dual bound).
+  none of them): the verdict, the seconds, the nodes of the search tree finished (0: still at the root) and the
+  simplex iterations, and the lower bound of the gap reached (its dual bound).
 
 With `--default-only`, the first run alone, for a longer time limit: what more time buys
 
@@ -77,23 +78,25 @@ def interval_open(wires: list[Wire]) -> int:
 def search(network: milp.Network, model64: torch.nn.Module, label: int, rivals: list[int], thresholds: dict,
            seconds: float, options: dict) -> dict:
     """`milp.Gap.search` on each rival in turn, as `milp.verify` runs them, within `seconds` in all, under HiGHS
-    `options`: the verdict (robust when every program is infeasible), the seconds, the rival it stopped at and
-    the dual bound of that rival's gap."""
+    `options`: the verdict (robust when every program is infeasible), the seconds, the nodes and simplex
+    iterations of every rival's search together, the rival it stopped at and the dual bound of that rival's
+    gap."""
     solver = network.program.highs(relax=False)
     for option, value in options.items():
         solver.setOptionValue(option, value)
-    start = time.perf_counter()
+    start, work = time.perf_counter(), {"nodes": 0, "iterations": 0}
     for rival in rivals:
         left = seconds - (time.perf_counter() - start)
         if left <= 0:
-            return {"verdict": "timeout", "seconds": round(time.perf_counter() - start, 1), "rival": rival}
-        gap = milp.Gap.of(network, model64, label, rival)
-        status, _, bound = gap.search(solver, thresholds[rival], left)
-        if status != highspy.HighsModelStatus.kInfeasible:
+            return {"verdict": "timeout", "seconds": round(time.perf_counter() - start, 1), **work, "rival": rival}
+        searched = milp.Gap.of(network, model64, label, rival).search(solver, thresholds[rival], left)
+        work = {"nodes": work["nodes"] + searched.nodes, "iterations": work["iterations"] + searched.iterations}
+        if searched.status != highspy.HighsModelStatus.kInfeasible:
+            status = searched.status
             verdict = "timeout" if status == highspy.HighsModelStatus.kTimeLimit else str(status).split(".")[-1]
-            return {"verdict": verdict, "seconds": round(time.perf_counter() - start, 1), "rival": rival,
-                    "dual_bound": bound}
-    return {"verdict": "robust", "seconds": round(time.perf_counter() - start, 1)}
+            return {"verdict": verdict, "seconds": round(time.perf_counter() - start, 1), **work, "rival": rival,
+                    "dual_bound": searched.bound}
+    return {"verdict": "robust", "seconds": round(time.perf_counter() - start, 1), **work}
 
 
 class Digit(NamedTuple):

@@ -267,9 +267,9 @@ def search_with(network: milp.Network, gap: milp.Gap, threshold: float, fixed: d
     for column, fixed_at in fixed.items():
         solver.changeColBounds(column, fixed_at, fixed_at)
     start = time.perf_counter()
-    status, _, bound = gap.search(solver, threshold, seconds)
-    return {"status": str(status).split(".")[-1], "seconds": round(time.perf_counter() - start, 1),
-            "dual_bound": bound}
+    searched = gap.search(solver, threshold, seconds)
+    return {"status": str(searched.status).split(".")[-1], "seconds": round(time.perf_counter() - start, 1),
+            "dual_bound": searched.bound}
 
 
 @torch.no_grad()

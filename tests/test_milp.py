@@ -186,12 +186,46 @@ def test_the_gap_is_the_networks_gap_and_its_search_stops_at_the_threshold(model
     tolerance = 1e-6 * (1 + logits.abs().max().item())
     assert solver.getObjectiveValue() == pytest.approx(expected, abs=tolerance)
     rows = solver.getNumRow()
-    status, solution, bound = gap.search(solver, abs(expected) + 1e-3, 10.0)
-    assert status == highspy.HighsModelStatus.kOptimal and solver.getNumRow() == rows
-    assert np.allclose(np.array(solution.col_value)[columns], point[0].numpy())
-    assert bound is None or bound <= expected + tolerance
-    status, _, _ = gap.search(solver, expected - 1e-3, 10.0)
-    assert status == highspy.HighsModelStatus.kInfeasible and solver.getNumRow() == rows
+    found = gap.search(solver, abs(expected) + 1e-3, 10.0)
+    assert found.status == highspy.HighsModelStatus.kOptimal and solver.getNumRow() == rows
+    assert np.allclose(np.array(found.solution.col_value)[columns], point[0].numpy())
+    assert found.bound is None or found.bound <= expected + tolerance
+    refuted = gap.search(solver, expected - 1e-3, 10.0)
+    assert refuted.status == highspy.HighsModelStatus.kInfeasible and solver.getNumRow() == rows
+
+
+class Ran:
+    """A HiGHS instance that keeps its info of each run, read before anything else touches the solver."""
+
+    def __init__(self, solver: highspy.Highs) -> None:
+        self.solver, self.runs = solver, []
+
+    def run(self):
+        status = self.solver.run()
+        info = self.solver.getInfo()
+        self.runs.append((info.mip_node_count, info.simplex_iteration_count))
+        return status
+
+    def __getattr__(self, name):
+        return getattr(self.solver, name)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_search_reports_the_nodes_and_iterations_highs_spent(seed):
+    """`Gap.search` returns the nodes and simplex iterations of the run it made, read before its cut-off row is
+    taken away (which resets HiGHS's info): on GroupSort programs with open comparisons, presolve off, the root
+    node is finished and its LP iterated."""
+    torch.manual_seed(seed)
+    model = LipschitzMLP(MLPConfig(in_features=8, hidden=(8,), out_features=3, activation="groupsort",
+                                   group_size=4)).double().eval()
+    x, ball = torch.rand(1, 8, dtype=torch.float64), Ball("linf", 0.3, PIXEL_RANGE)
+    network = milp.encode(model, x, ball, allowance.certified_gap_bounds(model, x, ball, apart=True).boxes)
+    assert network.program.binaries > 0
+    solver = Ran(network.program.highs(relax=False))
+    solver.setOptionValue("presolve", "off")
+    searched = milp.Gap.of(network, model, 0, 1).search(solver, 10.0, 10.0)
+    assert searched.status in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kInfeasible)
+    assert (searched.nodes, searched.iterations) == solver.runs[-1] and searched.nodes >= 1 and searched.iterations > 0
 
 
 @given(random_nets(convs=True), st.floats(0.01, 0.5), seeds)
