@@ -22,6 +22,11 @@ With `--default-only`, the first run alone, for a longer time limit: what more t
     OMP_NUM_THREADS=2 python scripts/probe_hard_digits.py --data-dir ../shared/mnist --limit 12 --seconds 300 \
         --default-only --json results/verification/hard_digits_300s.json
 
+and on every timeout of the run, at its limit, to see how far the search gets (its nodes)
+
+    OMP_NUM_THREADS=2 python scripts/probe_hard_digits.py --data-dir ../shared/mnist --limit 42 --default-only \
+        --json results/epyc/probes/hard_digits_nodes.json
+
 Digits run two at a time in spawned processes, one thread each (the machine's two cores).
 """
 

@@ -445,6 +445,30 @@ def lp_solvers_table(results: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def search_nodes_table(results: Path) -> str:
+    """`scripts/probe_hard_digits.py --default-only` on every timeout of the whole-test-set run
+    (results/epyc/probes/hard_digits_nodes.json): how far HiGHS's search got within the run's limit, the digits
+    that it settled, that it left still at the root node (no node finished) and that it left branching, each with
+    the simplex iterations and, for a timeout, the lower bound of the gap proved."""
+    run = json.loads((results / "epyc" / "probes" / "hard_digits_nodes.json").read_text())
+    searches = [digit["highs"] for digit in run["digits"]]
+
+    def spread(values: list[float], form: str) -> str:
+        return "–" if not values else f"{statistics.median(values):{form}} ({min(values):{form}} to {max(values):{form}})"
+
+    rows = [f"| HiGHS with `milp`'s settings, {run['seconds_a_digit']:.0f} s a digit | digits | nodes finished: median "
+            "(range) | simplex iterations: median (range) | lower bound of the gap proved: median (range) |",
+            "| --- | --- | --- | --- | --- |"]
+    for state, chosen in (("settled", lambda one: one["verdict"] != "timeout"),
+                          ("timeout, still at the root node", lambda one: one["verdict"] == "timeout" and not one["nodes"]),
+                          ("timeout, branching", lambda one: one["verdict"] == "timeout" and one["nodes"])):
+        group = [one for one in searches if chosen(one)]
+        bounds = [one["dual_bound"] for one in group if one["verdict"] == "timeout" and one.get("dual_bound") is not None]
+        rows.append(f"| {state} | {len(group)} of {len(searches)} | {spread([one['nodes'] for one in group], '.0f')} | "
+                    f"{spread([one['iterations'] for one in group], ',.0f')} | {spread(bounds, '+.4f')} |")
+    return "\n".join(rows) + "\n"
+
+
 def longer_table(results: Path) -> str:
     """`scripts/probe_hard_digits.py --default-only` with a longer time limit
     (results/verification/hard_digits_300s.json) beside the same digits' runs at the whole-test-set run's limit
@@ -1190,7 +1214,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table("verification/xeon"),
     "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
-    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "relaxation-rows-epyc": relaxation_rows_table,
+    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "search-nodes-epyc": search_nodes_table, "relaxation-rows-epyc": relaxation_rows_table,
     "probing-epyc": probing_table, "group-hulls-epyc": group_hulls_table,
     "scip-epyc": scip_table, "lp-solvers-epyc": lp_solvers_table, "verification-presolve": presolve_table,
     "group-bounds": group_bounds_table,

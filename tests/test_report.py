@@ -450,6 +450,9 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
     def nodes(entries):
         entries["digits"][0]["nodes"] += 1
 
+    def branched(entries):
+        entries["digits"][0]["highs"]["nodes"] = 3
+
     def hull(entries):
         entries["digits"][0]["hull"]["lower"] += 0.01
 
@@ -487,6 +490,7 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/groupsort_best_all_dual_bound.json", timeout_all, "verification-all"),
             ("epyc/probes/scip.json", nodes, "scip-epyc"),
             ("epyc/probes/group_hulls.json", hull, "group-hulls-epyc"),
+            ("epyc/probes/hard_digits_nodes.json", branched, "search-nodes-epyc"),
             ("epyc/probes/lp_solvers_ibp-wide.json", solved, "lp-solvers-epyc"),
             ("epyc/probes/lp_solvers_demo.json", solved, "lp-solvers-epyc"),
             ("epyc/wasserstein_probes/sphere-mm128x12.json", critic, "wasserstein-probes-epyc"),
