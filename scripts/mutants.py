@@ -267,6 +267,9 @@ MUTANTS = [
     ("milp.py", "if gap.proved(network.program, relaxation) > threshold:",
      "if gap.proved(network.program, relaxation) > threshold - 0.05:",
      "verify: the relaxation's bound 0.05 too high"),
+    ("milp.py", "max(info.mip_node_count, 0), info.simplex_iteration_count)",
+     "max(solver.getInfo().mip_node_count, 0), solver.getInfo().simplex_iteration_count)",
+     "Gap.search: its nodes and iterations read after the cut-off row's removal reset them"),
 ]
 
 

@@ -4,6 +4,7 @@ shape and batch, large and small magnitudes, and the input normalisation."""
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -176,16 +177,14 @@ def test_sum_error_holds_where_every_addition_rounds_the_same_way(k, cancel, see
     assert error <= float(within[0, 0])
 
 
-@given(st.integers(100, 400), st.integers(30, 100), seeds)
-@settings(max_examples=30, deadline=None)
-def test_signed_terms_halve_the_new_rounding_and_still_bound_it(fan_in, units, seed):
-    """Random weights of both signs against a digit-like h(x) >= 0, and against h(x) of both signs: a unit's
-    terms mostly cancel, so the bound through the larger side (`near_x`) is on average about half of
-    gamma (|w| . |h(x)| + ||w||_2 s + |b|) and never above it; it still bounds fl32(W h^ + b) at points of the
-    ball, in any batch."""
+def signed_and_unsigned(fan_in: int, units: int, seed: int) -> Iterator[tuple]:
+    """Random float32 weights of both signs, and per centre (a digit-like h(x) >= 0, then h(x) of both signs): the
+    points h of the ball of radius 0.5 around it that a test evaluates, the bound through the larger side
+    (`near_x`) and gamma (|w| . |h(x)| + ||w||_2 s + |b|), the bound without signs."""
     g = torch.Generator().manual_seed(seed)
     weight = (torch.randn(units, fan_in, generator=g) / fan_in ** 0.5).float()
     bias = (0.1 * torch.randn(units, generator=g)).float()
+    layer = Linear.of(weight.double(), bias.double())
     for centre in (3 * (torch.rand(1, fan_in, generator=g) < 0.2), torch.randn(1, fan_in, generator=g)):
         centre = centre.float().double()
         spread = torch.tensor([0.5], dtype=torch.float64)
@@ -193,17 +192,36 @@ def test_signed_terms_halve_the_new_rounding_and_still_bound_it(fan_in, units, s
         inside = 0.999 * spread  # on the sphere itself float32 rounding may leave the ball, and all the points can
         h = (centre + inside * directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)).float()
         h = h[torch.linalg.vector_norm(h.double() - centre, dim=1) <= spread]
-        assert len(h) > 0
-        layer = Linear.of(weight.double(), bias.double())
-        loose = centre.abs() + spread
-        signed = rounding.fresh_error_within(layer, loose, torch.float32, near_x=(centre, centre), spread=spread)
+        signed = rounding.fresh_error_within(layer, centre.abs() + spread, torch.float32, near_x=(centre, centre),
+                                             spread=spread)
         unsigned = rounding.gamma(fan_in + 1, torch.float32) * (
             layer.abs_apply(centre.abs()) + spread * layer.row_norms("l2") + bias.double().abs())
+        yield weight, bias, h, signed, unsigned
+
+
+@given(st.integers(100, 400), st.integers(30, 100), seeds)
+@settings(max_examples=30, deadline=None)
+def test_signed_terms_bound_the_rounding_and_never_exceed_the_unsigned_bound(fan_in, units, seed):
+    """Random weights of both signs against a digit-like h(x) >= 0, and against h(x) of both signs: the bound
+    through the larger side (`near_x`) still bounds fl32(W h^ + b) at points of the ball, in any batch, and is
+    never above gamma (|w| . |h(x)| + ||w||_2 s + |b|)."""
+    for weight, bias, h, signed, unsigned in signed_and_unsigned(fan_in, units, seed):
+        assert len(h) > 0
         exact = h.double() @ weight.double().T + bias.double()
         for rows in (len(h), 1):
             computed = torch.cat([torch.nn.functional.linear(h[i:i + rows], weight, bias) for i in range(0, len(h), rows)])
             assert ((computed.double() - exact).abs() <= signed).all()
-        assert (signed <= unsigned * (1 + 1e-12) + 1e-35).all() and signed.sum() < 0.7 * unsigned.sum()
+        assert (signed <= unsigned * (1 + 1e-12) + 1e-35).all()
+
+
+def test_signed_terms_cut_the_bound_to_about_three_fifths_on_average():
+    """Where a unit's terms mostly cancel, the larger side is about half of the magnitudes: over twenty draws of
+    300 inputs and 100 units, the bound through it is on average below 0.65 of the unsigned one for either
+    centre (about 0.59 and 0.56; a single draw of few inputs may reach 0.7, so the claim is tested on the
+    average, not draw by draw)."""
+    ratios = torch.tensor([[float(signed.sum() / unsigned.sum()) for *_, signed, unsigned in
+                            signed_and_unsigned(300, 100, seed)] for seed in range(20)])
+    assert (ratios.mean(dim=0) < 0.65).all() and (ratios < 1).all()
 
 
 def test_linear_error_with_norm_is_attained_by_an_error_along_a_row():
