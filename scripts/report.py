@@ -460,10 +460,12 @@ def search_nodes_table(results: Path) -> str:
             "(range) | simplex iterations: median (range) | lower bound of the gap proved: median (range) |",
             "| --- | --- | --- | --- | --- |"]
     for state, chosen in (("settled", lambda one: one["verdict"] != "timeout"),
-                          ("timeout, still at the root node", lambda one: one["verdict"] == "timeout" and not one["nodes"]),
+                          ("timeout, still at the root node",
+                           lambda one: one["verdict"] == "timeout" and not one["nodes"]),
                           ("timeout, branching", lambda one: one["verdict"] == "timeout" and one["nodes"])):
         group = [one for one in searches if chosen(one)]
-        bounds = [one["dual_bound"] for one in group if one["verdict"] == "timeout" and one.get("dual_bound") is not None]
+        bounds = [one["dual_bound"] for one in group
+                  if one["verdict"] == "timeout" and one.get("dual_bound") is not None]
         rows.append(f"| {state} | {len(group)} of {len(searches)} | {spread([one['nodes'] for one in group], '.0f')} | "
                     f"{spread([one['iterations'] for one in group], ',.0f')} | {spread(bounds, '+.4f')} |")
     return "\n".join(rows) + "\n"
@@ -1214,8 +1216,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "verification-scaling": scaling_table, "verification-pool": pool_table, "verification-all": verification_all_table,
     "verification-here": verification_here_table("verification/xeon"),
     "verification-here-epyc": verification_here_table("epyc/verification"), "verification-epyc": epyc_recipe_table,
-    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "search-nodes-epyc": search_nodes_table, "relaxation-rows-epyc": relaxation_rows_table,
-    "probing-epyc": probing_table, "group-hulls-epyc": group_hulls_table,
+    "hard-digits": hard_digits_table, "hard-digits-longer": longer_table, "search-nodes-epyc": search_nodes_table,
+    "relaxation-rows-epyc": relaxation_rows_table, "probing-epyc": probing_table, "group-hulls-epyc": group_hulls_table,
     "scip-epyc": scip_table, "lp-solvers-epyc": lp_solvers_table, "verification-presolve": presolve_table,
     "group-bounds": group_bounds_table,
     "deep-allowance": allowance_table("bjorck-deep"), "orthonormal-allowance": allowance_table("orthonormal-l2"),
