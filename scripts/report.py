@@ -454,7 +454,9 @@ def search_nodes_table(results: Path) -> str:
     searches = [digit["highs"] for digit in run["digits"]]
 
     def spread(values: list[float], form: str) -> str:
-        return "–" if not values else f"{statistics.median(values):{form}} ({min(values):{form}} to {max(values):{form}})"
+        if not values:
+            return "–"
+        return f"{statistics.median(values):{form}} ({min(values):{form}} to {max(values):{form}})"
 
     rows = [f"| HiGHS with `milp`'s settings, {run['seconds_a_digit']:.0f} s a digit | digits | nodes finished: median "
             "(range) | simplex iterations: median (range) | lower bound of the gap proved: median (range) |",
