@@ -84,15 +84,17 @@ class Group:
 
     def price(self, pi: np.ndarray) -> tuple[float, np.ndarray, float]:
         """The group's minimum of h(z) - pi . z over Z_g: h at the minimiser, the minimiser z, and the lower bound
-        HiGHS proves."""
+        HiGHS proves (its dual bound, or the minimum itself where that is lower: where presolve solves a program
+        outright, HiGHS leaves its dual bound at a placeholder 0, `program.Program.bound`)."""
         cost = self.value.copy()
         cost[self.inputs] -= pi
         self.solver.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), cost)
         self.solver.run()
         if self.solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             raise RuntimeError(f"a group's program ended {self.solver.getModelStatus()}")
-        solution = np.array(self.solver.getSolution().col_value)
-        return float(self.value @ solution), solution[self.inputs], self.solver.getInfo().mip_dual_bound
+        solution, info = np.array(self.solver.getSolution().col_value), self.solver.getInfo()
+        return (float(self.value @ solution), solution[self.inputs],
+                min(info.mip_dual_bound, info.objective_function_value))
 
 
 def one_hidden_layer(model64: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -178,7 +180,7 @@ def probe(index: int, data_dir: str, seconds: float) -> dict:
 
 def main() -> None:
     args = arguments(__doc__, 3, 1200.0, "time limit of each digit's column generation, seconds",
-                     REPO / "results" / "probes" / "group_hulls.json")
+                     REPO / "results" / "epyc" / "probes" / "group_hulls.json")
     on_timeouts(probe, args, "scripts/probe_group_hulls.py", seconds=args.seconds, tolerance=TOLERANCE)
 
 
