@@ -299,7 +299,9 @@ def verification_all_table(results: Path) -> str:
     earlier code's: presolve with every rule (`groupsort_best_all_before_sparsify.json`, the code of 06048a3), and
     without Sparsify but before the rounding rule of e68e716 (`groupsort_best_all_before_sum_rule.json`, 893dafc),
     all three on the Intel Xeon; below it, the code and machine that results/epyc/groupsort_best_all.json names,
-    and the relaxation's bound from its duals on IPX (`groupsort_best_all_dual_bound.json` there)."""
+    the relaxation's bound from its duals on IPX (`groupsort_best_all_dual_bound.json` there), and the same
+    machine a day later: the code of the search's record (`groupsort_best_all_head.json`), then the pool's code
+    again (`groupsort_best_all_pool_again.json`)."""
     rows = ["| net, method, code | digits | robust | counterexample | timeout | undecided | decided by | wall time "
             "| goal: ≤ 10 timeouts in ≤ 30 min |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, code in (("verification/groupsort_best_all_before_sparsify", "presolve with every rule (06048a3)"),
@@ -307,13 +309,15 @@ def verification_all_table(results: Path) -> str:
                            ("verification/groupsort_best_all", "without Sparsify, rounding's sum rule (e68e716)"),
                            ("epyc/groupsort_best_all", "the pool, code of {code}, {machine}"),
                            ("epyc/groupsort_best_all_dual_bound",
-                            "the relaxation on IPX, its bound from the duals, code of {code}, {machine}")):
+                            "the relaxation on IPX, its bound from the duals, code of {code}, {machine}"),
+                           ("epyc/groupsort_best_all_head", "the same, code of {code}, {machine}, {date}"),
+                           ("epyc/groupsort_best_all_pool_again", "the pool again, code of {code}, {machine}, {date}")):
         path = results / f"{name}.json"
         if not path.exists():
             continue
         run = json.loads(path.read_text())
         if "{code}" in code:
-            code = code.format(code=run["code"], machine=run["machine"].split(", ")[1])
+            code = code.format(code=run["code"], machine=run["machine"].split(", ")[1], date=run["date"])
         verdicts, minutes = run["verdicts"], run["seconds"] / 60
         stages = ", ".join(f"{stage} {count}" for stage, count in run["decided_by"].items())
         met = verdicts["timeout"] <= 10 and minutes <= 30

@@ -488,6 +488,8 @@ def test_each_machines_records_make_their_own_tables(tmp_path):
             ("epyc/ibp-wide.json", stopped, "verification-epyc"),
             ("epyc/ibp-wide_dual_bound.json", timeout, "verification-epyc"),
             ("epyc/groupsort_best_all_dual_bound.json", timeout_all, "verification-all"),
+            ("epyc/groupsort_best_all_head.json", timeout_all, "verification-all"),
+            ("epyc/groupsort_best_all_pool_again.json", timeout_all, "verification-all"),
             ("epyc/probes/scip.json", nodes, "scip-epyc"),
             ("epyc/probes/group_hulls.json", hull, "group-hulls-epyc"),
             ("epyc/probes/hard_digits_nodes.json", branched, "search-nodes-epyc"),
