@@ -307,10 +307,11 @@ def verification_all_table(results: Path) -> str:
     for name, code in (("verification/groupsort_best_all_before_sparsify", "presolve with every rule (06048a3)"),
                            ("verification/groupsort_best_all_before_sum_rule", "presolve without Sparsify (893dafc)"),
                            ("verification/groupsort_best_all", "without Sparsify, rounding's sum rule (e68e716)"),
-                           ("epyc/groupsort_best_all", "the pool, code of {code}, {machine}"),
+                           ("epyc/groupsort_best_all", "the pool, code of {code}, {machine}, {date}"),
                            ("epyc/groupsort_best_all_dual_bound",
-                            "the relaxation on IPX, its bound from the duals, code of {code}, {machine}"),
-                           ("epyc/groupsort_best_all_head", "the same, code of {code}, {machine}, {date}"),
+                            "the relaxation on IPX, its bound from the duals, code of {code}, {machine}, {date}"),
+                           ("epyc/groupsort_best_all_head",
+                            "the relaxation on IPX again, code of {code}, {machine}, {date}"),
                            ("epyc/groupsort_best_all_pool_again", "the pool again, code of {code}, {machine}, {date}")):
         path = results / f"{name}.json"
         if not path.exists():
